@@ -1,0 +1,174 @@
+"""Benchmarks that print ratios measured side by side in one run (these machines are noisy).
+
+    python -m ablation.bench                       # default model and task
+    python -m ablation.bench model=minilm_l6       # any Hydra override of the run config
+    python -m ablation.bench --skip-overhead       # leave out the two sweep subprocesses
+
+Trains the adapters first if the store does not have them (as the sweep would).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from ablation.data import collate, train_batches
+from ablation.evaluate import Evaluator
+from ablation.session import open_session
+from ablation.train import autocast
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of an n x n matmul in this dtype."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - tic)
+    return 2 * n**3 / best / 1e9
+
+
+def forward_flops(config, adapter_size: int, batches: list[dict]) -> float:
+    """Matmul FLOPs of one forward pass over these (padded) batches, adapters included."""
+    d, f, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    total = 0.0
+    for batch in batches:
+        b, t = batch["input_ids"].shape
+        per_layer = 2 * b * t * (4 * d * d + 2 * d * f + 2 * 2 * d * adapter_size) + 2 * 2 * b * t * t * d
+        total += L * per_layer
+    return total
+
+
+def timed(fn, repeats: int = 1) -> tuple[float, object]:
+    """Best wall time of fn() over repeats, and its last result."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - tic)
+    return best, out
+
+
+def train_step_seconds(model, data, batch_size: int, precision: str, steps: int = 6) -> tuple[float, list]:
+    """Mean seconds of a training step (forward, backward, AdamW) on a copy of the model."""
+    model = copy.deepcopy(model).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    batches = [
+        collate(data, i) for i in train_batches(data, batch_size, np.random.default_rng(0))[: steps + 1]
+    ]
+    times = []
+    for batch in batches:
+        tic = time.perf_counter()
+        with autocast(precision):
+            loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - tic)
+    return float(np.mean(times[1:])), batches[1:]
+
+
+def sweep_seconds(overrides: list[str], cells: str) -> float:
+    """Wall time of a cached sweep over ablate.first/last=cells in a subprocess."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "ablation.run", "-m", f"ablate.first={cells}", f"ablate.last={cells}"]
+        tic = time.perf_counter()
+        subprocess.run([*cmd, *overrides, f"hydra.sweep.dir={tmp}/s"], check=True, capture_output=True)
+        return time.perf_counter() - tic
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure and print the benchmark table."""
+    parser = argparse.ArgumentParser(prog="python -m ablation.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--skip-overhead", action="store_true", help="skip the per-job overhead subprocesses")
+    args, overrides = parser.parse_known_args(argv)
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = OmegaConf.to_object(compose("config", overrides=overrides))
+    session = open_session(cfg)
+    model, data, L = (
+        session.evaluator.stages.model,
+        session.evaluator.data,
+        session.evaluator.stages.num_layers,
+    )
+    rows = []
+
+    def report(name: str, value: str) -> None:
+        rows.append((name, value))
+        print(f"{name:<52} {value}", flush=True)
+
+    print(
+        f"threads {torch.get_num_threads()}, model {cfg.model.name}, task {cfg.task.name}, n={len(data.labels)}"
+    )
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    report("matmul peak fp32 / bf16 (GFLOP/s)", f"{peak['fp32']:.0f} / {peak['bf16']:.0f}")
+
+    evals = {p: Evaluator(session.evaluator.stages, data, cfg.eval.batch_size, p) for p in ("fp32", "bf16")}
+    flops = forward_flops(model.config, cfg.adapter.size, evals["fp32"].batches)
+    tokens = int(sum(b["attention_mask"].sum() for b in evals["fp32"].batches))
+    full, preds = {}, {}
+    for p, ev in evals.items():
+        ev.from_scratch()  # warm-up: kernel selection for every batch shape
+        full[p], preds[p] = timed(ev.from_scratch, repeats=2)
+        acc = float((preds[p] == data.labels).mean())
+        report(
+            f"full validation pass {p}",
+            f"{full[p]:.2f} s, {tokens / full[p]:.0f} tok/s, {flops / full[p] / 1e9:.0f} GFLOP/s "
+            f"= {100 * flops / full[p] / 1e9 / peak[p]:.0f}% of peak, accuracy {acc:.4f}",
+        )
+    agree = float((preds["bf16"] == preds["fp32"]).mean())
+    report(
+        "bf16 speed-up / prediction agreement with fp32",
+        f"{full['fp32'] / full['bf16']:.2f}x / {100 * agree:.2f}%",
+    )
+
+    step = {}
+    for p in ("fp32", "bf16"):
+        step[p], batches = train_step_seconds(model, data, cfg.train.batch_size, p)
+        tflops = 2 * forward_flops(model.config, cfg.adapter.size, batches) / len(batches)
+        report(
+            f"train step {p} (batch {cfg.train.batch_size}, frozen encoder)",
+            f"{step[p]:.3f} s, {tflops / step[p] / 1e9:.0f} GFLOP/s = {100 * tflops / step[p] / 1e9 / peak[p]:.0f}% of peak",
+        )
+    report("train step bf16 speed-up", f"{step['fp32'] / step['bf16']:.2f}x")
+
+    p = cfg.eval.precision
+    ev = Evaluator(session.evaluator.stages, data, cfg.eval.batch_size, p)
+    tic = time.perf_counter()
+    ev.intact()
+    for first in range(L):
+        for last in range(first, L):
+            ev.cell(first, last)
+    cells_s = time.perf_counter() - tic
+    n_cells = L * (L + 1) // 2
+    floor = sum(n * (n + 1) // 2 for n in range(1, L + 1)) / L
+    report(
+        f"{n_cells}-cell evaluation {p} (+ intact pass)",
+        f"{cells_s:.1f} s = {cells_s / full[p]:.1f} full passes (layer passes {ev.layer_passes / L:.1f}; "
+        f"naive {n_cells}, floor {floor:.1f} + 1 intact)",
+    )
+    if not args.skip_overhead:
+        one = sweep_seconds(overrides, "0..0")
+        all_ = sweep_seconds(overrides, f"0..{L - 1}")
+        report(
+            "per-job overhead of a cached job",
+            f"{(all_ - one) / (n_cells - 1):.3f} s ({n_cells}-job re-run {all_:.1f} s vs 1-job {one:.1f} s)",
+        )
+
+
+if __name__ == "__main__":
+    main()

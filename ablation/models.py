@@ -1,0 +1,95 @@
+"""Encoder + tokenizer + classification head per model entry, and the model split into stages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.utils import logging as transformers_logging
+
+from ablation.config import ConfigError, ModelConfig
+from ablation.sources import artifact_path
+
+
+def model_location(cfg: ModelConfig, cache: str | Path) -> str:
+    """A local folder (offline artifact) or a hub id."""
+    if cfg.source == "hub":
+        return cfg.hub_id
+    # Local files only: never let a missing file turn into a hub request.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return str(artifact_path(cfg.artifact, cache).parent)
+
+
+def load_model(cfg: ModelConfig, num_labels: int, cache: str | Path) -> tuple[nn.Module, object]:
+    """Pretrained encoder with a new classification head, and its tokenizer."""
+    where = model_location(cfg, cache)
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    # The load report lists the new head as "missing"; expected here, so only errors are shown.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=num_labels)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    if model.config.num_hidden_layers != cfg.num_layers:
+        raise ConfigError(
+            f"model.num_layers={cfg.num_layers} but {where} has {model.config.num_hidden_layers} layers"
+        )
+    return model, tokenizer
+
+
+class Stages:
+    """A sequence classifier as embed -> layer 0..L-1 -> head, each callable on its own.
+
+    Evaluating ablation cells starts from cached hidden states at a layer boundary; these calls
+    reproduce the model's own forward exactly (a test checks logits are equal).
+    """
+
+    def __init__(self, model: nn.Module, family: str) -> None:
+        self.model = model
+        self.family = family
+        self.base = model.base_model
+        self.layers = self.base.encoder.layer
+
+    @property
+    def num_layers(self) -> int:
+        """Number of transformer layers."""
+        return len(self.layers)
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """Embedding output and what every layer needs besides the hidden states."""
+        if self.family == "mpnet":
+            h = self.base.embeddings(input_ids=batch["input_ids"])
+        else:
+            h = self.base.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+        mask = create_bidirectional_mask(
+            config=self.base.config, inputs_embeds=h, attention_mask=batch["attention_mask"]
+        )
+        ctx = {"mask": mask}
+        if self.family == "mpnet":
+            ctx["position_bias"] = self.base.encoder.compute_position_bias(h)
+        return h, ctx
+
+    def layer(self, i: int, h: torch.Tensor, ctx: dict) -> torch.Tensor:
+        """Run transformer layer i."""
+        if self.family == "mpnet":
+            return self.layers[i](h, ctx["mask"], ctx["position_bias"])[0]
+        out = self.layers[i](h, ctx["mask"])
+        return out[0] if isinstance(out, tuple) else out
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Classification logits from the last hidden states."""
+        if self.family == "bert":
+            return self.model.classifier(self.model.dropout(self.base.pooler(h)))
+        return self.model.classifier(h)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """All stages in order: the same logits as model(**batch)."""
+        h, ctx = self.embed(batch)
+        for i in range(self.num_layers):
+            h = self.layer(i, h, ctx)
+        return self.head(h)

@@ -1,0 +1,115 @@
+"""Hydra entry point: compose config -> model + adapters -> train once -> ablate -> evaluate -> one row.
+
+python -m ablation.run                                   # intact model, default config
+python -m ablation.run ablate.first=0 ablate.last=5      # one ablation cell
+python -m ablation.run -m ablate.first=0..11 ablate.last=0..11   # the Figure 6 sweep
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from ablation.config import ConfigError, RunConfig
+from ablation.data import compute_metrics
+from ablation.results import relative_decrease, update_table, versions, write_job
+from ablation.session import open_session
+from ablation.sweeper import RangeError, expand_arguments
+
+log = logging.getLogger("ablation")
+
+
+def to_run_config(dcfg: DictConfig, job_dir: Path) -> RunConfig:
+    """Validate the composed config; a rejected single run leaves no output directory behind."""
+    try:
+        return OmegaConf.to_object(dcfg)
+    except ConfigError:
+        if HydraConfig.get().mode == RunMode.RUN:
+            shutil.rmtree(job_dir, ignore_errors=True)
+        raise
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(dcfg: DictConfig) -> float:
+    """Run one job and write its result row."""
+    tic = time.perf_counter()
+    hc = HydraConfig.get()
+    job_dir = Path(hc.runtime.output_dir)
+    cfg = to_run_config(dcfg, job_dir)
+
+    session = open_session(cfg)
+    eval_tic = time.perf_counter()
+    intact, _ = session.predictions(None)
+    ablated, computed = session.predictions(cfg.ablate) if cfg.ablate.first is not None else (intact, False)
+    eval_seconds = time.perf_counter() - eval_tic
+
+    labels = session.evaluator.labels
+    got, base = (
+        compute_metrics(cfg.task.metric, labels, ablated),
+        compute_metrics(cfg.task.metric, labels, intact),
+    )
+    multirun = hc.mode == RunMode.MULTIRUN
+    row = {
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "seed": cfg.seed,
+        "first": cfg.ablate.first,
+        "last": cfg.ablate.last,
+        "positions": cfg.ablate.positions,
+        "accuracy": got["accuracy"],
+        "intact_accuracy": base["accuracy"],
+        "relative_decrease": relative_decrease(got["accuracy"], base["accuracy"]),
+        "metric_name": cfg.task.metric,
+        "metric": got[cfg.task.metric],
+        "intact_metric": base[cfg.task.metric],
+        "n_eval": len(labels),
+        "train_key": session.key,
+        "trained_now": session.trained_now,
+        "cell_computed": computed,
+        "adapter_size": cfg.adapter.size,
+        "init_std": cfg.adapter.init_std,
+        "lr": cfg.train.lr,
+        "trainable_params": session.counts["trainable"],
+        "total_params": session.counts["total"],
+        "train_seconds": session.train_metrics["train_seconds"] if session.trained_now else 0.0,
+        "eval_seconds": eval_seconds,
+        "job_seconds": time.perf_counter() - tic,
+        "job_dir": hc.sweep.subdir if multirun else ".",
+        "code_version": versions()["code"],
+    }
+    extra = {
+        "config": OmegaConf.to_container(dcfg, resolve=True),
+        "train_metrics": session.train_metrics,
+        "versions": versions(),
+        "session_timings": session.timings,
+    }
+    write_job(job_dir, row, extra, {"labels": labels, "intact": intact, "ablated": ablated})
+    update_table(Path(hc.sweep.dir) if multirun else job_dir)
+    where = "intact" if cfg.ablate.first is None else f"layers {cfg.ablate.first}..{cfg.ablate.last} removed"
+    log.info(
+        f"{cfg.task.name}/{cfg.model.name} {where}: accuracy {got['accuracy']:.4f} "
+        f"(intact {base['accuracy']:.4f}, relative decrease {100 * row['relative_decrease']:.2f}%) "
+        f"-> {job_dir / 'result.json'}"
+    )
+    return got["accuracy"]
+
+
+def cli() -> None:
+    """Rewrite `a..b` ranges into Hydra's range(a,b+1) before Hydra parses the command line."""
+    try:
+        sys.argv[1:] = expand_arguments(sys.argv[1:])
+    except RangeError as err:
+        sys.exit(f"error: {err}")
+    main()
+
+
+if __name__ == "__main__":
+    cli()

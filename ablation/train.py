@@ -1,0 +1,151 @@
+"""The training loop and the train-once store (key -> trained parameters + config + metrics)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ablation.adapters import trained_state
+from ablation.config import RunConfig, TrainConfig
+from ablation.data import Encoded, collate, train_batches
+
+# Bump when a code change alters what training produces, so old stored adapters are not reused.
+STORE_VERSION = 1
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the CPU, or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def training_key(cfg: RunConfig) -> str:
+    """Hash of everything that affects training: model, task, adapter, training config, seed."""
+    spec = {
+        "model": asdict(cfg.model),
+        "task": asdict(cfg.task),
+        "adapter": asdict(cfg.adapter),
+        "train": asdict(cfg.train),
+        "seed": cfg.seed,
+        "store_version": STORE_VERSION,
+    }
+    spec["model"].pop("num_layers")  # derived from the weights, not a choice
+    text = json.dumps(spec, sort_keys=True)
+    return f"{cfg.model.name}-{cfg.task.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
+    """AdamW with decay off for LayerNorm and biases; linear warm-up then linear decay."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            skip = isinstance(module, nn.LayerNorm) or name == "bias"
+            (no_decay if skip else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+    )
+    warmup = int(cfg.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train(model: nn.Module, data: Encoded, cfg: TrainConfig, seed: int) -> dict:
+    """Train the parameters that require grad; returns loss and timing metrics."""
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = math.ceil(len(data.labels) / cfg.batch_size)
+    total = math.ceil(cfg.epochs * steps_per_epoch)
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    optimizer, scheduler = make_optimizer(model, cfg, total)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    losses, tic, step = [], time.perf_counter(), 0
+    bar = tqdm(total=total, desc="train", unit="step", dynamic_ncols=True)
+    while step < total:
+        for index in train_batches(data, cfg.batch_size, rng):
+            batch = collate(data, index)
+            with autocast(cfg.precision):
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            if step >= total:
+                break
+    bar.close()
+    model.eval()
+    return {
+        "steps": step,
+        "epochs": step / steps_per_epoch,
+        "train_examples": len(data.labels),
+        "final_loss": float(np.mean(losses[-50:])),
+        "train_seconds": time.perf_counter() - tic,
+    }
+
+
+def store_path(store: str | Path, key: str) -> Path:
+    """Folder of a training key in the store."""
+    return Path(store) / key
+
+
+def save_trained(model: nn.Module, folder: Path, config: dict, metrics: dict) -> None:
+    """Write trained parameters (safetensors), config and metrics; atomic via a rename."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        state = {k: v.contiguous() for k, v in trained_state(model).items()}
+        save_file(state, str(tmp / "trained.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_trained(model: nn.Module, folder: Path) -> dict:
+    """Load stored trained parameters into the model; returns the stored training metrics."""
+    state = load_file(str(folder / "trained.safetensors"))
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(state) != expected:
+        raise RuntimeError(
+            f"{folder}: stored parameters do not match the model's trainable ones "
+            f"({len(set(state) ^ expected)} differ); delete the folder to retrain"
+        )
+    model.load_state_dict(state, strict=False)
+    return json.loads((folder / "metrics.json").read_text())

@@ -1,0 +1,71 @@
+"""Command line: `python -m analysis heatmap SWEEP_DIR [--out STEM]` and `... table SWEEP_DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.collect import load_results
+from analysis.stats import PANEL_COLUMNS, layer_matrix, split_panels
+
+PROG = "python -m analysis"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit status (2 for a missing or unreadable sweep)."""
+    args = _parser().parse_args(argv)
+    try:
+        df = load_results(args.sweep_dir)
+        if args.command == "heatmap":
+            _heatmap(df, args)
+        else:
+            print(format_table(df, args.value))
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        # One line a researcher can act on; a traceback here would only bury the path that is wrong.
+        print(f"{PROG}: error: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def format_table(df: pd.DataFrame, value: str = "relative_decrease") -> str:
+    """Render each panel as a first x last matrix of `value` in percent, lower triangle left blank."""
+    blocks = []
+    for panel in split_panels(df):
+        matrix = layer_matrix(panel, value) * 100
+        cells = matrix.map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
+        names = [f"{c}={panel[c].iloc[0]}" for c in PANEL_COLUMNS if c in panel.columns]
+        if "seed" in panel.columns:
+            names.append(f"seeds={panel['seed'].nunique()}")
+        header = f"{' '.join(names)}\n{value} (%): rows = first ablated layer, columns = last ablated layer"
+        blocks.append(f"{header}\n{cells.to_string()}")
+    return "\n\n".join(blocks)
+
+
+def _heatmap(df: pd.DataFrame, args: argparse.Namespace) -> None:
+    # Imported here so that `table` does not pay for matplotlib and seaborn.
+    from analysis.plots import heatmap_figure
+
+    sweep = args.sweep_dir if args.sweep_dir.is_dir() else args.sweep_dir.parent
+    out = args.out if args.out is not None else sweep / "heatmap"
+    for path in heatmap_figure(df, out, value=args.value):
+        print(path)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Read a layer-ablation sweep.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    heat = commands.add_parser("heatmap", help="write the Figure 6 heatmap as PNG and PDF")
+    heat.add_argument("sweep_dir", type=Path, help="sweep directory (or its results.csv)")
+    heat.add_argument("--out", type=Path, default=None, help="output stem (default: SWEEP_DIR/heatmap)")
+    table = commands.add_parser("table", help="print the first x last matrix in percent")
+    table.add_argument("sweep_dir", type=Path, help="sweep directory (or its results.csv)")
+    for sub in (heat, table):
+        sub.add_argument("--value", default="relative_decrease", help="column to show (default: %(default)s)")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

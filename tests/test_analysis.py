@@ -1,0 +1,240 @@
+"""Tests for the torch-free `analysis` package, on a synthetic sweep with a known answer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from analysis.__main__ import format_table, main
+from analysis.collect import load_predictions, load_results
+from analysis.plots import heatmap, heatmap_figure
+from analysis.stats import layer_matrix, mean_sem, paired_bootstrap_ci, split_panels
+
+REPO = Path(__file__).resolve().parents[1]
+N_LAYERS = 4
+INTACT = 0.8
+
+
+def known_decrease(first: int, last: int) -> float:
+    """Distinct in every cell, so a transposed or shifted matrix cannot pass."""
+    return (last - first + 1) / 10 + first / 100
+
+
+def synthetic_results(task: str = "rte", model: str = "tiny", seeds: tuple[int, ...] = (0,)) -> pd.DataFrame:
+    rows = []
+    for seed in seeds:
+        for first in range(N_LAYERS):
+            for last in range(first, N_LAYERS):
+                decrease = known_decrease(first, last) + seed / 1000
+                accuracy = INTACT * (1 - decrease)
+                rows.append(
+                    {
+                        "task": task,
+                        "model": model,
+                        "seed": seed,
+                        "first": first,
+                        "last": last,
+                        "positions": "both",
+                        "accuracy": accuracy,
+                        "intact_accuracy": INTACT,
+                        "relative_decrease": decrease,
+                        "metric_name": "accuracy",
+                        "metric": accuracy,
+                        "intact_metric": INTACT,
+                        "train_key": f"key{seed}",
+                        "n_eval": 100,
+                        "job_dir": str(len(rows)),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def write_sweep(sweep: Path, df: pd.DataFrame, csv: bool = True) -> Path:
+    """Lay out a sweep dir as the Hydra multirun writes it: results.csv plus one dir per job."""
+    sweep.mkdir(parents=True, exist_ok=True)
+    if csv:
+        df.to_csv(sweep / "results.csv", index=False)
+    for row in df.to_dict("records"):
+        job = sweep / row["job_dir"]
+        job.mkdir(exist_ok=True)
+        nested = {
+            "task": row["task"],
+            "model": row["model"],
+            "seed": row["seed"],
+            "ablation": {"first": row["first"], "last": row["last"], "positions": row["positions"]},
+            "scores": {k: row[k] for k in ("accuracy", "intact_accuracy", "relative_decrease", "metric")},
+            "metric_name": row["metric_name"],
+            "intact_metric": row["intact_metric"],
+            # "seed" also nested here: the clash keeps its dotted name and leaves the top-level seed alone.
+            "train": {"key": row["train_key"], "seed": 123},
+            "train_key": row["train_key"],
+            "n_eval": row["n_eval"],
+        }
+        (job / "result.json").write_text(json.dumps(nested))
+    return sweep
+
+
+def draw(df: pd.DataFrame, **kwargs) -> tuple[pd.DataFrame, Figure]:
+    fig = Figure()
+    matrix = heatmap(df, fig.add_subplot(), **kwargs)
+    return matrix, fig
+
+
+def test_matrix_orientation_index_is_first_columns_are_last():
+    df = synthetic_results()
+    matrix, _ = draw(df)
+    assert matrix.index.name == "first" and matrix.columns.name == "last"
+    assert list(matrix.index) == list(range(N_LAYERS)) and list(matrix.columns) == list(range(N_LAYERS))
+    for row in df.itertuples():
+        assert matrix.loc[row.first, row.last] == pytest.approx(row.relative_decrease)
+    # The top-right cell is "all adapters removed": the largest span.
+    assert matrix.loc[0, N_LAYERS - 1] == pytest.approx(known_decrease(0, N_LAYERS - 1))
+
+
+def test_lower_triangle_masked_upper_filled_and_drawn_so():
+    matrix, fig = draw(synthetic_results())
+    values = matrix.to_numpy()
+    lower = np.tril(np.ones_like(values, dtype=bool), k=-1)
+    assert np.isnan(values[lower]).all()
+    assert np.isfinite(values[~lower]).all()
+    ax = fig.axes[0]
+    mesh = ax.collections[0].get_array()
+    assert np.ma.count_masked(mesh) == lower.sum()
+    # One annotation per filled cell, in percent.
+    texts = [t.get_text() for t in ax.texts]
+    assert len(texts) == (~lower).sum()
+    assert f"{100 * known_decrease(0, 0):.1f}" in texts
+    # One outline per diagonal cell, sitting on (layer, layer).
+    outlines = [p.get_xy() for p in ax.patches]
+    assert sorted(tuple(map(float, xy)) for xy in outlines) == [(i, i) for i in range(N_LAYERS)]
+
+
+def test_diagonal_is_single_layer_removal():
+    df = synthetic_results()
+    matrix = layer_matrix(df)
+    single = df[df["first"] == df["last"]].set_index("first")["relative_decrease"]
+    np.testing.assert_allclose(np.diag(matrix.to_numpy()), single.sort_index().to_numpy())
+
+
+def test_seeds_are_averaged_and_panels_kept_apart():
+    df = synthetic_results(seeds=(0, 2))
+    assert layer_matrix(df).loc[1, 2] == pytest.approx(known_decrease(1, 2) + 0.001)
+    both = pd.concat([synthetic_results("rte"), synthetic_results("cola")], ignore_index=True)
+    with pytest.raises(ValueError, match="mixes"):
+        layer_matrix(both)
+    assert sorted(p["task"].iloc[0] for p in split_panels(both)) == ["cola", "rte"]
+
+
+def test_heatmap_figure_writes_png_and_pdf(tmp_path):
+    df = pd.concat([synthetic_results("rte"), synthetic_results("cola")], ignore_index=True)
+    paths = heatmap_figure(df, tmp_path / "figs" / "fig6")
+    assert paths == [tmp_path / "figs" / "fig6.png", tmp_path / "figs" / "fig6.pdf"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths[1].read_bytes()[:5] == b"%PDF-"
+
+
+def test_load_results_round_trips_csv_and_sweep_dir(tmp_path):
+    df = synthetic_results()
+    sweep = write_sweep(tmp_path / "sweep", df)
+    pd.testing.assert_frame_equal(load_results(sweep / "results.csv"), df)
+    pd.testing.assert_frame_equal(load_results(sweep), df)
+
+
+def test_load_results_from_result_json_only(tmp_path):
+    df = synthetic_results()
+    sweep = write_sweep(tmp_path / "sweep", df, csv=False)
+    loaded = load_results(sweep)
+    assert set(df.columns) <= set(loaded.columns)
+    assert (loaded["train.seed"] == 123).all()
+    loaded = loaded.sort_values(["first", "last"]).reset_index(drop=True)[df.columns]
+    pd.testing.assert_frame_equal(loaded, df, check_like=True)
+
+
+def test_load_results_several_sweeps_and_missing_path(tmp_path):
+    a = write_sweep(tmp_path / "a", synthetic_results("rte"))
+    b = write_sweep(tmp_path / "b", synthetic_results("cola"))
+    both = load_results([a, b])
+    assert len(both) == 2 * len(synthetic_results())
+    assert set(both["sweep"]) == {str(a), str(b)}
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_results(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"results\.csv"):
+        load_results(tmp_path / "empty")
+
+
+def test_load_predictions(tmp_path):
+    job = tmp_path / "3"
+    job.mkdir()
+    arrays = {"labels": np.array([0, 1, 1]), "intact": np.array([0, 1, 0]), "ablated": np.array([1, 1, 0])}
+    np.savez(job / "predictions.npz", **arrays)
+    loaded = load_predictions(tmp_path, "3")
+    assert set(loaded) == set(arrays)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(loaded[key], value)
+
+
+def test_paired_bootstrap_brackets_true_difference():
+    rng = np.random.default_rng(1)
+    n = 4000
+    labels = rng.integers(0, 3, n)
+    wrong = (labels + 1) % 3
+    a = np.where(rng.random(n) < 0.8, labels, wrong)
+    b = np.where(rng.random(n) < 0.7, labels, wrong)
+    diff, lo, hi = paired_bootstrap_ci(labels, a, b)
+    assert diff == pytest.approx((a == labels).mean() - (b == labels).mean())
+    assert lo < 0.1 < hi and lo < diff < hi
+    assert hi - lo < 0.06
+    assert paired_bootstrap_ci(labels, a, b) == (diff, lo, hi)
+
+
+def test_paired_bootstrap_identical_predictions_is_zero():
+    labels = np.array([0, 1, 1, 0, 1])
+    preds = np.array([0, 1, 0, 0, 0])
+    assert paired_bootstrap_ci(labels, preds, preds) == (0.0, 0.0, 0.0)
+
+
+def test_mean_sem():
+    df = pd.DataFrame({"g": ["x", "x", "x", "y"], "v": [1.0, 2.0, 3.0, 5.0]})
+    out = mean_sem(df, "g", "v").set_index("g")
+    assert out.loc["x", "mean"] == 2.0 and out.loc["x", "n"] == 3
+    assert out.loc["x", "sem"] == pytest.approx(1 / np.sqrt(3))
+    assert np.isnan(out.loc["y", "sem"])
+
+
+def test_cli_heatmap_subprocess(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep", synthetic_results())
+    done = subprocess.run(
+        [sys.executable, "-m", "analysis", "heatmap", str(sweep)], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(sweep / "heatmap.png"), str(sweep / "heatmap.pdf")]
+    assert (sweep / "heatmap.png").stat().st_size > 0 and (sweep / "heatmap.pdf").stat().st_size > 0
+
+
+def test_cli_table_and_missing_dir(tmp_path, capsys):
+    sweep = write_sweep(tmp_path / "sweep", synthetic_results())
+    assert main(["table", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == format_table(synthetic_results())
+    assert f"{100 * known_decrease(0, N_LAYERS - 1):.1f}" in out
+    assert main(["heatmap", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "missing" in err and "Traceback" not in err
+
+
+def test_analysis_never_imports_torch():
+    code = (
+        "import sys, analysis, analysis.collect, analysis.stats, analysis.plots, analysis.__main__\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'hydra') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -1,0 +1,215 @@
+"""Hydra configs: every YAML composes into a RunConfig; bad values are rejected with a named field."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+import ablation.config  # noqa: F401  (registers the schema and the sweeper)
+from ablation.config import ConfigError, RunConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+TASKS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
+STUDIES = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
+GROUP_OPTIONS = [
+    (group, p.stem) for group in ("adapter", "train") for p in sorted((CONF / group).glob("*.yaml"))
+]
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def run_config(overrides: list[str]) -> RunConfig:
+    return OmegaConf.to_object(compose_config(overrides))
+
+
+def test_conf_has_the_expected_options():
+    assert {"mpnet_base", "minilm_l6", "bert_base_uncased", "roberta_base"} <= set(MODELS)
+    assert {"rotten_tomatoes", "tweets", "rte", "mrpc", "cola"} <= set(TASKS)
+
+
+def test_default_config():
+    cfg = run_config([])
+    assert isinstance(cfg, RunConfig)
+    assert (cfg.model.name, cfg.model.num_layers, cfg.task.name) == ("mpnet_base", 12, "rotten_tomatoes")
+    assert (cfg.adapter.size, cfg.adapter.init_std, cfg.adapter.positions) == (
+        64,
+        1e-3,
+        ["attention", "output"],
+    )
+    assert cfg.ablate.first is None and cfg.ablate.last is None
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_composes(model):
+    cfg = run_config([f"model={model}"])
+    assert isinstance(cfg, RunConfig)
+    assert cfg.model.name == model
+    source = OmegaConf.load(CONF / "model" / f"{model}.yaml")
+    assert cfg.model.num_layers == source.num_layers
+    assert cfg.model.family == source.family
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_composes(task):
+    cfg = run_config([f"task={task}"])
+    assert isinstance(cfg, RunConfig)
+    assert cfg.task.name == task
+    source = OmegaConf.load(CONF / "task" / f"{task}.yaml")
+    assert cfg.task.num_labels == source.num_labels
+    assert list(cfg.task.text_fields) == list(source.text_fields)
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
+def test_every_adapter_and_train_option_composes(group, option):
+    cfg = run_config([f"{group}={option}"])
+    source = OmegaConf.load(CONF / group / f"{option}.yaml")
+    for key, value in source.items():
+        assert getattr(getattr(cfg, group), key) == value
+
+
+def _study_override(name: str) -> str:
+    """`study=<name>` when config.yaml lists a study default, `+study=<name>` otherwise."""
+    defaults = OmegaConf.load(CONF / "config.yaml").get("defaults", [])
+    listed = any(
+        (isinstance(d, str) and d.split("@")[0].split(":")[0].strip().lstrip("+") == "study")
+        or (not isinstance(d, str) and any(str(k).split("@")[0] == "study" for k in d))
+        for d in defaults
+    )
+    return f"study={name}" if listed else f"+study={name}"
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_every_study_composes(study):
+    cfg = run_config([_study_override(study)])
+    assert isinstance(cfg, RunConfig)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        (["ablate.first=12", "ablate.last=12"], "L=12"),
+        (["ablate.first=0", "ablate.last=12"], "L=12"),
+        (["ablate.first=-1", "ablate.last=3"], "L=12"),
+        (["model=minilm_l6", "ablate.first=6", "ablate.last=6"], "L=6"),
+        (["adapter.size=0"], "adapter.size"),
+        (["adapter.size=-4"], "adapter.size"),
+        (["adapter.init_std=0"], "adapter.init_std"),
+        (["adapter.init_std=-1e-3"], "adapter.init_std"),
+        (["ablate.first=5", "ablate.last=2"], "ablate.first"),
+        (["ablate.first=3"], "ablate.first/last"),
+        (["ablate.positions=middle"], "ablate.positions"),
+        (["adapter.positions=[attention]", "ablate.first=0", "ablate.last=0", "ablate.positions=output"],
+         "ablate.positions"),
+        (["adapter.activation=softmax"], "adapter.activation"),
+        (["train.precision=fp16"], "train.precision"),
+        (["eval.batch_size=0"], "eval.batch_size"),
+    ],
+)  # fmt: skip
+def test_bad_values_are_rejected_naming_the_field(overrides, field):
+    with pytest.raises(ConfigError) as info:
+        run_config(overrides)
+    assert field in str(info.value)
+
+
+def test_in_range_ablation_is_accepted():
+    cfg = run_config(["ablate.first=0", "ablate.last=11", "ablate.positions=attention"])
+    assert (cfg.ablate.first, cfg.ablate.last, cfg.ablate.positions) == (0, 11, "attention")
+    cfg = run_config(["model=minilm_l6", "ablate.first=5", "ablate.last=5"])
+    assert (cfg.model.num_layers, cfg.ablate.first) == (6, 5)
+
+
+def test_unknown_model_lists_available_options():
+    with pytest.raises(HydraException) as info:
+        compose_config(["model=nope"])
+    message = str(info.value)
+    assert "nope" in message
+    assert "mpnet_base" in message and "minilm_l6" in message
+
+
+# --- the CLI: rejected runs fail in config validation, before any model is loaded or file written ---
+
+# name -> arguments; {out} is the run or sweep folder. All start at once (they are ~7 s of imports each).
+CLI_CASES = {
+    "run": ["ablate.first=99", "ablate.last=99", "hydra.run.dir={out}"],
+    "sweep_dots": [
+        "-m",
+        "model=minilm_l6",
+        "ablate.first=0..11",
+        "ablate.last=0..11",
+        "hydra.sweep.dir={out}",
+    ],
+    "sweep_range": [
+        "-m",
+        "model=minilm_l6",
+        "ablate.first=range(0,12)",
+        "ablate.last=range(0,12)",
+        "hydra.sweep.dir={out}",
+    ],
+    "sweep_study": ["-m", "study=layer_ablation", "model=minilm_l6", "hydra.sweep.dir={out}"],
+}
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """Start every CLI case in parallel; returns name -> (folder, returncode, output)."""
+    procs = {}
+    for name, args in CLI_CASES.items():
+        folder = tmp_path_factory.mktemp(name)
+        # An empty artifact cache and no package index: loading a model would fail (and leave a cache dir).
+        env = {
+            **os.environ,
+            "ABLATION_CACHE": str(folder / "cache"),
+            "PIP_NO_INDEX": "1",
+            "HF_HUB_OFFLINE": "1",
+        }
+        env.pop("HYDRA_FULL_ERROR", None)
+        argv = [a.format(out=folder / "out") for a in args]
+        procs[name] = (
+            folder,
+            subprocess.Popen(
+                [sys.executable, "-m", "ablation.run", *argv],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            ),
+        )
+    results = {}
+    for name, (folder, proc) in procs.items():
+        output, _ = proc.communicate(timeout=180)
+        results[name] = folder, proc.returncode, output
+    return results
+
+
+def test_cli_rejected_run_writes_nothing(cli):
+    folder, returncode, output = cli["run"]
+    assert returncode != 0
+    assert "L=12" in output, output[-2000:]
+    assert "ablate.first=99" in output
+    assert list(folder.iterdir()) == []  # no run folder, no cache: nothing written, nothing loaded
+
+
+@pytest.mark.parametrize("case", ["sweep_dots", "sweep_range", "sweep_study"])
+def test_cli_sweep_beyond_the_model_fails_at_once(cli, case):
+    """`0..11` on a 6-layer model: the sweeper rejects it before any job, suggesting 0..5."""
+    if case == "sweep_study" and "layer_ablation" not in STUDIES:
+        pytest.skip("no conf/study/layer_ablation.yaml")
+    folder, returncode, output = cli[case]
+    assert returncode != 0
+    assert "6 layers" in output, output[-2000:]
+    assert "0..5" in output
+    assert "Traceback" not in output
+    assert list(folder.iterdir()) == []  # no sweep folder, no cache

@@ -1,0 +1,82 @@
+"""The cell evaluator: shared hidden states and chain reuse give exactly the from-scratch predictions."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from conftest import perturb_layernorms_and_head, random_encoded, tiny_model
+
+from ablation.adapters import inject_adapters
+from ablation.evaluate import Evaluator
+from ablation.models import Stages
+
+L = 4
+POSITIONS = ("both", "attention", "output")
+CELLS = [(first, last) for first in range(L) for last in range(first, L)]  # sweep order
+
+
+def make_evaluator(family: str, precision: str) -> Evaluator:
+    model = tiny_model(family, num_layers=L, seed=3)
+    perturb_layernorms_and_head(model)
+    inject_adapters(model, family, 16, init_std=2.0)  # big: removing adapters flips predictions
+    data = random_encoded(family, n=40, seed=1)
+    assert len(set(data.lengths.tolist())) > 5  # varying lengths, so batches are padded
+    return Evaluator(Stages(model, family), data, batch_size=8, precision=precision)
+
+
+@pytest.fixture(params=["fp32", "bf16"])
+def evaluator(request, family) -> Evaluator:
+    return make_evaluator(family, request.param)
+
+
+def test_intact_equals_from_scratch(evaluator):
+    intact = evaluator.intact()
+    assert intact.shape == (40,)
+    assert np.array_equal(intact, evaluator.from_scratch())
+    assert np.array_equal(evaluator.labels, evaluator.data.labels)
+
+
+def test_removing_adapters_changes_predictions(evaluator):
+    """Guards the equality tests below against a model whose adapters do nothing."""
+    intact = evaluator.intact()
+    removed = evaluator.from_scratch(0, L - 1, "both")
+    assert (intact != removed).sum() >= 5
+    changed = [(evaluator.from_scratch(first, last) != intact).any() for first, last in CELLS]
+    assert sum(changed) >= len(CELLS) // 2
+
+
+def test_cells_in_sweep_order_equal_from_scratch(evaluator):
+    for positions in POSITIONS:
+        for first, last in CELLS:
+            got = evaluator.cell(first, last, positions)
+            want = evaluator.from_scratch(first, last, positions)
+            assert np.array_equal(got, want), (first, last, positions)
+    # the model is left intact after cells
+    assert np.array_equal(evaluator.from_scratch(), evaluator.intact())
+
+
+def test_cells_in_shuffled_order_equal_from_scratch(evaluator):
+    jobs = [(first, last, positions) for first, last in CELLS for positions in POSITIONS]
+    for seed in range(2):
+        random.Random(seed).shuffle(jobs)
+        for first, last, positions in jobs:
+            got = evaluator.cell(first, last, positions)
+            want = evaluator.from_scratch(first, last, positions)
+            assert np.array_equal(got, want), (seed, first, last, positions)
+
+
+def test_cells_interleaved_with_shorter_chains(evaluator):
+    """Going back to a smaller `last` (or another `first`) after extending a chain must recompute."""
+    jobs = [(1, 3), (1, 1), (1, 2), (0, 2), (1, 2), (1, 3), (2, 3), (2, 2), (0, 0), (0, 3)]
+    for first, last in jobs:
+        assert np.array_equal(evaluator.cell(first, last), evaluator.from_scratch(first, last))
+
+
+def test_layer_passes_in_sweep_order(evaluator):
+    assert evaluator.layer_passes == 0
+    for first, last in CELLS:
+        evaluator.cell(first, last, "both")
+    assert len(CELLS) == L * (L + 1) // 2
+    assert evaluator.layer_passes == L + sum(n * (n + 1) // 2 for n in range(1, L + 1))
