@@ -131,9 +131,13 @@ def main(argv: list[str] | None = None) -> None:
             f"= {100 * flops / full[p] / 1e9 / peak[p]:.0f}% of peak, accuracy {acc:.4f}",
         )
     agree = float((preds["bf16"] == preds["fp32"]).mean())
+    speedup = full["fp32"] / full["bf16"]
+    report("bf16 speed-up / prediction agreement with fp32", f"{speedup:.2f}x / {100 * agree:.2f}%")
+    gap = abs(float((preds["bf16"] == data.labels).mean()) - float((preds["fp32"] == data.labels).mean()))
+    ok = speedup >= 1.8 and agree >= 0.995 and gap <= 0.005
     report(
-        "bf16 speed-up / prediction agreement with fp32",
-        f"{full['fp32'] / full['bf16']:.2f}x / {100 * agree:.2f}%",
+        "bf16 as default (>= 1.8x, >= 99.5% agreement, <= 0.5 pt)",
+        f"{'yes' if ok else 'no'} (configured: train {cfg.train.precision}, eval {cfg.eval.precision})",
     )
 
     step = {}

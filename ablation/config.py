@@ -71,6 +71,9 @@ class TaskConfig:
         _check(self.num_labels >= 2, "task.num_labels", self.num_labels, "at least 2")
         _check(len(self.text_fields) in (1, 2), "task.text_fields", self.text_fields, "one or two fields")
         _check(self.metric in METRICS, "task.metric", self.metric, f"one of {METRICS}")
+        _check(
+            self.metric != "f1" or self.num_labels == 2, "task.metric", self.metric, "f1 needs num_labels=2"
+        )
         _check(self.validation_size > 0, "task.validation_size", self.validation_size, "a positive integer")
         _check(
             self.train_limit is None or self.train_limit > 0,
@@ -112,7 +115,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    precision: str = "bf16"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "train.lr", self.lr, "a positive float")
@@ -130,7 +133,7 @@ class EvalConfig:
     """Evaluation settings; not part of the training key."""
 
     batch_size: int = 64
-    precision: str = "bf16"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "eval.batch_size", self.batch_size, "a positive integer")

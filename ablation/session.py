@@ -99,9 +99,12 @@ def build_session(cfg: RunConfig) -> Session:
     if trained_now:
         print(f"[train] training {key} ({len(data['train'])} examples)", flush=True)
         train_data = encode(data["train"], tokenizer, cfg.task.text_fields, cfg.model.max_length)
-        metrics = train(model, train_data, cfg.train, cfg.seed)
+        checkpoint = folder.with_name(folder.name + ".partial.pt")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        metrics = train(model, train_data, cfg.train, cfg.seed, checkpoint)
         metrics["counts"] = counts
         save_trained(model, folder, OmegaConf.to_container(OmegaConf.structured(cfg)), metrics)
+        checkpoint.unlink(missing_ok=True)
         print(f"[train] stored in {folder} ({metrics['train_seconds']:.0f} s)", flush=True)
     else:
         metrics = load_trained(model, folder)

@@ -26,6 +26,8 @@ from ablation.data import Encoded, collate, train_batches
 
 # Bump when a code change alters what training produces, so old stored adapters are not reused.
 STORE_VERSION = 1
+# An interrupted training run resumes from its last checkpoint, written at most this often.
+CHECKPOINT_SECONDS = 60.0
 
 
 def set_seed(seed: int) -> None:
@@ -80,42 +82,72 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train(model: nn.Module, data: Encoded, cfg: TrainConfig, seed: int) -> dict:
-    """Train the parameters that require grad; returns loss and timing metrics."""
+def batch_plan(data: Encoded, batch_size: int, steps: int, seed: int) -> list[np.ndarray]:
+    """Every training batch in order, fixed by the seed, so a resumed run sees the same batches."""
     rng = np.random.default_rng(seed)
+    plan: list[np.ndarray] = []
+    while len(plan) < steps:
+        plan += train_batches(data, batch_size, rng)
+    return plan[:steps]
+
+
+def train(
+    model: nn.Module, data: Encoded, cfg: TrainConfig, seed: int, checkpoint: Path | None = None
+) -> dict:
+    """Train the parameters that require grad, resuming from `checkpoint` if one is there."""
     steps_per_epoch = math.ceil(len(data.labels) / cfg.batch_size)
     total = math.ceil(cfg.epochs * steps_per_epoch)
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
+    plan = batch_plan(data, cfg.batch_size, total, seed)
     optimizer, scheduler = make_optimizer(model, cfg, total)
     params = [p for p in model.parameters() if p.requires_grad]
+    start, losses, spent = 0, [], 0.0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["params"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start, losses, spent = state["step"], state["losses"], state["seconds"]
+        print(f"[train] resuming from step {start} of {total} ({checkpoint})", flush=True)
     model.train()
-    losses, tic, step = [], time.perf_counter(), 0
-    bar = tqdm(total=total, desc="train", unit="step", dynamic_ncols=True)
-    while step < total:
-        for index in train_batches(data, cfg.batch_size, rng):
-            batch = collate(data, index)
-            with autocast(cfg.precision):
-                loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            if step >= total:
-                break
+    tic = saved = time.perf_counter()
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    for step in range(start, total):
+        batch = collate(data, plan[step])
+        with autocast(cfg.precision):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if checkpoint is not None and time.perf_counter() - saved > CHECKPOINT_SECONDS and step + 1 < total:
+            state = {
+                "params": trained_state(model),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "step": step + 1,
+                "losses": losses,
+                "seconds": spent + time.perf_counter() - tic,
+            }
+            torch.save(state, checkpoint.with_suffix(".tmp"))
+            os.replace(checkpoint.with_suffix(".tmp"), checkpoint)
+            saved = time.perf_counter()
     bar.close()
     model.eval()
     return {
-        "steps": step,
-        "epochs": step / steps_per_epoch,
+        "steps": total,
+        "epochs": total / steps_per_epoch,
         "train_examples": len(data.labels),
         "final_loss": float(np.mean(losses[-50:])),
-        "train_seconds": time.perf_counter() - tic,
+        "train_seconds": spent + time.perf_counter() - tic,
+        "resumed_at_step": start,
     }
 
 
@@ -133,6 +165,8 @@ def save_trained(model: nn.Module, folder: Path, config: dict, metrics: dict) ->
         save_file(state, str(tmp / "trained.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        # A folder without trained parameters holds only stale evaluation caches of an older run.
+        shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

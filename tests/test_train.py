@@ -1,0 +1,193 @@
+"""Training: only trainable parameters move, the store round-trips, the key, the optimiser and schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import padded_batch, random_encoded, tiny_model
+from torch import nn
+
+from ablation.adapters import Adapter, freeze_for_adapters, inject_adapters
+from ablation.config import (
+    AblateConfig,
+    AdapterConfig,
+    EvalConfig,
+    ModelConfig,
+    RunConfig,
+    TaskConfig,
+    TrainConfig,
+)
+from ablation.train import load_trained, make_optimizer, save_trained, store_path, train, training_key
+
+L = 3
+
+
+def adapter_model(family: str, adapter_seed: int = 0) -> nn.Module:
+    model = tiny_model(family, num_layers=L, seed=0)
+    torch.manual_seed(adapter_seed)
+    inject_adapters(model, family, 8, init_std=1e-2)
+    freeze_for_adapters(model)
+    return model
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def logits(model: nn.Module, batch: dict) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_changes_only_trainable_parameters(family, precision):
+    model = adapter_model(family)
+    before = snapshot(model)
+    data = random_encoded(family, n=48, seed=4)
+    cfg = TrainConfig(lr=1e-2, epochs=1.0, max_steps=4, batch_size=8, precision=precision)
+    metrics = train(model, data, cfg, seed=0)
+    assert metrics["steps"] == 4
+    assert metrics["train_examples"] == 48
+    assert metrics["epochs"] == pytest.approx(4 / 6)
+    assert np.isfinite(metrics["final_loss"])
+    assert not model.training  # left in eval mode
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert not torch.equal(p, before[name]), f"{name} did not train"
+        else:
+            assert torch.equal(p, before[name]), f"frozen {name} changed"
+
+
+def test_train_without_max_steps_runs_the_epochs(family):
+    model = adapter_model(family)
+    data = random_encoded(family, n=20, seed=5)
+    metrics = train(model, data, TrainConfig(epochs=1.5, batch_size=8, precision="fp32"), seed=0)
+    assert metrics["steps"] == 5  # ceil(1.5 * ceil(20 / 8))
+
+
+def test_save_and_load_trained_round_trip(family, tmp_path):
+    model = adapter_model(family, adapter_seed=0)
+    train(
+        model, random_encoded(family, n=24, seed=6), TrainConfig(lr=1e-2, max_steps=3, batch_size=8), seed=0
+    )
+    batch = padded_batch(family)
+    trained = logits(model, batch)
+    folder = store_path(tmp_path / "store", "key-abc")
+    save_trained(model, folder, {"seed": 0}, {"steps": 3, "train_seconds": 1.5})
+    assert folder == tmp_path / "store" / "key-abc"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "metrics.json", "trained.safetensors"]
+    assert json.loads((folder / "config.json").read_text()) == {"seed": 0}
+    assert [p.name for p in folder.parent.iterdir()] == ["key-abc"]  # no temp folder left
+
+    fresh = adapter_model(family, adapter_seed=1)  # same base weights, other adapter init
+    assert not torch.equal(logits(fresh, batch), trained)
+    metrics = load_trained(fresh, folder)
+    assert metrics == {"steps": 3, "train_seconds": 1.5}
+    assert torch.equal(logits(fresh, batch), trained)
+    for (name, p), q in zip(model.named_parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_load_trained_rejects_another_layout(family, tmp_path):
+    model = adapter_model(family)
+    folder = tmp_path / "k"
+    save_trained(model, folder, {}, {})
+    other = tiny_model(family, num_layers=L)
+    inject_adapters(other, family, 8, positions=("output",))
+    freeze_for_adapters(other)
+    with pytest.raises(RuntimeError, match="do not match"):
+        load_trained(other, folder)
+
+
+def run_config(**changes) -> RunConfig:
+    base = RunConfig(
+        model=ModelConfig(name="tiny", family="bert", artifact="some-model", num_layers=12),
+        task=TaskConfig(name="demo", artifact="some-data"),
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_training_key_tracks_what_training_depends_on():
+    base = run_config()
+    key = training_key(base)
+    assert key.startswith("tiny-demo-")
+    assert training_key(run_config()) == key  # deterministic
+    changed = [
+        run_config(seed=1),
+        run_config(adapter=AdapterConfig(size=32)),
+        run_config(adapter=AdapterConfig(init_std=1e-2)),
+        run_config(adapter=AdapterConfig(positions=["output"])),
+        run_config(train=TrainConfig(lr=3e-4)),
+        run_config(train=TrainConfig(epochs=2.0)),
+        run_config(task=TaskConfig(name="demo", artifact="other-data")),
+        run_config(task=TaskConfig(name="demo", artifact="some-data", split_seed=1)),
+        run_config(task=TaskConfig(name="other", artifact="some-data")),
+        run_config(model=ModelConfig(name="tiny", family="bert", artifact="other-model", num_layers=12)),
+    ]
+    keys = [training_key(cfg) for cfg in changed]
+    assert key not in keys
+    assert len(set(keys)) == len(keys)
+    same = [
+        run_config(ablate=AblateConfig(first=0, last=5)),
+        run_config(ablate=AblateConfig(first=3, last=3, positions="attention")),
+        run_config(eval=EvalConfig(batch_size=8, precision="fp32")),
+    ]
+    assert all(training_key(cfg) == key for cfg in same)
+
+
+def test_schedule_warms_up_over_ten_percent_then_decays_to_zero(family):
+    model = adapter_model(family)
+    lr, total = 1e-3, 100
+    optimizer, scheduler = make_optimizer(model, TrainConfig(lr=lr, warmup_ratio=0.1), total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    lrs = np.array(lrs)
+    warmup = 10
+    assert all(
+        g["lr"] == pytest.approx(0.0, abs=1e-15) for g in optimizer.param_groups
+    )  # after `total` steps
+    assert lrs.max() == pytest.approx(lr)
+    assert 0 <= lrs[0] <= lr / warmup + 1e-12
+    # linear warm-up: equal increments, peak reached by the end of the first 10% of steps
+    rise = np.diff(lrs[:warmup])
+    assert np.allclose(rise, lr / warmup)
+    assert lrs[warmup - 1] == pytest.approx(lr) or lrs[warmup] == pytest.approx(lr)
+    assert np.all(lrs[:warmup] <= lr * (1 + 1e-9))
+    # linear decay from the peak to 0 at step `total`: equal decrements
+    fall = np.diff(np.append(lrs[warmup:], 0.0))
+    assert np.allclose(fall, -lr / (total - warmup))
+    # both parameter groups follow the same schedule
+    assert len({g["lr"] for g in optimizer.param_groups}) == 1
+
+
+def test_weight_decay_groups(family):
+    model = adapter_model(family)
+    optimizer, _ = make_optimizer(model, TrainConfig(weight_decay=0.01), 10)
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    assert set(decay_of) == {id(named[n]) for n in trainable}  # frozen parameters are not optimised
+    for module_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            full = f"{module_name}.{name}"
+            if isinstance(module, nn.LayerNorm) or name == "bias":
+                assert decay_of[id(p)] == 0.0, full
+            else:
+                assert decay_of[id(p)] == 0.01, full
+    adapters = [m for m in model.modules() if isinstance(m, Adapter)]
+    assert len(adapters) == 2 * L
+    for adapter in adapters:
+        assert decay_of[id(adapter.down.weight)] == decay_of[id(adapter.up.weight)] == 0.01
+        assert decay_of[id(adapter.down.bias)] == decay_of[id(adapter.up.bias)] == 0.0
+    layernorms = [p for n, p in named.items() if "LayerNorm" in n]
+    assert layernorms and all(decay_of[id(p)] == 0.0 for p in layernorms)
