@@ -46,6 +46,7 @@ def main(dcfg: DictConfig) -> float:
     cfg = to_run_config(dcfg, job_dir)
 
     session = open_session(cfg)
+    trained_now = session.report_training()
     eval_tic = time.perf_counter()
     intact, _ = session.predictions(None)
     ablated, computed = session.predictions(cfg.ablate) if cfg.ablate.first is not None else (intact, False)
@@ -72,14 +73,14 @@ def main(dcfg: DictConfig) -> float:
         "intact_metric": base[cfg.task.metric],
         "n_eval": len(labels),
         "train_key": session.key,
-        "trained_now": session.trained_now,
+        "trained_now": trained_now,
         "cell_computed": computed,
         "adapter_size": cfg.adapter.size,
         "init_std": cfg.adapter.init_std,
         "lr": cfg.train.lr,
         "trainable_params": session.counts["trainable"],
         "total_params": session.counts["total"],
-        "train_seconds": session.train_metrics["train_seconds"] if session.trained_now else 0.0,
+        "train_seconds": session.train_metrics["train_seconds"] if trained_now else 0.0,
         "eval_seconds": eval_seconds,
         "job_seconds": time.perf_counter() - tic,
         "job_dir": hc.sweep.subdir if multirun else ".",

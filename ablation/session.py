@@ -37,6 +37,12 @@ class Session:
     trained_now: bool
     cell_dir: Path
     timings: dict = field(default_factory=dict)
+    _training_reported: bool = False
+
+    def report_training(self) -> bool:
+        """True for the first job of the session when it trained (later jobs reused the result)."""
+        first, self._training_reported = not self._training_reported, True
+        return first and self.trained_now
 
     def predictions(self, ablate: AblateConfig | None) -> tuple[np.ndarray, bool]:
         """Predictions for the intact model (None) or an ablation; True when computed now."""

@@ -21,8 +21,8 @@ def heatmap(df: pd.DataFrame, ax: Axes, value: str = "relative_decrease", annot:
     """Draw one panel (rows: first ablated layer, columns: last, in %) on `ax`; return the matrix."""
     matrix = layer_matrix(df, value)
     n_layers = len(matrix)
-    # A 12 x 12 grid has no room for a decimal in each cell; a small one does.
-    fmt, fontsize = (".1f", 9) if n_layers <= 8 else (".0f", 7)
+    # Single-layer effects are a few tenths of a percent: keep one decimal, smaller on big grids.
+    fmt, fontsize = ".1f", (9 if n_layers <= 8 else 6.5)
     sns.heatmap(
         matrix * 100,
         ax=ax,

@@ -124,6 +124,7 @@ BAD_VALUES = [
     (["adapter.activation=softmax"], "adapter.activation"),
     (["train.precision=fp16"], "train.precision"),
     (["eval.batch_size=0"], "eval.batch_size"),
+    (["task=tweets", "task.metric=f1"], "f1 needs num_labels=2"),
 ]  # fmt: skip
 
 

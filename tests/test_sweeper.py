@@ -49,6 +49,7 @@ def test_expand_range(value, expanded):
         "5",
         "choice(1,2)",
         "../x",
+        "..",
         "../outputs/run",
         "a/b..c",
         "'0..3'",

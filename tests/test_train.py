@@ -191,3 +191,13 @@ def test_weight_decay_groups(family):
         assert decay_of[id(adapter.down.bias)] == decay_of[id(adapter.up.bias)] == 0.0
     layernorms = [p for n, p in named.items() if "LayerNorm" in n]
     assert layernorms and all(decay_of[id(p)] == 0.0 for p in layernorms)
+
+
+def test_save_trained_replaces_a_folder_without_trained_parameters(family, tmp_path):
+    """A folder left with only stale evaluation caches is replaced, not an error."""
+    model = adapter_model(family, adapter_seed=0)
+    folder = store_path(tmp_path / "store", "key-stale")
+    (folder / "eval" / "old").mkdir(parents=True)
+    (folder / "eval" / "old" / "cell-0-0-both.npy").write_bytes(b"stale")
+    save_trained(model, folder, {"seed": 0}, {"steps": 0, "train_seconds": 0.0})
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "metrics.json", "trained.safetensors"]
