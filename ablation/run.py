@@ -49,7 +49,7 @@ def main(dcfg: DictConfig) -> float:
     trained_now = session.report_training()
     eval_tic = time.perf_counter()
     intact, _ = session.predictions(None)
-    ablated, computed = session.predictions(cfg.ablate) if cfg.ablate.first is not None else (intact, False)
+    ablated, computed = session.predictions(cfg.ablate)  # the intact predictions again when no range
     eval_seconds = time.perf_counter() - eval_tic
 
     labels = session.evaluator.labels
