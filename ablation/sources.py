@@ -156,8 +156,5 @@ def fetch(name: str, cache: str | Path) -> Path:
 
 
 def artifact_path(name: str, cache: str | Path) -> Path:
-    """Path of the checked file of an artifact (e.g. a data file), fetching it if needed."""
-    folder = fetch(name, cache)
-    checked = ARTIFACTS[name].checked_file
-    # Model artifacts are loaded as a folder (the one holding the checked weights file).
-    return folder / checked
+    """Path of an artifact's checked file, fetching it if needed (a model's folder is its parent)."""
+    return fetch(name, cache) / ARTIFACTS[name].checked_file
