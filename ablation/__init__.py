@@ -1,0 +1,1 @@
+"""Houlsby adapter analysis: adapters, offline models and data, train-once store, shared ablation evaluation."""
