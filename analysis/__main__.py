@@ -1,4 +1,4 @@
-"""Command line: `python -m analysis heatmap SWEEP_DIR [--out STEM]` and `... table SWEEP_DIR`."""
+"""Command line: `python -m analysis heatmap|table|ci SWEEP_DIR`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.collect import load_results
-from analysis.stats import PANEL_COLUMNS, layer_matrix, split_panels
+from analysis.collect import load_predictions, load_results
+from analysis.stats import PANEL_COLUMNS, layer_matrix, paired_bootstrap_ci, split_panels
 
 PROG = "python -m analysis"
 
@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
         df = load_results(args.sweep_dir)
         if args.command == "heatmap":
             _heatmap(df, args)
+        elif args.command == "ci":
+            print(format_intervals(df, args.sweep_dir, args.level).to_string(index=False))
         else:
             print(format_table(df, args.value))
     except (FileNotFoundError, KeyError, ValueError) as err:
@@ -44,6 +46,17 @@ def format_table(df: pd.DataFrame, value: str = "relative_decrease") -> str:
     return "\n\n".join(blocks)
 
 
+def format_intervals(df: pd.DataFrame, sweep_dir: Path, level: float = 0.95) -> pd.DataFrame:
+    """Per cell: accuracy and its drop from the intact model (percentage points), paired bootstrap interval."""
+    rows = []
+    for _, row in df.sort_values(["first", "last"]).iterrows():
+        pred = load_predictions(sweep_dir, str(row["job_dir"]))
+        diff, lo, hi = paired_bootstrap_ci(pred["labels"], pred["intact"], pred["ablated"], level=level)
+        rows.append({"first": row["first"], "last": row["last"], "accuracy": 100 * row["accuracy"],
+                     "drop_points": 100 * diff, "lo": 100 * lo, "hi": 100 * hi})  # fmt: skip
+    return pd.DataFrame(rows).round(2)
+
+
 def _heatmap(df: pd.DataFrame, args: argparse.Namespace) -> None:
     # Imported here so that `table` does not pay for matplotlib and seaborn.
     from analysis.plots import heatmap_figure
@@ -62,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     heat.add_argument("--out", type=Path, default=None, help="output stem (default: SWEEP_DIR/heatmap)")
     table = commands.add_parser("table", help="print the first x last matrix in percent")
     table.add_argument("sweep_dir", type=Path, help="sweep directory (or its results.csv)")
+    ci = commands.add_parser("ci", help="accuracy drop per cell with a paired bootstrap interval")
+    ci.add_argument("sweep_dir", type=Path, help="sweep directory (with its job folders)")
+    ci.add_argument("--level", type=float, default=0.95, help="interval level (default: %(default)s)")
     for sub in (heat, table):
         sub.add_argument("--value", default="relative_decrease", help="column to show (default: %(default)s)")
     return parser

@@ -230,6 +230,23 @@ def test_cli_table_and_missing_dir(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "missing" in err and "Traceback" not in err
 
 
+def test_cli_ci_gives_the_paired_drop_per_cell(tmp_path):
+    from analysis.__main__ import format_intervals
+
+    rows = []
+    labels = np.array([0, 1] * 50)
+    for job, (first, last, wrong) in enumerate([(0, 0, 0), (0, 1, 10)]):
+        ablated = labels.copy()
+        ablated[:wrong] = 1 - ablated[:wrong]  # `wrong` more mistakes than the intact model
+        (tmp_path / str(job)).mkdir()
+        np.savez(tmp_path / str(job) / "predictions.npz", labels=labels, intact=labels, ablated=ablated)
+        rows.append({"first": first, "last": last, "accuracy": 1 - wrong / 100, "job_dir": str(job)})
+    table = format_intervals(pd.DataFrame(rows), tmp_path)
+    assert table["drop_points"].tolist() == [0.0, 10.0]
+    assert table.loc[0, ["lo", "hi"]].tolist() == [0.0, 0.0]
+    assert table.loc[1, "lo"] < 10.0 < table.loc[1, "hi"]
+
+
 def test_analysis_never_imports_torch():
     code = (
         "import sys, analysis, analysis.collect, analysis.stats, analysis.plots, analysis.__main__\n"
