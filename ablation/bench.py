@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
 
 from ablation.data import collate, train_batches
+from ablation.dropout import use_fast_dropout
 from ablation.evaluate import Evaluator
 from ablation.session import open_session
 from ablation.train import autocast
@@ -42,15 +44,11 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def forward_flops(config, adapter_size: int, batches: list[dict]) -> float:
-    """Matmul FLOPs of one forward pass over these (padded) batches, adapters included."""
-    d, f, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    total = 0.0
-    for batch in batches:
-        b, t = batch["input_ids"].shape
-        per_layer = 2 * b * t * (4 * d * d + 2 * d * f + 2 * 2 * d * adapter_size) + 2 * 2 * b * t * t * d
-        total += L * per_layer
-    return total
+def counted(fn) -> tuple[float, object]:
+    """Matmul FLOPs that fn() runs (forward and backward, as torch counts them), and its result."""
+    with FlopCounterMode(display=False) as counter:
+        out = fn()
+    return float(counter.get_total_flops()), out
 
 
 def timed(fn, repeats: int = 1) -> tuple[float, object]:
@@ -63,24 +61,25 @@ def timed(fn, repeats: int = 1) -> tuple[float, object]:
     return best, out
 
 
-def train_step_seconds(model, data, batch_size: int, precision: str, steps: int = 6) -> tuple[float, list]:
-    """Mean seconds of a training step (forward, backward, AdamW) on a copy of the model."""
+def train_step_seconds(model, data, batch_size: int, precision: str, steps: int = 6) -> tuple[float, float]:
+    """Mean seconds and matmul FLOPs of a training step (forward, backward, AdamW), as train() runs it."""
     model = copy.deepcopy(model).train()
+    use_fast_dropout(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    batches = [
-        collate(data, i) for i in train_batches(data, batch_size, np.random.default_rng(0))[: steps + 1]
-    ]
-    times = []
-    for batch in batches:
-        tic = time.perf_counter()
+    batches = [collate(data, i) for i in train_batches(data, batch_size, np.random.default_rng(0))[:steps]]
+
+    def step(batch: dict) -> None:
         with autocast(precision):
             loss = model(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - tic)
-    return float(np.mean(times[1:])), batches[1:]
+
+    # Untimed first round: counts the FLOPs and lets the kernels settle for every batch shape.
+    flops, _ = counted(lambda: [step(batch) for batch in batches])
+    seconds = [timed(lambda batch=batch: step(batch))[0] for batch in batches]
+    return float(np.mean(seconds)), flops / len(batches)
 
 
 def sweep_seconds(overrides: list[str], cells: str) -> float:
@@ -116,11 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     report("matmul peak fp32 / bf16 (GFLOP/s)", f"{peak['fp32']:.0f} / {peak['bf16']:.0f}")
 
     evals = {p: Evaluator(session.evaluator.stages, data, cfg.eval.batch_size, p) for p in ("fp32", "bf16")}
-    flops = forward_flops(model.config, cfg.adapter.size, evals["fp32"].batches)
     tokens = int(sum(b["attention_mask"].sum() for b in evals["fp32"].batches))
     full, preds, acc = {}, {}, {}
     for p, ev in evals.items():
-        ev.from_scratch()  # warm-up: kernel selection for every batch shape
+        flops, _ = counted(ev.from_scratch)  # also the warm-up: kernel selection for every batch shape
         full[p], preds[p] = timed(ev.from_scratch, repeats=2)
         acc[p] = float((preds[p] == data.labels).mean())
         report(
@@ -139,8 +137,7 @@ def main(argv: list[str] | None = None) -> None:
 
     step = {}
     for p in ("fp32", "bf16"):
-        step[p], batches = train_step_seconds(model, data, cfg.train.batch_size, p)
-        tflops = 2 * forward_flops(model.config, cfg.adapter.size, batches) / len(batches)
+        step[p], tflops = train_step_seconds(model, data, cfg.train.batch_size, p)
         report(
             f"train step {p} (batch {cfg.train.batch_size}, frozen encoder)",
             f"{step[p]:.3f} s, {tflops / step[p] / 1e9:.0f} GFLOP/s = {100 * tflops / step[p] / 1e9 / peak[p]:.0f}% of peak",

@@ -5,6 +5,7 @@ starts from the state entering layer `first`, runs layers first..last with their
 removed, then the remaining layers intact. When cells with the same `first` come in increasing
 `last`, the ablated chain is extended by one layer instead of recomputed, so all L(L+1)/2 cells
 of an L-layer model cost sum_{n=1..L} n(n+1)/2 layer passes (364 for L=12) instead of L per cell.
+The last layer runs its feed-forward at the first token only, the one the head reads.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class Evaluator:
         """Gold labels in dataset order."""
         return self.data.labels
 
+    def _layer(self, i: int, h: torch.Tensor, b: int) -> torch.Tensor:
+        """Layer i on batch b's states; the last layer only as far as the head needs."""
+        return self.stages.layer(i, h, self._ctx[b], first_token_only=i == self.stages.num_layers - 1)
+
     def _unsort(self, preds: list[torch.Tensor]) -> np.ndarray:
         out = np.empty(len(self.order), dtype=np.int64)
         out[self.order] = torch.cat(preds).numpy()
@@ -51,7 +56,7 @@ class Evaluator:
         with autocast(self.precision):
             for b, h in enumerate(states):
                 for i in range(k, self.stages.num_layers):
-                    h = self.stages.layer(i, h, self._ctx[b])
+                    h = self._layer(i, h, b)
                 preds.append(self.stages.head(h).argmax(-1))
         self.layer_passes += self.stages.num_layers - k
         return self._unsort(preds)
@@ -64,12 +69,14 @@ class Evaluator:
         boundary = [[] for _ in range(L + 1)]
         self._ctx, preds = [], []
         with autocast(self.precision):
-            for batch in tqdm(self.batches, desc="eval intact", leave=False, dynamic_ncols=True):
+            for b, batch in enumerate(
+                tqdm(self.batches, desc="eval intact", leave=False, dynamic_ncols=True)
+            ):
                 h, ctx = self.stages.embed(batch)
                 self._ctx.append(ctx)
                 boundary[0].append(h)
                 for i in range(L):
-                    h = self.stages.layer(i, h, ctx)
+                    h = self._layer(i, h, b)
                     boundary[i + 1].append(h)
                 preds.append(self.stages.head(h).argmax(-1))
         self.layer_passes += L
@@ -89,7 +96,7 @@ class Evaluator:
             start, states = first, self._boundary[first]
         with autocast(self.precision):
             for i in range(start, last + 1):
-                states = [self.stages.layer(i, h, self._ctx[b]) for b, h in enumerate(states)]
+                states = [self._layer(i, h, b) for b, h in enumerate(states)]
         self.layer_passes += last + 1 - start
         self._chain = (first, positions, last, states)
         preds = self._run_from(last + 1, states)

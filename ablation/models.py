@@ -74,12 +74,25 @@ class Stages:
             ctx["position_bias"] = self.base.encoder.compute_position_bias(h)
         return h, ctx
 
-    def layer(self, i: int, h: torch.Tensor, ctx: dict) -> torch.Tensor:
-        """Run transformer layer i."""
+    def layer(self, i: int, h: torch.Tensor, ctx: dict, first_token_only: bool = False) -> torch.Tensor:
+        """Run transformer layer i; with first_token_only, its feed-forward only at position 0.
+
+        Every head here reads only the first token of the last layer, so the last layer's
+        feed-forward (2/3 of a layer's matmuls) is needed at one position. Its output then has
+        sequence length 1 and matches the full layer's first position up to rounding.
+        """
+        layer = self.layers[i]
+        if not first_token_only:
+            if self.family == "mpnet":
+                return layer(h, ctx["mask"], ctx["position_bias"])[0]
+            out = layer(h, ctx["mask"])
+            return out[0] if isinstance(out, tuple) else out
         if self.family == "mpnet":
-            return self.layers[i](h, ctx["mask"], ctx["position_bias"])[0]
-        out = self.layers[i](h, ctx["mask"])
-        return out[0] if isinstance(out, tuple) else out
+            a = layer.attention(h, ctx["mask"], position_bias=ctx["position_bias"])[0]
+        else:
+            a = layer.attention(h, ctx["mask"])[0]
+        a = a[:, :1]
+        return layer.output(layer.intermediate(a), a)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Classification logits from the last hidden states."""

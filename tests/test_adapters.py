@@ -209,3 +209,19 @@ def test_real_model_with_adapters_stage_forward(name):
     batch = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
         assert torch.equal(Stages(model, cfg.family).forward(batch), model(**batch).logits)
+
+
+def test_first_token_only_last_layer_matches_the_full_layer(family):
+    """The evaluator's last layer: feed-forward at position 0 only, the position every head reads."""
+    model = adapter_model(family, init_std=0.1)
+    batch = padded_batch(family)
+    stages = Stages(model, family)
+    with torch.no_grad():
+        h, ctx = stages.embed(batch)
+        for i in range(L - 1):
+            h = stages.layer(i, h, ctx)
+        full = stages.layer(L - 1, h, ctx)
+        first = stages.layer(L - 1, h, ctx, first_token_only=True)
+        assert first.shape == (4, 1, model.config.hidden_size)
+        assert torch.allclose(first, full[:, :1], atol=1e-6, rtol=1e-5)
+        assert torch.allclose(stages.head(first), model(**batch).logits, atol=1e-6, rtol=1e-5)
