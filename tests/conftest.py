@@ -11,6 +11,8 @@ from transformers import (
     MPNetConfig,
     MPNetForSequenceClassification,
     PreTrainedTokenizerFast,
+    RobertaConfig,
+    RobertaForSequenceClassification,
 )
 
 from ablation.data import Encoded
@@ -19,7 +21,7 @@ from ablation.data import Encoded
 # processes on a 2-core machine made each forward ~50x slower.
 torch.set_num_threads(1)
 
-FAMILIES = ("bert", "mpnet")
+FAMILIES = ("bert", "mpnet", "roberta")
 VOCAB_SIZE = 100
 HIDDEN = 32
 NUM_LABELS = 3
@@ -27,6 +29,7 @@ NUM_LABELS = 3
 _CLASSES = {
     "bert": (BertConfig, BertForSequenceClassification),
     "mpnet": (MPNetConfig, MPNetForSequenceClassification),
+    "roberta": (RobertaConfig, RobertaForSequenceClassification),
 }
 
 
@@ -56,7 +59,7 @@ def perturb_layernorms_and_head(model: torch.nn.Module, seed: int = 1) -> None:
 
 def pad_id(family: str) -> int:
     """The pad token id of the family's default config."""
-    return 1 if family == "mpnet" else 0
+    return 0 if family == "bert" else 1
 
 
 def random_encoded(
