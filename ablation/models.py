@@ -79,19 +79,16 @@ class Stages:
 
         Every head here reads only the first token of the last layer, so the last layer's
         feed-forward (2/3 of a layer's matmuls) is needed at one position. Its output then has
-        sequence length 1 and matches the full layer's first position up to rounding.
+        sequence length 1 and matches the full layer's first position up to rounding. Without it,
+        this is the layer's own forward: attention, then feed-forward (a test checks equality).
         """
         layer = self.layers[i]
-        if not first_token_only:
-            if self.family == "mpnet":
-                return layer(h, ctx["mask"], ctx["position_bias"])[0]
-            out = layer(h, ctx["mask"])
-            return out[0] if isinstance(out, tuple) else out
         if self.family == "mpnet":
             a = layer.attention(h, ctx["mask"], position_bias=ctx["position_bias"])[0]
         else:
             a = layer.attention(h, ctx["mask"])[0]
-        a = a[:, :1]
+        if first_token_only:
+            a = a[:, :1]
         return layer.output(layer.intermediate(a), a)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
