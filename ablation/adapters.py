@@ -1,4 +1,4 @@
-"""Houlsby adapters: the module, where it goes in each architecture, freezing, the ablation switch."""
+"""Houlsby adapters and their variants: the module, where it goes in each architecture, the ablation switch."""
 
 from __future__ import annotations
 
@@ -7,60 +7,137 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-# Each adapter wraps the dropout that follows a sub-layer's output projection: both architectures
-# compute LayerNorm(dropout(proj(x)) + residual), so the wrapped dropout's output is exactly the
+# Each adapter slot wraps the dropout that follows a sub-layer's output projection: every family here
+# computes LayerNorm(dropout(proj(x)) + residual), so the wrapped dropout's output is exactly the
 # paper's position (after projection and dropout, before the residual add and LayerNorm).
 POSITION_PATHS = {
     "bert": {"attention": "attention.output.dropout", "output": "output.dropout"},
     "roberta": {"attention": "attention.output.dropout", "output": "output.dropout"},
     "mpnet": {"attention": "attention.dropout", "output": "output.dropout"},
 }
-HEAD_PREFIX = "classifier."
+# A parallel adapter reads the sub-layer's input: the input of the first module each sub-layer runs
+# (self-attention, or the feed-forward's first projection), which a tap hands to the slot.
+INPUT_PATHS = {
+    "bert": {"attention": "attention.self", "output": "intermediate"},
+    "roberta": {"attention": "attention.self", "output": "intermediate"},
+    "mpnet": {"attention": "attention.attn", "output": "intermediate"},
+}
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "swish": nn.SiLU}
 
 
-class Adapter(nn.Module):
-    """Bottleneck adapter h + up(act(down(h))) with 2md + d + m parameters."""
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d over every token of the batch (statistics per feature over batch x sequence)."""
 
-    def __init__(self, d: int, m: int, init_std: float = 1e-3, activation: str = "gelu") -> None:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise a [..., d] tensor with statistics over all leading positions."""
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+def _norm(kind: str, d: int) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(d)
+    if kind == "batchnorm":
+        return TokenBatchNorm(d)
+    return nn.Identity()
+
+
+class Adapter(nn.Module):
+    """Bottleneck delta(x) = up(act(... act(down(norm(x))))), combined with the sub-layer output s.
+
+    combine="add": s + delta(x); combine="multiply": s * (1 + delta(x)). Serial adapters have x = s
+    (the Houlsby adapter s + up(act(down(s))), 2md + d + m parameters); parallel ones get the
+    sub-layer's input as x. A zero up-projection makes every variant the identity on s.
+    """
+
+    def __init__(
+        self,
+        d: int,
+        m: int,
+        init_std: float = 1e-3,
+        activation: str = "gelu",
+        norm: str = "none",
+        depth: int = 1,
+        combine: str = "add",
+    ) -> None:
         super().__init__()
+        self.norm = _norm(norm, d)
         self.down = nn.Linear(d, m)
+        self.hidden = nn.ModuleList(nn.Linear(m, m) for _ in range(depth - 1))
         self.act = _ACTIVATIONS[activation]()
         self.up = nn.Linear(m, d)
+        self.combine = combine
         self.reset_parameters(init_std)
 
     def reset_parameters(self, init_std: float) -> None:
         """Weights ~ N(0, init_std) truncated at +-2 init_std (as the official code); biases zero."""
-        for linear in (self.down, self.up):
+        for linear in (self.down, *self.hidden, self.up):
             nn.init.trunc_normal_(linear.weight, mean=0.0, std=init_std, a=-2 * init_std, b=2 * init_std)
             nn.init.zeros_(linear.bias)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Add the bottleneck's output to its input."""
-        return h + self.up(self.act(self.down(h)))
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """The bottleneck's output for input x."""
+        z = self.act(self.down(self.norm(x)))
+        for linear in self.hidden:
+            z = self.act(linear(z))
+        return self.up(z)
+
+    def forward(self, s: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Combine the sub-layer output s with delta(x); x defaults to s (a serial adapter)."""
+        delta = self.delta(s if x is None else x)
+        return s + delta if self.combine == "add" else s * (1 + delta)
 
 
 class AdapterLayer(nn.Module):
     """Wraps a base layer (PEFT's base_layer idiom) and applies an adapter to its output when active."""
 
-    def __init__(self, base_layer: nn.Module, adapter: Adapter, layer: int, position: str) -> None:
+    def __init__(
+        self, base_layer: nn.Module, adapter: Adapter, layer: int, position: str, parallel: bool = False
+    ) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.adapter = adapter
         self.layer = layer
         self.position = position
+        self.parallel = parallel
         self.active = True
+        self.source: torch.Tensor | None = None  # parallel: the sub-layer's input, set by its InputTap
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Base layer, then the adapter unless this slot is ablated."""
         h = self.base_layer(x)
-        return self.adapter(h) if self.active else h
+        source, self.source = self.source, None  # never let one forward's input leak into the next
+        if not self.active:
+            return h
+        if not self.parallel:
+            return self.adapter(h)
+        if source is None:
+            raise RuntimeError(f"layer {self.layer} {self.position}: parallel adapter got no sub-layer input")
+        return self.adapter(h, source)
+
+
+class InputTap(nn.Module):
+    """Wraps a sub-layer's first module and hands its input to that sub-layer's parallel adapter slot."""
+
+    def __init__(self, base_layer: nn.Module, slot: AdapterLayer) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self._slot = (slot,)  # a tuple, so the slot is not registered twice in the module tree
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        """Record the input for the slot, then run the base layer unchanged."""
+        self._slot[0].source = hidden_states
+        return self.base_layer(hidden_states, *args, **kwargs)
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
     """The transformer layers of a *ForSequenceClassification model."""
     return model.base_model.encoder.layer
+
+
+def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    setattr(root.get_submodule(parent_path), attr, module)
 
 
 def inject_adapters(
@@ -70,23 +147,37 @@ def inject_adapters(
     init_std: float = 1e-3,
     activation: str = "gelu",
     positions: Iterable[str] = ("attention", "output"),
+    norm: str = "none",
+    depth: int = 1,
+    placement: str = "serial",
+    combine: str = "add",
 ) -> dict[tuple[int, str], AdapterLayer]:
-    """Wrap each layer's post-projection dropout(s) with an adapter; returns them by (layer, position)."""
+    """Wrap each layer's post-projection dropout(s) with an adapter; returns the slots by (layer, position)."""
     if family not in POSITION_PATHS:
         raise ValueError(f"family={family!r}: adapters are placed for {sorted(POSITION_PATHS)}")
+    if adapter_slots(model):
+        raise RuntimeError("adapters are already injected: remove_adapters(model) first")
     d = model.config.hidden_size
+    parallel = placement == "parallel"
     slots = {}
     for i, layer in enumerate(encoder_layers(model)):
         for position in positions:
-            parent_path, _, attr = POSITION_PATHS[family][position].rpartition(".")
-            parent = layer.get_submodule(parent_path)
-            base = getattr(parent, attr)
-            if isinstance(base, AdapterLayer):
-                raise RuntimeError(f"layer {i} {position}: adapters are already injected")
-            slot = AdapterLayer(base, Adapter(d, size, init_std, activation), i, position)
-            setattr(parent, attr, slot)
+            adapter = Adapter(d, size, init_std, activation, norm, depth, combine)
+            path = POSITION_PATHS[family][position]
+            slot = AdapterLayer(layer.get_submodule(path), adapter, i, position, parallel)
+            _replace(layer, path, slot)
+            if parallel:
+                path = INPUT_PATHS[family][position]
+                _replace(layer, path, InputTap(layer.get_submodule(path), slot))
             slots[(i, position)] = slot
     return slots
+
+
+def remove_adapters(model: nn.Module) -> None:
+    """Put every wrapped module back in its place: the model as it was before inject_adapters."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (AdapterLayer, InputTap)):
+            _replace(model, name, module.base_layer)
 
 
 def adapter_slots(model: nn.Module) -> dict[tuple[int, str], AdapterLayer]:
@@ -94,38 +185,8 @@ def adapter_slots(model: nn.Module) -> dict[tuple[int, str], AdapterLayer]:
     return {(m.layer, m.position): m for m in model.modules() if isinstance(m, AdapterLayer)}
 
 
-def freeze_for_adapters(model: nn.Module) -> None:
-    """Train adapters, every LayerNorm (embeddings' too) and the head; freeze the rest (pooler included)."""
-    for name, p in model.named_parameters():
-        p.requires_grad = name.startswith(HEAD_PREFIX)
-    for module in model.modules():
-        if isinstance(module, (Adapter, nn.LayerNorm)):
-            module.requires_grad_(True)
-
-
 def set_ablation(model: nn.Module, layers: Iterable[int] = (), positions: str = "both") -> None:
     """Deactivate the adapters of the given layers (one position or both); activate all others."""
     off = set(layers)
     for (layer, position), slot in adapter_slots(model).items():
         slot.active = not (layer in off and positions in ("both", position))
-
-
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Total and trainable parameter counts, the trainable ones split into adapters/layernorm/head."""
-    kind = {id(p): "head" if n.startswith(HEAD_PREFIX) else "other" for n, p in model.named_parameters()}
-    for module in model.modules():
-        if isinstance(module, (Adapter, nn.LayerNorm)):
-            label = "adapters" if isinstance(module, Adapter) else "layernorm"
-            kind.update({id(p): label for p in module.parameters()})
-    counts = {"total": 0, "trainable": 0, "adapters": 0, "layernorm": 0, "head": 0, "other": 0}
-    for p in model.parameters():
-        counts["total"] += p.numel()
-        if p.requires_grad:
-            counts["trainable"] += p.numel()
-            counts[kind[id(p)]] += p.numel()
-    return counts
-
-
-def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that training changes (requires_grad), by name."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

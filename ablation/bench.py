@@ -2,7 +2,7 @@
 
     python -m ablation.bench                       # default model and task
     python -m ablation.bench model=minilm_l6       # any Hydra override of the run config
-    python -m ablation.bench --skip-overhead       # leave out the two sweep subprocesses
+    python -m ablation.bench --skip-overhead       # leave out the sweep subprocesses
 
 Trains the adapters first if the store does not have them (as the sweep would).
 """
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -98,11 +99,44 @@ def train_step_seconds(model, data, batch_size: int, precision: str, steps: int 
 
 def sweep_seconds(overrides: list[str], cells: str) -> float:
     """Wall time of a cached sweep over ablate.first/last=cells in a subprocess."""
+    return multirun_seconds([*overrides, f"ablate.first={cells}", f"ablate.last={cells}"])[0]
+
+
+def multirun_seconds(overrides: list[str]) -> tuple[float, pd.DataFrame]:
+    """Wall time of `python -m ablation.run -m <overrides>` in a subprocess, and its results table."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "ablation.run", "-m", f"ablate.first={cells}", f"ablate.last={cells}"]
+        cmd = [sys.executable, "-m", "ablation.run", "-m", *overrides, f"hydra.sweep.dir={tmp}/s"]
         tic = time.perf_counter()
-        subprocess.run([*cmd, *overrides, f"hydra.sweep.dir={tmp}/s"], check=True, capture_output=True)
-        return time.perf_counter() - tic
+        subprocess.run(cmd, check=True, capture_output=True)
+        seconds = time.perf_counter() - tic
+        return seconds, pd.read_csv(Path(tmp) / "s" / "results.csv")
+
+
+def study_overhead(overrides: list[str], report) -> None:
+    """Per-job cost beyond training and evaluation for jobs that each need other trained parameters.
+
+    A study's jobs differ in method, adapter, seed or training settings: the process keeps the base model
+    and the tokenized data and rebuilds only what is trained. Measured on 8 such jobs (2 methods x 4 seeds,
+    2 training steps each, 200 validation examples): first run, then a re-run where training and evaluation
+    are cached, so each job's time is its overhead alone (model reset, trained parameters loaded, row written).
+    """
+    grid = [
+        *overrides,
+        "method=adapters,layernorm",
+        "seed=0..3",
+        "train.max_steps=2",
+        "task.validation_size=200",
+    ]
+    first, table = multirun_seconds(grid)
+    outside = table["job_seconds"] - table["train_seconds"] - table["eval_seconds"]
+    again, _ = multirun_seconds(grid)
+    one, _ = multirun_seconds([*grid[:-3], "seed=0", *grid[-2:]])
+    per_job = (again - one) / (len(table) - 1)
+    report(
+        f"per-job overhead, {len(table)} jobs of distinct training keys",
+        f"{per_job:.3f} s from a cached re-run ({again:.1f} s vs 1 job {one:.1f} s); first run: median "
+        f"{outside.median():.3f} s (max {outside.max():.3f} s) per job outside training and evaluation",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         f"naive {n_cells}, floor {floor:.1f} + 1 intact; the last layer's feed-forward runs at one token)",
     )
     if not args.skip_overhead:
+        study_overhead(overrides, report)
         one = sweep_seconds(overrides, "0..0")
         all_ = sweep_seconds(overrides, f"0..{L - 1}")
         report(

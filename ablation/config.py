@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import CompactHydraException
@@ -14,6 +15,10 @@ TASK_SOURCES = ("pypi", "glue")
 METRICS = ("accuracy", "matthews_corrcoef", "f1")
 ACTIVATIONS = ("gelu", "relu", "tanh", "swish")
 POSITIONS = ("attention", "output")
+NORMS = ("none", "layernorm", "batchnorm")
+PLACEMENTS = ("serial", "parallel")
+COMBINES = ("add", "multiply")
+METHODS = ("adapters", "top_k", "layernorm", "full")
 ABLATE_POSITIONS = ("both", "attention", "output")
 PRECISIONS = ("fp32", "bf16")
 
@@ -85,12 +90,19 @@ class TaskConfig:
 
 @dataclass
 class AdapterConfig:
-    """Houlsby bottleneck adapter: h + up(act(down(h))), two per layer."""
+    """Houlsby bottleneck adapter h + up(act(down(h))), two per layer, and the paper's variants of it.
+
+    The README's "Adapter variants" section gives the exact formula of every option.
+    """
 
     size: int = 64
     init_std: float = 1e-3  # official code's init_scale; the paper's text says 1e-2
     activation: str = "gelu"
     positions: list[str] = field(default_factory=lambda: ["attention", "output"])
+    norm: str = "none"  # on the adapter's input, before the down-projection
+    depth: int = 1  # hidden layers of the bottleneck (2: an extra m x m layer and activation)
+    placement: str = "serial"  # serial: fed the sub-layer's output; parallel: fed its input
+    combine: str = "add"  # add: s + delta; multiply: s * (1 + delta)
 
     def __post_init__(self) -> None:
         _check(self.size > 0, "adapter.size", self.size, "a positive integer (bottleneck size m)")
@@ -102,6 +114,40 @@ class AdapterConfig:
             self.positions,
             f"a non-empty subset of {POSITIONS}",
         )
+        _check(self.norm in NORMS, "adapter.norm", self.norm, f"one of {NORMS}")
+        _check(self.depth >= 1, "adapter.depth", self.depth, "a positive integer (hidden layers)")
+        _check(self.placement in PLACEMENTS, "adapter.placement", self.placement, f"one of {PLACEMENTS}")
+        _check(self.combine in COMBINES, "adapter.combine", self.combine, f"one of {COMBINES}")
+
+    def variant(self) -> str:
+        """The architecture relative to the plain Houlsby adapter: 'plain' or the fields that differ."""
+        plain = AdapterConfig()
+        diffs = []
+        for name in ("norm", "depth", "activation", "positions", "placement", "combine"):
+            value = getattr(self, name)
+            if value != getattr(plain, name):
+                diffs.append(f"{name}={'+'.join(value) if name == 'positions' else value}")
+        return ",".join(diffs) or "plain"
+
+
+@dataclass
+class MethodConfig:
+    """What training changes: adapters (+ LayerNorms + head), the top k layers, LayerNorms only, or all."""
+
+    name: str = "adapters"
+    k: int | None = None  # top_k: train layers L-k..L-1 (checked against L in RunConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.name in METHODS, "method.name", self.name, f"one of {METHODS} (e.g. method=top_k)")
+        if self.name == "top_k":
+            _check(
+                isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 1,
+                "method.k",
+                self.k,
+                "an integer 1..L for method=top_k (e.g. method.k=1)",
+            )
+        else:
+            _check(self.k is None, "method.k", self.k, f"only for method=top_k, not method={self.name}")
 
 
 @dataclass
@@ -194,10 +240,11 @@ class PathsConfig:
 
 @dataclass
 class RunConfig:
-    """One job: a model, a task, an adapter and training setting, a seed, an ablation."""
+    """One job: a model, a task, a training method (adapters by default), a seed, an ablation."""
 
     model: ModelConfig = MISSING
     task: TaskConfig = MISSING
+    method: MethodConfig = field(default_factory=MethodConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -206,7 +253,16 @@ class RunConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.ablate.check_layers(self.model.num_layers)
+        L = self.model.num_layers
+        if self.method.name == "top_k":
+            _check(self.method.k <= L, "method.k", self.method.k, f"the model has L={L} layers: use 1..{L}")
+        _check(
+            self.method.name == "adapters" or self.ablate.first is None,
+            "ablate.first",
+            self.ablate.first,
+            f"layer ablation removes adapters, and method={self.method.name} has none (use method=adapters)",
+        )
+        self.ablate.check_layers(L)
         _check(
             self.ablate.positions == "both" or self.ablate.positions in self.adapter.positions,
             "ablate.positions",
@@ -217,12 +273,18 @@ class RunConfig:
 
 @dataclass
 class AblationSweeperConf:
-    """Hydra node for the sweeper (ablation.sweeper); same knobs as Hydra's basic sweeper."""
+    """Hydra node for the sweeper (ablation.sweeper): the basic sweeper's knobs plus `grids`.
+
+    Jobs are the product of `params` (and the command line) with the union of `grids`: each grid is
+    its own product, so a study can sweep adapter sizes for adapters and k for top_k in one command.
+    """
 
     # Hydra instantiates plugins only from the hydra_plugins namespace.
     _target_: str = "hydra_plugins.ablation_sweeper.AblationSweeper"
     max_batch_size: int | None = None
     params: dict[str, str] | None = None
+    grids: list[dict[str, Any]] | None = None
+    dry_run: bool = False  # list and check the jobs, run none (hydra.sweeper.dry_run=true)
 
 
 def register() -> None:

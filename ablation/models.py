@@ -24,22 +24,24 @@ def model_location(cfg: ModelConfig, cache: str | Path) -> str:
     return str(artifact_path(cfg.artifact, cache).parent)
 
 
-def load_model(cfg: ModelConfig, num_labels: int, cache: str | Path) -> tuple[nn.Module, object]:
-    """Pretrained encoder with a new classification head, and its tokenizer."""
+def load_model(cfg: ModelConfig, num_labels: int, cache: str | Path) -> tuple[nn.Module, object, list[str]]:
+    """Pretrained encoder with a new classification head, its tokenizer, and the newly initialised weights."""
     where = model_location(cfg, cache)
     tokenizer = AutoTokenizer.from_pretrained(where)
     # The load report lists the new head as "missing"; expected here, so only errors are shown.
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=num_labels)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            where, num_labels=num_labels, output_loading_info=True
+        )
     finally:
         transformers_logging.set_verbosity(verbosity)
     if model.config.num_hidden_layers != cfg.num_layers:
         raise ConfigError(
             f"model.num_layers={cfg.num_layers} but {where} has {model.config.num_hidden_layers} layers"
         )
-    return model, tokenizer
+    return model, tokenizer, sorted(info["missing_keys"])
 
 
 class Stages:

@@ -1,17 +1,96 @@
-"""One result row per job (JSON + predictions) and the sweep-level results.csv."""
+"""The result row (one schema for writer and reader), result.json + predictions per job, results.csv.
+
+Imports neither torch nor hydra: `analysis` reads tables with this schema on machines without them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import platform
 import subprocess
+import typing
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+
+@dataclasses.dataclass
+class ResultRow:
+    """One job's result: what ran (study, model, task, method, adapter, seed, ablation), scores, costs.
+
+    Adapter fields are None for methods without adapters; `k` is set for top_k only; first/last are None
+    for the intact model. Accuracies are fractions in [0, 1].
+    """
+
+    study: str | None  # conf/study/<name>.yaml the job came from; None for a run outside a study
+    task: str
+    model: str
+    method: str  # adapters | top_k | layernorm | full
+    k: int | None  # top_k: how many of the top layers are trained
+    variant: (
+        str | None
+    )  # adapter architecture relative to the plain Houlsby adapter ("plain", "norm=layernorm", ...)
+    adapter_size: int | None
+    init_std: float | None
+    adapter_activation: str | None
+    adapter_positions: str | None  # where adapters sit: "attention+output", "attention", "output"
+    adapter_norm: str | None
+    adapter_depth: int | None
+    adapter_placement: str | None
+    adapter_combine: str | None
+    seed: int
+    first: int | None  # first ablated layer (None: intact model)
+    last: int | None
+    positions: str  # which adapter positions the ablation removes
+    accuracy: float
+    intact_accuracy: float
+    relative_decrease: float
+    metric_name: str
+    metric: float
+    intact_metric: float
+    majority_rate: float  # share of the validation set's most frequent label
+    n_eval: int
+    diverged: bool  # training stopped at a non-finite loss or gradient
+    diverged_step: int | None  # the step (0-based) whose loss or gradient was non-finite
+    train_steps: int  # optimizer steps taken
+    planned_steps: int  # steps the training config asked for (more than train_steps if it diverged)
+    final_loss: float | None  # mean training loss of the last 50 steps
+    trained_params: int  # exact number of parameters the method trains
+    total_params: int
+    lr: float
+    train_precision: str
+    eval_precision: str
+    train_key: str
+    trained_now: bool
+    cell_computed: bool
+    train_seconds: float
+    eval_seconds: float
+    job_seconds: float
+    job_dir: str
+    code_version: str
+
+
+COLUMNS = tuple(f.name for f in dataclasses.fields(ResultRow))
+# The columns that describe the adapter: None in rows of methods without adapters.
+ADAPTER_COLUMNS = ("variant", "adapter_size", "init_std", "adapter_activation", "adapter_positions",
+                   "adapter_norm", "adapter_depth", "adapter_placement", "adapter_combine")  # fmt: skip
+
+
+def column_kinds() -> dict[str, str]:
+    """Each column's kind for readers: 'text', 'int', 'float' or 'bool' (None allowed where the type says)."""
+    kinds = {str: "text", int: "int", float: "float", bool: "bool"}
+    hints = typing.get_type_hints(ResultRow)
+    out = {}
+    for name in COLUMNS:
+        base = [t for t in typing.get_args(hints[name]) or (hints[name],) if t is not type(None)]
+        out[name] = kinds[base[0]]
+    return out
+
 
 PACKAGES = ("torch", "transformers", "datasets", "hydra-core", "pandas", "numpy", "scikit-learn")
 
@@ -49,12 +128,17 @@ def relative_decrease(accuracy: float, intact: float) -> float:
     return 1.0 - accuracy / intact if intact > 0 else float("nan")
 
 
-def write_job(job_dir: Path, row: dict, extra: dict, preds: dict[str, np.ndarray]) -> None:
-    """Write result.json (flat row + nested extras) and predictions.npz into the job directory."""
+def majority_rate(labels: np.ndarray) -> float:
+    """Share of the most frequent label: the accuracy of always predicting the majority class."""
+    return float(np.bincount(np.asarray(labels)).max() / len(labels)) if len(labels) else float("nan")
+
+
+def write_job(job_dir: Path, row: ResultRow, extra: dict, preds: dict[str, np.ndarray]) -> None:
+    """Write result.json (the row's fields + nested extras) and predictions.npz into the job directory."""
     job_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(job_dir / "predictions.npz", **{k: v.astype(np.int16) for k, v in preds.items()})
     tmp = job_dir / "result.json.tmp"
-    tmp.write_text(json.dumps({**row, **extra}, indent=2, sort_keys=True, default=str))
+    tmp.write_text(json.dumps({**dataclasses.asdict(row), **extra}, indent=2, sort_keys=True, default=str))
     os.replace(tmp, job_dir / "result.json")
 
 
@@ -63,10 +147,22 @@ def update_table(sweep_dir: Path) -> Path:
     rows = []
     for path in sorted([*sweep_dir.glob("result.json"), *sweep_dir.glob("*/result.json")]):
         record = json.loads(path.read_text())
-        rows.append({k: v for k, v in record.items() if not isinstance(v, (dict, list))})
-    df = pd.DataFrame(rows)
-    if "first" in df and "last" in df:
-        df = df.sort_values(["task", "model", "seed", "first", "last"], na_position="first")
+        rows.append({k: record.get(k) for k in COLUMNS})
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    order = [
+        "study",
+        "task",
+        "model",
+        "method",
+        "k",
+        "variant",
+        "adapter_size",
+        "init_std",
+        "seed",
+        "first",
+        "last",
+    ]
+    df = df.sort_values(order, na_position="first")
     out = sweep_dir / "results.csv"
     df.to_csv(out.with_suffix(".csv.tmp"), index=False)
     os.replace(out.with_suffix(".csv.tmp"), out)

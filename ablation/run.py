@@ -18,9 +18,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ablation.config import ConfigError, RunConfig
+from ablation.config import AdapterConfig, ConfigError, RunConfig
 from ablation.data import compute_metrics
-from ablation.results import relative_decrease, update_table, versions, write_job
+from ablation.results import (
+    ADAPTER_COLUMNS,
+    ResultRow,
+    majority_rate,
+    relative_decrease,
+    update_table,
+    versions,
+    write_job,
+)
 from ablation.session import open_session
 from ablation.sweeper import RangeError, expand_arguments
 
@@ -35,6 +43,15 @@ def to_run_config(dcfg: DictConfig, job_dir: Path) -> RunConfig:
         if HydraConfig.get().mode == RunMode.RUN:
             shutil.rmtree(job_dir, ignore_errors=True)
         raise
+
+
+def adapter_columns(adapter: AdapterConfig | None) -> dict:
+    """The row's adapter fields; all None for a method without adapters."""
+    if adapter is None:
+        return dict.fromkeys(ADAPTER_COLUMNS)
+    values = (adapter.variant(), adapter.size, adapter.init_std, adapter.activation, "+".join(adapter.positions),
+              adapter.norm, adapter.depth, adapter.placement, adapter.combine)  # fmt: skip
+    return dict(zip(ADAPTER_COLUMNS, values, strict=True))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -58,34 +75,45 @@ def main(dcfg: DictConfig) -> float:
         compute_metrics(cfg.task.metric, labels, intact),
     )
     multirun = hc.mode == RunMode.MULTIRUN
-    row = {
-        "task": cfg.task.name,
-        "model": cfg.model.name,
-        "seed": cfg.seed,
-        "first": cfg.ablate.first,
-        "last": cfg.ablate.last,
-        "positions": cfg.ablate.positions,
-        "accuracy": got["accuracy"],
-        "intact_accuracy": base["accuracy"],
-        "relative_decrease": relative_decrease(got["accuracy"], base["accuracy"]),
-        "metric_name": cfg.task.metric,
-        "metric": got[cfg.task.metric],
-        "intact_metric": base[cfg.task.metric],
-        "n_eval": len(labels),
-        "train_key": session.key,
-        "trained_now": trained_now,
-        "cell_computed": computed,
-        "adapter_size": cfg.adapter.size,
-        "init_std": cfg.adapter.init_std,
-        "lr": cfg.train.lr,
-        "trainable_params": session.counts["trainable"],
-        "total_params": session.counts["total"],
-        "train_seconds": session.train_metrics["train_seconds"] if trained_now else 0.0,
-        "eval_seconds": eval_seconds,
-        "job_seconds": time.perf_counter() - tic,
-        "job_dir": hc.sweep.subdir if multirun else ".",
-        "code_version": versions()["code"],
-    }
+    trained = session.train_metrics
+    row = ResultRow(
+        study=hc.runtime.choices.get("study"),
+        task=cfg.task.name,
+        model=cfg.model.name,
+        method=cfg.method.name,
+        k=cfg.method.k,
+        **adapter_columns(cfg.adapter if cfg.method.name == "adapters" else None),
+        seed=cfg.seed,
+        first=cfg.ablate.first,
+        last=cfg.ablate.last,
+        positions=cfg.ablate.positions,
+        accuracy=got["accuracy"],
+        intact_accuracy=base["accuracy"],
+        relative_decrease=relative_decrease(got["accuracy"], base["accuracy"]),
+        metric_name=cfg.task.metric,
+        metric=got[cfg.task.metric],
+        intact_metric=base[cfg.task.metric],
+        majority_rate=majority_rate(labels),
+        n_eval=len(labels),
+        diverged=trained.get("diverged", False),
+        diverged_step=trained.get("diverged_step"),
+        train_steps=trained["steps"],
+        planned_steps=trained.get("planned_steps", trained["steps"]),
+        final_loss=trained.get("final_loss"),
+        trained_params=session.counts["trainable"],
+        total_params=session.counts["total"],
+        lr=cfg.train.lr,
+        train_precision=cfg.train.precision,
+        eval_precision=cfg.eval.precision,
+        train_key=session.key,
+        trained_now=trained_now,
+        cell_computed=computed,
+        train_seconds=trained["train_seconds"] if trained_now else 0.0,
+        eval_seconds=eval_seconds,
+        job_seconds=time.perf_counter() - tic,
+        job_dir=hc.sweep.subdir if multirun else ".",
+        code_version=versions()["code"],
+    )
     extra = {
         "config": OmegaConf.to_container(dcfg, resolve=True),
         "train_metrics": session.train_metrics,
@@ -95,9 +123,10 @@ def main(dcfg: DictConfig) -> float:
     write_job(job_dir, row, extra, {"labels": labels, "intact": intact, "ablated": ablated})
     update_table(Path(hc.sweep.dir) if multirun else job_dir)
     where = "intact" if cfg.ablate.first is None else f"layers {cfg.ablate.first}..{cfg.ablate.last} removed"
+    diverged = f", diverged at step {row.diverged_step}" if row.diverged else ""
     log.info(
-        f"{cfg.task.name}/{cfg.model.name} {where}: accuracy {got['accuracy']:.4f} "
-        f"(intact {base['accuracy']:.4f}, relative decrease {100 * row['relative_decrease']:.2f}%) "
+        f"{cfg.task.name}/{cfg.model.name} {cfg.method.name} {where}: accuracy {got['accuracy']:.4f} "
+        f"(intact {base['accuracy']:.4f}, relative decrease {100 * row.relative_decrease:.2f}%{diverged}) "
         f"-> {job_dir / 'result.json'}"
     )
     return got["accuracy"]

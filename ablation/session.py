@@ -1,8 +1,10 @@
-"""Everything a job needs, built once per process and shared by every job of a sweep.
+"""What a process keeps between jobs: the pretrained model and tokenized data (Base), and per training key
+the trained model and its evaluator (Session).
 
-A session holds the model with its trained adapters, the tokenized validation set and the
-evaluator with its cached hidden states. Jobs that differ only in the ablation reuse it; cell
-predictions are also kept on disk beside the trained adapters, so a re-run computes nothing new.
+Jobs that differ only in the ablation reuse the Session. Jobs that differ in method, adapter, seed or
+training settings reuse the Base: its model is reset to the pretrained weights and a freshly seeded head
+(exactly what loading it anew gives), so only the trained parameters are rebuilt. Cell predictions are
+kept on disk beside the trained parameters, so a re-run computes nothing new.
 """
 
 from __future__ import annotations
@@ -15,14 +17,78 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import OmegaConf
+from torch import nn
 
-from ablation.adapters import count_parameters, freeze_for_adapters, inject_adapters
-from ablation.config import AblateConfig, RunConfig
-from ablation.data import encode, load_task
+from ablation.adapters import remove_adapters
+from ablation.config import AblateConfig, ModelConfig, RunConfig, TaskConfig
+from ablation.data import Encoded, encode, load_task
 from ablation.evaluate import Evaluator
+from ablation.methods import prepare
 from ablation.models import Stages, load_model
 from ablation.train import load_trained, save_trained, set_seed, store_path, train, training_key
+
+
+@dataclass
+class Base:
+    """A pretrained model with a new head for `num_labels`, its tokenizer, and the tokenized tasks."""
+
+    spec: str
+    model: nn.Module
+    tokenizer: object
+    pristine: dict[str, torch.Tensor]  # the weights as loaded
+    new_modules: list[nn.Module]  # what loading initialised (the head), in the order loading did it
+    encoded: dict[tuple[str, str], Encoded] = field(default_factory=dict)
+
+    def fresh_model(self, seed: int) -> nn.Module:
+        """The model as load_model gives it after set_seed(seed): pretrained weights, a seeded new head."""
+        remove_adapters(self.model)
+        self.model.load_state_dict(self.pristine)
+        for p in self.model.parameters():
+            p.grad = None
+        set_seed(seed)
+        with torch.no_grad():
+            for module in self.new_modules:
+                self.model._init_weights(module)
+        return self.model
+
+    def task_split(self, cfg: TaskConfig, split: str, cache: str, max_length: int) -> Encoded:
+        """A split of the task, tokenized once per process."""
+        key = (json.dumps(asdict(cfg), sort_keys=True), split)
+        if key not in self.encoded:
+            data = load_task(cfg, cache)
+            self.encoded[key] = encode(data[split], self.tokenizer, cfg.text_fields, max_length)
+        return self.encoded[key]
+
+
+_BASE: Base | None = None
+
+
+def open_base(model_cfg: ModelConfig, num_labels: int, cache: str) -> Base:
+    """The process's Base for this model and label count, loaded if it is not the current one."""
+    global _BASE
+    spec = json.dumps({"model": asdict(model_cfg), "num_labels": num_labels, "cache": cache}, sort_keys=True)
+    if _BASE is not None and _BASE.spec == spec:
+        return _BASE
+    _BASE = None  # release the previous model before loading another
+    model, tokenizer, missing = load_model(model_cfg, num_labels, cache)
+    new_modules = _initialised_modules(model, missing)
+    pristine = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    _BASE = Base(spec, model, tokenizer, pristine, new_modules)
+    return _BASE
+
+
+def _initialised_modules(model: nn.Module, missing: list[str]) -> list[nn.Module]:
+    """Modules owning a missing (newly initialised) weight, in post-order: how loading initialises them."""
+    owners = {name.rpartition(".")[0] for name in missing}
+
+    def post_order(module: nn.Module, prefix: str):
+        for name, child in module.named_children():
+            yield from post_order(child, f"{prefix}{name}.")
+        yield prefix[:-1], module
+
+    return [module for name, module in post_order(model, "") if name in owners]
 
 
 @dataclass
@@ -77,25 +143,24 @@ def open_session(cfg: RunConfig) -> Session:
     global _CURRENT
     if _CURRENT is not None and _session_id(_CURRENT.cfg) == _session_id(cfg):
         return _CURRENT
-    _CURRENT = None  # release the previous model before building another
+    _CURRENT = None  # release the previous evaluator's cached states before building another
     _CURRENT = build_session(cfg)
     return _CURRENT
 
 
 def build_session(cfg: RunConfig) -> Session:
-    """Load data and model, inject adapters, train or reuse them, and set up evaluation."""
+    """Reset the shared model, add what the method trains, train or reuse it, and set up evaluation."""
     tic = time.perf_counter()
-    set_seed(cfg.seed)
-    data = load_task(cfg.task, cfg.paths.cache)
-    model, tokenizer = load_model(cfg.model, cfg.task.num_labels, cfg.paths.cache)
-    inject_adapters(model, cfg.model.family, cfg.adapter.size, cfg.adapter.init_std,
-                    cfg.adapter.activation, cfg.adapter.positions)  # fmt: skip
-    freeze_for_adapters(model)
-    counts = count_parameters(model)
+    base = open_base(cfg.model, cfg.task.num_labels, cfg.paths.cache)
+    model = base.fresh_model(cfg.seed)
+    adapter = asdict(cfg.adapter) if cfg.method.name == "adapters" else None
+    counts = prepare(model, cfg.model.family, cfg.method.name, cfg.method.k, adapter)
+    kinds = ", ".join(
+        f"{kind} {n:,}" for kind, n in counts.items() if kind not in ("total", "trainable") and n
+    )
     print(
-        f"[params] trainable {counts['trainable']:,} of {counts['total']:,} "
-        f"({100 * counts['trainable'] / counts['total']:.2f}%): adapters {counts['adapters']:,}, "
-        f"layernorm {counts['layernorm']:,}, head {counts['head']:,}",
+        f"[params] {cfg.method.name}: trainable {counts['trainable']:,} of {counts['total']:,} "
+        f"({100 * counts['trainable'] / counts['total']:.2f}%): {kinds}",
         flush=True,
     )
     key = training_key(cfg)
@@ -103,8 +168,8 @@ def build_session(cfg: RunConfig) -> Session:
     load_seconds = time.perf_counter() - tic
     trained_now = not (folder / "trained.safetensors").exists()
     if trained_now:
-        print(f"[train] training {key} ({len(data['train'])} examples)", flush=True)
-        train_data = encode(data["train"], tokenizer, cfg.task.text_fields, cfg.model.max_length)
+        train_data = base.task_split(cfg.task, "train", cfg.paths.cache, cfg.model.max_length)
+        print(f"[train] training {key} ({len(train_data.labels)} examples)", flush=True)
         checkpoint = folder.with_name(folder.name + ".partial.pt")
         folder.parent.mkdir(parents=True, exist_ok=True)
         metrics = train(model, train_data, cfg.train, cfg.seed, checkpoint)
@@ -116,7 +181,7 @@ def build_session(cfg: RunConfig) -> Session:
         metrics = load_trained(model, folder)
         print(f"[train] reusing {folder} (trained in {metrics['train_seconds']:.0f} s)", flush=True)
     model.eval()
-    val = encode(data["validation"], tokenizer, cfg.task.text_fields, cfg.model.max_length)
+    val = base.task_split(cfg.task, "validation", cfg.paths.cache, cfg.model.max_length)
     evaluator = Evaluator(Stages(model, cfg.model.family), val, cfg.eval.batch_size, cfg.eval.precision)
     eval_spec = json.dumps({"data": val.fingerprint(), **asdict(cfg.eval)}, sort_keys=True)
     cell_dir = folder / "eval" / hashlib.sha256(eval_spec.encode()).hexdigest()[:12]

@@ -1,11 +1,16 @@
-"""A Hydra sweeper that reads `a..b` ranges, drops lower-triangle jobs and checks every job first."""
+"""A Hydra sweeper: `a..b` ranges (also `a..L`, `a..L-1` up to the model's layer count L), a union of
+grids, the lower-triangle filter, up-front checks of every job, and the study's figure at the end."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import itertools
 import logging
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,11 @@ from ablation.config import ConfigError
 log = logging.getLogger(__name__)
 
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+# `a..L` and `a..L-1`: up to the model's number of layers, resolved per job once the model is known.
+_LAYER_RANGE = re.compile(r"^(-?\d+)\.\.L(?:-(\d+))?$")
 ABLATE_KEYS = ("ablate.first", "ablate.last")
+# Jobs sharing these run back to back: switching the model or task reloads the model.
+GROUPING_KEYS = ("preset", "model", "task")
 
 
 class RangeError(ConfigError):
@@ -33,9 +42,14 @@ def expand_range(key: str, value: str) -> str:
     text = value.strip()
     if ".." not in text or set(text) == {"."} or "/" in text or "\\" in text or text.startswith(("'", '"')):
         return value
+    if _LAYER_RANGE.match(text):
+        return text  # expanded per job by the sweeper, once the model's L is known
     match = _RANGE.match(text)
     if match is None:
-        raise RangeError(f"{key}={value}: a range is written a..b with integers, e.g. {key}=0..11")
+        raise RangeError(
+            f"{key}={value}: a range is written a..b with integers, or a..L / a..L-1 up to the model's "
+            f"layer count L, e.g. {key}=0..11 or {key}=0..L-1"
+        )
     lo, hi = int(match.group(1)), int(match.group(2))
     if lo > hi:
         raise RangeError(f"{key}={value}: empty range, a..b needs a <= b (e.g. {key}={hi}..{lo})")
@@ -55,6 +69,25 @@ def _job_dict(job: list[str]) -> dict[str, str]:
     return dict(arg.split("=", 1) for arg in job)
 
 
+def layer_range(value: str, num_layers: int) -> list[int] | None:
+    """The integers of an `a..L` / `a..L-c` value for a model with num_layers layers; None for other values."""
+    match = _LAYER_RANGE.match(value.strip())
+    if match is None:
+        return None
+    lo, hi = int(match.group(1)), num_layers - int(match.group(2) or 0)
+    if lo > hi:
+        raise RangeError(f"{value}: empty for a model with L={num_layers} layers")
+    return list(range(lo, hi + 1))
+
+
+def _value_order(value: str) -> tuple:
+    """Numbers in numeric order (seed 2 before 10, size 8 before 64), other values as text."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
 def drop_lower_triangle(jobs: list[list[str]]) -> tuple[list[list[str]], int]:
     """Drop jobs whose ablate.first > ablate.last; order the rest by (other overrides, first, last)."""
     kept = []
@@ -65,24 +98,69 @@ def drop_lower_triangle(jobs: list[list[str]]) -> tuple[list[list[str]], int]:
             continue
         kept.append(job)
 
-    # Cells that share `first` run back to back, in increasing `last`, so the evaluator can
-    # extend one ablated chain instead of recomputing it.
+    # Jobs of one model and task run together (no reloads); cells that share `first` run back to back,
+    # in increasing `last`, so the evaluator can extend one ablated chain instead of recomputing it.
     def order(job: list[str]) -> tuple:
         values = _job_dict(job)
-        rest = tuple(sorted((k, v) for k, v in values.items() if k not in ABLATE_KEYS))
-        return rest, *(int(values.get(k, -1)) for k in ABLATE_KEYS)
+        grouping = tuple(_value_order(values.get(k, "")) for k in GROUPING_KEYS)
+        rest = tuple(
+            (k, _value_order(v)) for k, v in sorted(values.items()) if k not in (*ABLATE_KEYS, *GROUPING_KEYS)
+        )
+        return grouping, rest, *(int(values.get(k, -1)) for k in ABLATE_KEYS)
 
     kept.sort(key=order)
     return kept, len(jobs) - len(kept)
 
 
-class AblationSweeper(Sweeper):
-    """Hydra's basic sweep plus `a..b` ranges, the lower-triangle filter, up-front checks, the heatmap."""
+def build_jobs(
+    params: dict[str, Any], grids: list[dict[str, Any]], arguments: list[str], parser: OverridesParser
+) -> list[list[str]]:
+    """The product of params and the command line with each grid, grids in order, duplicates dropped."""
+    common = [f"{k}={v}" for k, v in params.items()] + list(arguments)
+    jobs: list[list[str]] = []
+    for grid in grids or [{}]:
+        # The command line comes last, so it wins over a grid's value for the same key.
+        overrides = expand_arguments([f"{k}={v}" for k, v in grid.items()] + common)
+        for job in BasicSweeper.split_arguments(parser.parse_overrides(overrides), None)[0]:
+            if job not in jobs:
+                jobs.append(job)
+    return jobs
 
-    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None) -> None:
+
+def expand_layer_ranges(
+    jobs: list[list[str]], num_layers: Callable[[tuple[str, ...]], int]
+) -> list[list[str]]:
+    """Replace `a..L(-c)` values by one job per integer; num_layers(the job's other overrides) gives L."""
+    out = []
+    for job in jobs:
+        ranged = [arg for arg in job if _LAYER_RANGE.match(arg.split("=", 1)[1].strip())]
+        if not ranged:
+            out.append(job)
+            continue
+        rest = [arg for arg in job if arg not in ranged]
+        L = num_layers(tuple(rest))
+        choices = [
+            [f"{k}={v}" for v in layer_range(value, L)] for k, value in (a.split("=", 1) for a in ranged)
+        ]
+        out += [rest + list(combo) for combo in itertools.product(*choices)]
+    return out
+
+
+class AblationSweeper(Sweeper):
+    """Hydra's basic sweep plus ranges, a union of grids, the lower-triangle filter, up-front checks, figures."""
+
+    def __init__(
+        self,
+        max_batch_size: int | None = None,
+        params: dict[str, str] | None = None,
+        grids: list[dict[str, Any]] | None = None,
+        dry_run: bool = False,
+    ) -> None:
         super().__init__()
         self.max_batch_size = max_batch_size
         self.params = params or {}
+        self.grids = grids or [{}]
+        self.dry_run = dry_run
         self.hydra_context: HydraContext | None = None
         self.config: DictConfig | None = None
         self.launcher: Launcher | None = None
@@ -99,16 +177,19 @@ class AblationSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         """Expand, filter and check every job, then launch them and draw the sweep's heatmap."""
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
-        params = expand_arguments([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        jobs, dropped = drop_lower_triangle(
-            BasicSweeper.split_arguments(parser.parse_overrides(params), None)[0]
-        )
+        loader = self.hydra_context.config_loader
+        jobs = build_jobs(self.params, self.grids, arguments, OverridesParser.create(config_loader=loader))
+        jobs, dropped = drop_lower_triangle(expand_layer_ranges(jobs, self._num_layers))
         if dropped:
             log.info(f"Dropped {dropped} of {dropped + len(jobs)} jobs with ablate.first > ablate.last")
         tic = time.perf_counter()
         self._check_jobs(jobs)
         log.info(f"Checked {len(jobs)} jobs in {time.perf_counter() - tic:.1f} s")
+        if self.dry_run:
+            for num, job in enumerate(jobs):
+                log.info(f"#{num} : {' '.join(job)}")
+            log.info(f"Dry run: {len(jobs)} jobs listed, none launched")
+            return []
 
         size = self.max_batch_size or max(len(jobs), 1)
         batches = [jobs[i : i + size] for i in range(0, len(jobs), size)]
@@ -126,11 +207,16 @@ class AblationSweeper(Sweeper):
         self._draw(sweep_dir)
         return returns
 
+    @functools.cache  # noqa: B019 (one sweeper per process; keyed by the job's other overrides)
+    def _num_layers(self, overrides: tuple[str, ...]) -> int:
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        return int(OmegaConf.select(cfg, "model.num_layers"))
+
     def _check_jobs(self, jobs: list[list[str]]) -> None:
         """Validate every job's config before any output is written.
 
-        Jobs that differ only in ablate.first/last share one composed config (composing is the slow
-        part, ~0.1 s a job); their layer indices are then checked against it directly.
+        Jobs that differ only in ablate.first/last or the seed share one composed config (composing is
+        the slow part, ~0.1 s a job); those values are then checked against it directly.
         """
         from ablation.config import AblateConfig, RunConfig
 
@@ -140,7 +226,7 @@ class AblationSweeper(Sweeper):
         composed: dict[tuple, tuple[RunConfig, dict]] = {}
         for job in jobs:
             values = _job_dict(job)
-            group = tuple(arg for arg in job if arg.split("=", 1)[0] not in ABLATE_KEYS)
+            group = tuple(arg for arg in job if arg.split("=", 1)[0] not in (*ABLATE_KEYS, "seed"))
             if group not in composed:
                 cfg = loader.load_sweep_config(self.config, list(job))
                 base = {k: OmegaConf.select(cfg, k) for k in ABLATE_KEYS}
@@ -151,13 +237,18 @@ class AblationSweeper(Sweeper):
                 run = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), cfg))
                 composed[group] = (run, base)
             run, base = composed[group]
+            if "seed" in values and not re.fullmatch(r"-?\d+", values["seed"]):
+                raise ConfigError(
+                    f"seed={values['seed']!r} is not allowed: an integer (seeds sweep as seed=0..2)"
+                )
             first, last = (int(values[k]) if k in values else base[k] for k in ABLATE_KEYS)
             layers[run.model.name] = run.model.num_layers
             high = [v for v in (first, last) if v is not None and v >= run.model.num_layers]
             if high:
                 too_high[run.model.name] += high
                 continue
-            AblateConfig(first, last, run.ablate.positions).check_layers(run.model.num_layers)
+            # replace() runs RunConfig's checks again: layers in range, ablation only with adapters.
+            dataclasses.replace(run, ablate=AblateConfig(first, last, run.ablate.positions))
         if too_high:
             msgs = [
                 f"model {m} has {layers[m]} layers but the sweep asks for layer {max(v)}: "
@@ -167,14 +258,16 @@ class AblationSweeper(Sweeper):
             raise ConfigError("; ".join(msgs))
 
     def _draw(self, sweep_dir: Path) -> None:
-        """Draw the layer-ablation heatmap when the sweep produced ablation rows."""
+        """Draw the figures the sweep's rows allow (the study's figure; the heatmap for ablation rows)."""
         from analysis.collect import load_results
-        from analysis.plots import heatmap_figure
+        from analysis.plots import study_figures
 
         if not (sweep_dir / "results.csv").exists():
             return
-        df = load_results(sweep_dir).dropna(subset=["first", "last"])
-        if df.empty:
+        try:
+            paths = study_figures(load_results(sweep_dir), sweep_dir)
+        except ValueError as err:  # e.g. settings a figure cannot average; the rows are all written
+            log.warning(f"No figure drawn: {err}. Rows: {sweep_dir / 'results.csv'}")
             return
-        for path in heatmap_figure(df, sweep_dir / "heatmap"):
-            log.info(f"Heatmap: {path}")
+        for path in paths:
+            log.info(f"Figure: {path}")

@@ -20,10 +20,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ablation.adapters import trained_state
-from ablation.config import RunConfig, TrainConfig
+from ablation.config import AdapterConfig, RunConfig, TrainConfig
 from ablation.data import Encoded, collate, train_batches
 from ablation.dropout import use_fast_dropout
+from ablation.methods import trained_state
 
 # Bump when a code change alters what training produces, so old stored adapters are not reused.
 STORE_VERSION = 2  # 2: FastDropout
@@ -45,17 +45,30 @@ def autocast(precision: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+# Adapter fields that joined the key after store version 2: they enter it only when they differ from
+# their defaults, so the plain adapters trained before they existed keep their keys.
+_LATER_ADAPTER_FIELDS = ("norm", "depth", "placement", "combine")
+
+
 def training_key(cfg: RunConfig) -> str:
-    """Hash of everything that affects training: model, task, adapter, training config, seed."""
+    """Hash of everything that affects training: model, task, method (adapter), training config, seed."""
     spec = {
         "model": asdict(cfg.model),
         "task": asdict(cfg.task),
-        "adapter": asdict(cfg.adapter),
         "train": asdict(cfg.train),
         "seed": cfg.seed,
         "store_version": STORE_VERSION,
     }
     spec["model"].pop("num_layers")  # derived from the weights, not a choice
+    if cfg.method.name == "adapters":
+        plain = AdapterConfig()
+        spec["adapter"] = {
+            name: value
+            for name, value in asdict(cfg.adapter).items()
+            if name not in _LATER_ADAPTER_FIELDS or value != getattr(plain, name)
+        }
+    else:  # no adapters: their settings cannot change what is trained
+        spec["method"] = asdict(cfg.method)
     text = json.dumps(spec, sort_keys=True)
     return f"{cfg.model.name}-{cfg.task.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
@@ -95,7 +108,11 @@ def batch_plan(data: Encoded, batch_size: int, steps: int, seed: int) -> list[np
 def train(
     model: nn.Module, data: Encoded, cfg: TrainConfig, seed: int, checkpoint: Path | None = None
 ) -> dict:
-    """Train the parameters that require grad, resuming from `checkpoint` if one is there."""
+    """Train the parameters that require grad, resuming from `checkpoint` if one is there.
+
+    A non-finite loss or gradient norm stops training before that step's update: the parameters
+    stay those of the last finite step, and the metrics say `diverged` and at which step.
+    """
     use_fast_dropout(model)  # torch's CPU dropout mask was ~12% of a step; same distribution
     steps_per_epoch = math.ceil(len(data.labels) / cfg.batch_size)
     total = math.ceil(cfg.epochs * steps_per_epoch)
@@ -115,13 +132,21 @@ def train(
         print(f"[train] resuming from step {start} of {total} ({checkpoint})", flush=True)
     model.train()
     tic = saved = time.perf_counter()
+    diverged_step, steps_done = None, total
     bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
     for step in range(start, total):
         batch = collate(data, plan[step])
         with autocast(cfg.precision):
             loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        if torch.isfinite(loss):
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            what = f"loss {loss.item()}" if not torch.isfinite(loss) else f"gradient norm {grad_norm.item()}"
+            bar.write(f"[train] diverged at step {step} ({what}): stopped before its update")
+            optimizer.zero_grad(set_to_none=True)
+            diverged_step, steps_done = step, step
+            break
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -144,10 +169,13 @@ def train(
     bar.close()
     model.eval()
     return {
-        "steps": total,
-        "epochs": total / steps_per_epoch,
+        "steps": steps_done,
+        "planned_steps": total,
+        "epochs": steps_done / steps_per_epoch,
         "train_examples": len(data.labels),
-        "final_loss": float(np.mean(losses[-50:])),
+        "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        "diverged": diverged_step is not None,
+        "diverged_step": diverged_step,
         "train_seconds": spent + time.perf_counter() - tic,
         "resumed_at_step": start,
     }
@@ -177,7 +205,7 @@ def save_trained(model: nn.Module, folder: Path, config: dict, metrics: dict) ->
 def load_trained(model: nn.Module, folder: Path) -> dict:
     """Load stored trained parameters into the model; returns the stored training metrics."""
     state = load_file(str(folder / "trained.safetensors"))
-    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    expected = set(trained_state(model))
     if set(state) != expected:
         raise RuntimeError(
             f"{folder}: stored parameters do not match the model's trainable ones "

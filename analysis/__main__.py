@@ -1,4 +1,4 @@
-"""Command line: `python -m analysis heatmap|table|ci SWEEP_DIR`."""
+"""Command line: `python -m analysis heatmap|table|ci SWEEP_DIR` and `python -m analysis figures DIR...`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (2 for a missing or unreadable sweep)."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "figures":
+            return _figures(args)
         df = load_results(args.sweep_dir)
         if args.command == "heatmap":
             _heatmap(df, args)
@@ -29,6 +31,28 @@ def main(argv: list[str] | None = None) -> int:
         # One line a researcher can act on; a traceback here would only bury the path that is wrong.
         print(f"{PROG}: error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _figures(args: argparse.Namespace) -> int:
+    # Imported here so that `table` does not pay for matplotlib and seaborn.
+    from analysis.plots import study_figures
+
+    dirs = args.sweep_dirs
+    if args.out is None and len(dirs) > 1:
+        raise ValueError(
+            f"figures: {len(dirs)} sweeps given; say where their joint figures go with --out DIR"
+        )
+    out = args.out if args.out is not None else (dirs[0] if dirs[0].is_dir() else dirs[0].parent)
+    df = load_results(dirs[0] if len(dirs) == 1 else dirs)
+    paths = study_figures(df, out, selection="best" if args.best_of_n else "mean")
+    if not paths:
+        raise ValueError(
+            f"figures: nothing to draw from {len(df)} rows (no layer-ablation cells, and no study or "
+            "sweep over init_std, adapter size, method or variant)"
+        )
+    for path in paths:
+        print(path)
     return 0
 
 
@@ -68,7 +92,9 @@ def _heatmap(df: pd.DataFrame, args: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Read a layer-ablation sweep.")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Read the results of a sweep: tables and figures."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     heat = commands.add_parser("heatmap", help="write the Figure 6 heatmap as PNG and PDF")
     heat.add_argument("sweep_dir", type=Path, help="sweep directory (or its results.csv)")
@@ -78,6 +104,14 @@ def _parser() -> argparse.ArgumentParser:
     ci = commands.add_parser("ci", help="accuracy drop per cell with a paired bootstrap interval")
     ci.add_argument("sweep_dir", type=Path, help="sweep directory (with its job folders)")
     ci.add_argument("--level", type=float, default=0.95, help="interval level (default: %(default)s)")
+    figures = commands.add_parser("figures", help="write every study figure the results allow (PNG and PDF)")
+    figures.add_argument("sweep_dirs", type=Path, nargs="+", metavar="DIR", help="sweep directories")
+    figures.add_argument("--out", type=Path, default=None, help="output dir (default: the one DIR given)")
+    figures.add_argument(
+        "--best-of-n",
+        action="store_true",
+        help="per setting, the seed with the best validation accuracy (the paper's protocol; optimistic)",
+    )
     for sub in (heat, table):
         sub.add_argument("--value", default="relative_decrease", help="column to show (default: %(default)s)")
     return parser

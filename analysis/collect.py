@@ -1,4 +1,17 @@
-"""Turn a sweep directory (results.csv, or per-job result.json files) into one tidy DataFrame."""
+"""Turn a sweep directory (results.csv, or per-job result.json files) into one tidy DataFrame.
+
+Every table this module returns has all columns of the result schema (`ablation.results.COLUMNS`, in that
+order, then any extra columns), whatever the age of the sweep, with one dtype per column kind:
+
+- text: pandas' string dtype `str` (missing values stay missing as NaN, never the string "nan");
+  object dtype holding str or NaN on pandas older than 2.3;
+- int: nullable `Int64` (missing as <NA>) for every int column, so a column's dtype does not depend on
+  whether one of its rows happens to be missing (`first`/`last` of intact rows, `k` of adapter rows);
+- float: `float64` (missing as NaN);
+- bool: nullable `boolean` (missing as <NA>, e.g. `diverged` in a table older than that column).
+
+Schema columns an older table lacks are added with every value missing.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +22,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ablation.results import COLUMNS, column_kinds
+
 RESULTS_CSV = "results.csv"
 RESULT_JSON = "result.json"
 PREDICTIONS = "predictions.npz"
 PREDICTION_KEYS = ("labels", "intact", "ablated")
 
-# job_dir looks numeric ("0", "17") but is a path: read it as text so "007" or "a/3" survive.
-TEXT_COLUMNS = ("task", "model", "positions", "metric_name", "train_key", "job_dir")
-INT_COLUMNS = ("seed", "first", "last", "n_eval")
-FLOAT_COLUMNS = ("accuracy", "intact_accuracy", "relative_decrease", "metric", "intact_metric")
-TABLE_COLUMNS = (*TEXT_COLUMNS, *INT_COLUMNS, *FLOAT_COLUMNS)
+KINDS = column_kinds()
+# job_dir looks numeric ("0", "17") but is a path: text columns are read as text so "007" or "a/3" survive.
+TEXT_COLUMNS = tuple(c for c in COLUMNS if KINDS[c] == "text")
 
 PathLike = str | Path
+
+
+def _text_dtype() -> pd.StringDtype | str:
+    try:
+        return pd.StringDtype(na_value=np.nan)  # pandas >= 2.3: the `str` dtype of pandas 3
+    except TypeError:
+        return "object"
+
+
+TEXT_DTYPE = _text_dtype()
+DTYPES = {"text": TEXT_DTYPE, "int": "Int64", "float": "float64", "bool": "boolean"}
 
 
 def load_results(path: PathLike | Sequence[PathLike]) -> pd.DataFrame:
@@ -32,6 +56,16 @@ def load_results(path: PathLike | Sequence[PathLike]) -> pd.DataFrame:
         raise ValueError("load_results: got an empty list of sweep directories")
     frames = [_load_one(p).assign(sweep=str(p)) for p in paths]
     return pd.concat(frames, ignore_index=True)
+
+
+def conform(df: pd.DataFrame) -> pd.DataFrame:
+    """Return a copy with every schema column present and typed as the module docstring says."""
+    out = df.copy()
+    for col in COLUMNS:
+        source = out[col] if col in out.columns else pd.Series(None, index=out.index, dtype=object)
+        out[col] = _as_kind(source, KINDS[col], col)
+    extras = [c for c in out.columns if c not in KINDS]
+    return out[[*COLUMNS, *extras]]
 
 
 def load_predictions(sweep_dir: PathLike, job_dir: PathLike) -> dict[str, np.ndarray]:
@@ -64,11 +98,11 @@ def _load_one(path: Path) -> pd.DataFrame:
         raise FileNotFoundError(
             f"{path}: neither {RESULTS_CSV} nor any */{RESULT_JSON} found in this sweep dir"
         )
-    return _tidy(pd.DataFrame(rows))
+    return _tidy(pd.DataFrame(rows), origin=path)
 
 
 def _read_csv(file: Path) -> pd.DataFrame:
-    return _tidy(pd.read_csv(file, dtype={c: str for c in TEXT_COLUMNS}))
+    return _tidy(pd.read_csv(file, dtype={c: str for c in TEXT_COLUMNS}), origin=file)
 
 
 def _json_row(file: Path, sweep_dir: Path) -> dict:
@@ -92,18 +126,46 @@ def _flatten(record: dict) -> dict:
     leaves = [key.rsplit(".", 1)[-1] for key in dotted]
     row = {}
     for key, leaf in zip(dotted, leaves, strict=True):
-        promote = leaf in TABLE_COLUMNS and leaf not in dotted and leaves.count(leaf) == 1
+        promote = leaf in KINDS and leaf not in dotted and leaves.count(leaf) == 1
         row[leaf if promote else key] = dotted[key]
     return row
 
 
-def _tidy(df: pd.DataFrame) -> pd.DataFrame:
-    for col in INT_COLUMNS:
-        if col in df.columns and df[col].notna().all():
-            df[col] = df[col].astype(int)
-    for col in TEXT_COLUMNS:
-        if col in df.columns:
-            df[col] = df[col].astype(str)
+def _tidy(df: pd.DataFrame, origin: Path) -> pd.DataFrame:
+    # Tables from before the column existed: derive it rather than leave every reader to.
     if "relative_decrease" not in df.columns and {"accuracy", "intact_accuracy"} <= set(df.columns):
-        df["relative_decrease"] = 1.0 - df["accuracy"] / df["intact_accuracy"]
-    return df
+        df = df.assign(relative_decrease=1.0 - df["accuracy"] / df["intact_accuracy"])
+    try:
+        return conform(df)
+    except ValueError as err:
+        raise ValueError(f"{origin}: {err}") from None
+
+
+def _as_kind(values: pd.Series, kind: str, name: str) -> pd.Series:
+    """Cast one column to its kind's dtype; ValueError naming the column if a value does not fit."""
+    try:
+        if kind == "text":
+            return _as_text(values)
+        if kind == "bool":
+            return values.map(_as_bool).astype("boolean")
+        return pd.to_numeric(values).astype(DTYPES[kind])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"column {name!r}: expected {kind} values ({err})") from None
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    if TEXT_DTYPE != "object":
+        return values.astype(TEXT_DTYPE)
+    # Older pandas: astype(str) would turn NaN into the string "nan".
+    return values.map(lambda v: v if pd.isna(v) else str(v)).astype(object)
+
+
+def _as_bool(value: object) -> object:
+    # read_csv leaves a bool column with gaps as object (True/False/NaN); JSON gives real bools.
+    if pd.isna(value):
+        return pd.NA
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"not True/False: {value!r}")

@@ -1,23 +1,48 @@
-"""Figure 6 of Houlsby et al. 2019: relative decrease after removing the adapters of layers [first, last]."""
+"""Figures of Houlsby et al. 2019: the layer-ablation heatmap (Figure 6), init scale, bottleneck size,
+parameter/accuracy trade-off (Figures 3/4) and adapter variants.
+
+Every `*_plot(df, ax, selection)` draws one panel on a given Axes and returns the table it plotted;
+`study_figures` decides which figures a result table allows and saves them as PNG and PDF.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from analysis.stats import layer_matrix, split_panels
+from analysis.collect import conform
+from analysis.stats import best_seed_rows, layer_matrix, mixed_settings, split_panels, summarize_seeds
 
 MAX_COLUMNS = 3
+PAPER_SIZES = (8, 64, 256)  # the adapter sizes of the paper's GLUE grid
+METHOD_ORDER = ("adapters", "top_k", "layernorm")
+METHOD_LABELS = {
+    "adapters": "adapters (size m)",
+    "top_k": "fine-tune top k layers",
+    "layernorm": "LayerNorm only",
+    "full": "full fine-tuning",
+}
+DIVERGED_COLOR = "crimson"
+BAND_ALPHA = 0.2
+LEGEND = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "fontsize": 8, "frameon": False}
+POINT_LABEL = {"ha": "center", "va": "bottom", "fontsize": 6.5, "color": "0.25"}
 
 
-def heatmap(df: pd.DataFrame, ax: Axes, value: str = "relative_decrease", annot: bool = True) -> pd.DataFrame:
+def heatmap(
+    df: pd.DataFrame, ax: Axes, value: str = "relative_decrease", annot: bool = True, note: str | None = None
+) -> pd.DataFrame:
     """Draw one panel (rows: first ablated layer, columns: last, in %) on `ax`; return the matrix."""
     matrix = layer_matrix(df, value)
     n_layers = len(matrix)
@@ -44,26 +69,261 @@ def heatmap(df: pd.DataFrame, ax: Axes, value: str = "relative_decrease", annot:
     ax.set_xlabel("last ablated layer")
     ax.set_ylabel("first ablated layer")
     ax.tick_params(axis="both", labelrotation=0)
-    ax.set_title(_title(df), fontsize=10)
+    ax.set_title(_title(df) + (f"\n{note}" if note else ""), fontsize=10)
     return matrix
 
 
-def heatmap_figure(df: pd.DataFrame, out_stem: str | Path, value: str = "relative_decrease") -> list[Path]:
+def heatmap_figure(
+    df: pd.DataFrame, out_stem: str | Path, value: str = "relative_decrease", note: str | None = None
+) -> list[Path]:
     """Save one heatmap panel per task (x model x positions where those vary) as out_stem.png and .pdf."""
     panels = split_panels(df)
-    n_cols = min(len(panels), MAX_COLUMNS)
-    n_rows = math.ceil(len(panels) / n_cols)
     side = 0.45 * (int(df["last"].max()) + 1) + 2.0
+    fig, axes = _figure(len(panels), min(len(panels), MAX_COLUMNS), (1.2 * side, side))
+    for ax, panel in zip(axes, panels, strict=False):
+        heatmap(panel, ax, value=value, note=note)
+    return _save(fig, out_stem)
+
+
+def init_scale_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """Accuracy against the adapters' init std (log x), one line per task (Figure 6, right)."""
+    rows = _panel_rows(df, "init_scale")
+    table = _summarize(rows, ["task", "init_std"], selection)
+    colors = _task_colors(rows)
+    for task, line in table.groupby("task", sort=True):
+        _line(ax, line["init_std"], line, colors[task], label=str(task))
+    majority = _majority_lines(ax, rows, colors)
+    _mark_diverged(ax, rows, rows["init_std"])
+    ax.set_xscale("log")
+    ax.set_xlabel("adapter init std σ (log scale)")
+    proxy = Line2D([], [], color="0.4", linestyle="--", linewidth=1, label="majority class (task colour)")
+    _finish(ax, rows, selection, extra_handles=(proxy,) if majority else ())
+    return table
+
+
+def bottleneck_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """Accuracy against the adapter size m (log2 x), one line per task, the paper's sizes marked."""
+    rows = _panel_rows(df, "bottleneck")
+    table = _summarize(rows, ["task", "adapter_size"], selection)
+    colors = _task_colors(rows)
+    for task, line in table.groupby("task", sort=True):
+        _line(ax, line["adapter_size"], line, colors[task], label=str(task))
+    sizes = sorted(int(s) for s in table["adapter_size"].dropna().unique())
+    paper = [s for s in PAPER_SIZES if sizes and sizes[0] <= s <= sizes[-1]]
+    for size in paper:
+        ax.axvline(size, color="0.6", linewidth=4, alpha=0.25, zorder=0)
+    _mark_diverged(ax, rows, rows["adapter_size"])
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(sizes))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("adapter size m (log2 scale)")
+    proxy = Line2D([], [], color="0.6", linewidth=4, alpha=0.25, label="paper's sizes (8, 64, 256)")
+    _finish(ax, rows, selection, extra_handles=(proxy,) if paper else ())
+    return table
+
+
+def tradeoff_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """Accuracy against trained parameters (log x) per method, full fine-tuning as a line (Figures 3/4)."""
+    rows = _panel_rows(df, "tradeoff")
+    table = _summarize(rows, ["method", "adapter_size", "k", "trained_params"], selection)
+    colors = dict(zip(METHOD_ORDER, sns.color_palette("colorblind", len(METHOD_ORDER)), strict=True))
+    known = [m for m in METHOD_ORDER if m in set(table["method"])]
+    for method in known:
+        points = table[table["method"] == method].sort_values(["adapter_size", "k", "trained_params"])
+        x = points["trained_params"].to_numpy(dtype=float)
+        y = points["y"].to_numpy(dtype=float)
+        style = {"color": colors[method], "marker": "o", "markersize": 4, "capsize": 3, "linewidth": 1.2}
+        ax.errorbar(x, y, yerr=_err(points), label=METHOD_LABELS[method], **style)
+        _label_points(ax, x, points, method)
+    full = table[table["method"] == "full"]
+    if not full.empty:
+        _reference(ax, full, "black", f"full fine-tuning{_count(full['trained_params'].iloc[0])}")
+    _mark_diverged(ax, rows, rows["trained_params"].astype(float))
+    ax.set_xscale("log")
+    ax.set_xlabel("trained parameters (log scale)")
+    _finish(ax, rows, selection, err_kind="error bars")
+    return table
+
+
+def variants_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """One point per adapter variant with its interval, the plain adapter as a reference line."""
+    rows = _panel_rows(df, "variants")
+    table = _summarize(rows, ["variant"], selection)
+    order = sorted(table["variant"], key=lambda v: (v != "plain", str(v)))
+    table = table.set_index("variant").loc[order].reset_index()
+    x = pd.Series(np.arange(len(order), dtype=float), index=order)
+    color = sns.color_palette("colorblind")[0]
+    # Single seeds, jittered: with three seeds the spread says more than an interval.
+    rank = rows["seed"].rank(method="dense").astype(float)
+    jitter = 0.08 * (rank - (rank.max() + 1) / 2)
+    seed_x = rows["variant"].map(x).astype(float) + jitter
+    seed_y = 100 * rows["accuracy"].to_numpy(dtype=float)
+    ax.plot(seed_x.to_numpy(), seed_y, ".", color="0.55", markersize=4, label="single seeds")
+    label = "best seed" if selection == "best" else "mean ± 1 s.e.m."
+    y = table["y"].to_numpy(dtype=float)
+    ax.errorbar(x.to_numpy(), y, yerr=_err(table), fmt="o", color=color, capsize=4, markersize=6, label=label)
+    plain = table[table["variant"] == "plain"]
+    if not plain.empty:
+        _reference(ax, plain, "0.3", "plain adapter")
+    _mark_diverged(ax, rows, seed_x)
+    # Labels such as "placement: parallel, combine: multiply" are wider than a slot: slant them.
+    labels = [_variant_label(v) for v in order]
+    ax.set_xticks(x.to_numpy(), labels, fontsize=8, rotation=25, ha="right", rotation_mode="anchor")
+    ax.set_xlim(-0.6, len(order) - 0.4)
+    ax.set_xlabel("adapter variant")
+    _finish(ax, rows, selection, err_kind="error bars")
+    return table
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """How one figure selects, checks and lays out its rows."""
+
+    draw: Callable[[pd.DataFrame, Axes, str], pd.DataFrame]
+    select: Callable[[pd.DataFrame], pd.DataFrame]
+    point: tuple[str, ...]  # with model and task, the columns that make one plotted point
+    panel: tuple[str, ...]  # one panel per distinct value of these
+    sweeps: Callable[[pd.DataFrame], bool]  # for rows without a study: does the data vary this factor?
+    title: str
+    panel_size: tuple[float, float] = (6.8, 4.2)
+
+
+def _plain_adapters(df: pd.DataFrame) -> pd.DataFrame:
+    rows = _intact(df)
+    plain = rows["variant"].isna() | (rows["variant"] == "plain")
+    return rows[(rows["method"] == "adapters") & plain]
+
+
+def _all_methods(df: pd.DataFrame) -> pd.DataFrame:
+    rows = _intact(df)
+    plain = rows["variant"].isna() | (rows["variant"] == "plain")
+    return rows[rows["method"].isin(METHOD_LABELS) & ((rows["method"] != "adapters") | plain)]
+
+
+def _variant_rows(df: pd.DataFrame) -> pd.DataFrame:
+    rows = _intact(df)
+    return rows[(rows["method"] == "adapters") & rows["variant"].notna()]
+
+
+def _only_adapters(df: pd.DataFrame) -> bool:
+    return set(_intact(df)["method"].dropna()) == {"adapters"}
+
+
+SPECS: dict[str, _Spec] = {
+    "init_scale": _Spec(
+        draw=init_scale_plot,
+        select=_plain_adapters,
+        point=("init_std",),
+        panel=("model",),
+        sweeps=lambda df: _plain_adapters(df)["init_std"].nunique() > 1,
+        title="Adapter init scale (Houlsby et al. 2019, Fig. 6 right)",
+    ),
+    "bottleneck": _Spec(
+        draw=bottleneck_plot,
+        select=_plain_adapters,
+        point=("adapter_size",),
+        panel=("model",),
+        sweeps=lambda df: _only_adapters(df) and _plain_adapters(df)["adapter_size"].nunique() > 1,
+        title="Adapter bottleneck size (Houlsby et al. 2019, Sec. 3.6)",
+    ),
+    "tradeoff": _Spec(
+        draw=tradeoff_plot,
+        select=_all_methods,
+        point=("method", "adapter_size", "k", "trained_params"),
+        panel=("model", "task"),
+        sweeps=lambda df: _intact(df)["method"].nunique() > 1,
+        title="Trained parameters vs accuracy (Houlsby et al. 2019, Figs. 3/4)",
+    ),
+    "variants": _Spec(
+        draw=variants_plot,
+        select=_variant_rows,
+        point=("variant",),
+        panel=("model", "task"),
+        sweeps=lambda df: _variant_rows(df)["variant"].nunique() > 1,
+        title="Adapter variants (Houlsby et al. 2019, Sec. 3.6)",
+        panel_size=(6.8, 4.8),  # room for the slanted variant names
+    ),
+}
+STUDY_FIGURES = {"layer_ablation": "heatmap", **{name: name for name in SPECS}}
+
+
+def figure_plan(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Which figures the rows allow, with the rows each draws: {"heatmap" | "init_scale" | ...: rows}.
+
+    Rows of a known study go to that study's figure. Rows without one (ad-hoc runs, older tables) are
+    inferred: ablation rows give the heatmap; intact rows give each figure whose factor they vary
+    (several init_std, several sizes of adapters alone, several methods, several variants), provided
+    every plotted point is one setting. A figure a study already draws is not inferred again.
+    """
+    df = conform(df)
+    study = df["study"].where(df["study"] != "")
+    plan = {}
+    for name, figure in STUDY_FIGURES.items():
+        rows = df[study == name]
+        if figure == "heatmap":
+            rows = rows.dropna(subset=["first", "last"])
+        if not rows.empty:
+            plan[figure] = rows
+    loose = df[~study.isin(STUDY_FIGURES).to_numpy()]
+    ablated = loose.dropna(subset=["first", "last"])
+    if "heatmap" not in plan and not ablated.empty:
+        plan["heatmap"] = ablated
+    for name, spec in SPECS.items():
+        rows = spec.select(loose)
+        one_setting = not mixed_settings(rows, ["model", "task", *spec.point])
+        if name not in plan and not rows.empty and spec.sweeps(loose) and one_setting:
+            plan[name] = rows
+    return {name: plan[name] for name in STUDY_FIGURES.values() if name in plan}
+
+
+def study_figures(df: pd.DataFrame, out_dir: str | Path, selection: str = "mean") -> list[Path]:
+    """Draw every figure the rows allow (see `figure_plan`) into out_dir as <name>[_best_of_n].png/.pdf."""
+    out_dir = Path(out_dir)
+    suffix = "" if selection == "mean" else "_best_of_n"
+    paths = []
+    for name, rows in figure_plan(df).items():
+        stem = out_dir / f"{name}{suffix}"
+        if name == "heatmap":
+            paths += _heatmap_figure(rows, stem, selection)
+        else:
+            paths += _study_figure(SPECS[name], rows, stem, selection)
+    return paths
+
+
+def _heatmap_figure(rows: pd.DataFrame, stem: Path, selection: str) -> list[Path]:
+    if selection == "mean":
+        return heatmap_figure(rows, stem)
+    # The paper's protocol: ablate the training run whose intact model scored best on validation.
+    note = _aggregation(int(rows["seed"].nunique()), "best")
+    return heatmap_figure(best_seed_rows(rows, ["task", "model"]), stem, note=note)
+
+
+def _study_figure(spec: _Spec, rows: pd.DataFrame, stem: Path, selection: str) -> list[Path]:
+    panels = [panel for _, panel in rows.groupby(list(spec.panel), sort=True, dropna=False)]
+    width, height = spec.panel_size
+    if spec.draw is variants_plot:  # one slot per variant, each wide enough for a slanted name
+        width = max(width, 0.6 * rows["variant"].nunique() + 3.5)
+    fig, axes = _figure(len(panels), min(len(panels), MAX_COLUMNS), (width, height))
+    for ax, panel in zip(axes, panels, strict=False):
+        spec.draw(panel, ax, selection)
+    fig.suptitle(spec.title, fontsize=11)
+    return _save(fig, stem)
+
+
+def _figure(n_panels: int, n_cols: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Axes]]:
+    n_rows = math.ceil(n_panels / n_cols)
     # A bare Figure on an Agg canvas: no pyplot state, so importing this module never switches the
     # backend of a notebook that uses it.
-    fig = Figure(figsize=(1.2 * side * n_cols, side * n_rows), layout="constrained")
+    fig = Figure(figsize=(panel_size[0] * n_cols, panel_size[1] * n_rows), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
-    for ax, panel in zip(axes, panels, strict=False):
-        heatmap(panel, ax, value=value)
-    for ax in axes[len(panels) :]:
+    axes = list(fig.subplots(n_rows, n_cols, squeeze=False).ravel())
+    for ax in axes[n_panels:]:
         ax.set_visible(False)
+    return fig, axes
 
+
+def _save(fig: Figure, out_stem: str | Path) -> list[Path]:
     stem = Path(out_stem)
     if stem.suffix in (".png", ".pdf"):
         stem = stem.with_suffix("")
@@ -72,6 +332,143 @@ def heatmap_figure(df: pd.DataFrame, out_stem: str | Path, value: str = "relativ
     for path in paths:
         fig.savefig(path, dpi=150)
     return paths
+
+
+def _intact(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["first"].isna() & df["last"].isna()]
+
+
+def _panel_rows(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The rows one panel of figure `name` draws; ValueError if there are none or they mix settings."""
+    spec = SPECS[name]
+    rows = spec.select(conform(df))
+    who = spec.draw.__name__
+    if rows.empty:
+        raise ValueError(f"{who}: no rows to plot (needs intact rows; got {len(df)} rows)")
+    several = {c: sorted(map(str, rows[c].unique())) for c in spec.panel if rows[c].nunique(dropna=False) > 1}
+    if several:
+        raise ValueError(f"{who}: one panel expected, but the rows mix {several}; draw one panel each")
+    mixed = mixed_settings(rows, ["model", "task", *spec.point])
+    if mixed:
+        raise ValueError(
+            f"{who}: the seeds of one point differ in {mixed}; select one setting per point first"
+        )
+    return rows
+
+
+def _summarize(rows: pd.DataFrame, by: list[str], selection: str) -> pd.DataFrame:
+    """summarize_seeds plus what is drawn: `y` and `yerr` in percent (yerr NaN for best-of-n)."""
+    table = summarize_seeds(rows, by, "accuracy", selection)
+    if selection == "mean":
+        return table.assign(y=100 * table["mean"], yerr=100 * table["sem"])
+    return table.assign(y=100 * table["best"], yerr=np.nan)
+
+
+def _err(table: pd.DataFrame) -> np.ndarray | None:
+    err = table["yerr"].to_numpy(dtype=float)
+    return None if np.isnan(err).all() else np.nan_to_num(err)
+
+
+def _line(ax: Axes, x: pd.Series, table: pd.DataFrame, color, label: str) -> None:
+    x = x.astype(float).to_numpy()
+    y, err = table["y"].to_numpy(dtype=float), table["yerr"].to_numpy(dtype=float)
+    ax.plot(x, y, marker="o", markersize=4, color=color, linewidth=1.5, label=label)
+    ax.fill_between(x, y - err, y + err, where=np.isfinite(err), color=color, alpha=BAND_ALPHA, linewidth=0)
+
+
+def _reference(ax: Axes, table: pd.DataFrame, color, label: str) -> None:
+    """A group drawn as a horizontal line at its value, with its ±1 s.e.m. as a band when there is one."""
+    y, err = float(table["y"].iloc[0]), float(table["yerr"].iloc[0])
+    ax.axhline(y, color=color, linestyle="-", linewidth=1.2, label=label, zorder=1)
+    if np.isfinite(err):
+        ax.axhspan(y - err, y + err, color=color, alpha=0.12, linewidth=0, zorder=0)
+
+
+def _majority_lines(ax: Axes, rows: pd.DataFrame, colors: dict) -> bool:
+    """Each task's majority-class rate as a dashed line in its colour; False if no rate is known."""
+    rates = rows.groupby("task", sort=True)["majority_rate"].mean().dropna()
+    for task, rate in rates.items():
+        ax.axhline(100 * rate, color=colors[task], linestyle="--", linewidth=1, alpha=0.8)
+    return not rates.empty
+
+
+def _mark_diverged(ax: Axes, rows: pd.DataFrame, x: pd.Series) -> int:
+    """Mark diverged runs with a red x at their accuracy, or on the bottom axis when they have none."""
+    diverged = rows["diverged"].fillna(False).astype(bool).to_numpy()
+    if not diverged.any():
+        return 0
+    x = x.astype(float).to_numpy()[diverged]
+    y = 100 * rows["accuracy"].astype(float).to_numpy()[diverged]
+    scored = np.isfinite(y)
+    label = f"diverged: {diverged.sum()} of {len(rows)} runs"
+    if not scored.all():
+        label += f"\n({(~scored).sum()} with no score: on the x axis)"
+    style = {"linestyle": "none", "marker": "x", "color": DIVERGED_COLOR, "markersize": 7, "zorder": 5}
+    if scored.any():
+        ax.plot(x[scored], y[scored], label=label, **style)
+        label = "_nolegend_"
+    if not scored.all():
+        # Nothing to score: pin them to the x axis in axes coordinates, so they never set the y range.
+        on_axis = ax.get_xaxis_transform()
+        ax.plot(x[~scored], np.zeros((~scored).sum()), transform=on_axis, clip_on=False, label=label, **style)
+    return int(diverged.sum())
+
+
+def _label_points(ax: Axes, x: np.ndarray, points: pd.DataFrame, method: str) -> None:
+    """Write each point's size m or k just above its error bar, so a reader can tell the settings apart."""
+    column = {"adapters": "adapter_size", "top_k": "k"}.get(method)
+    if column is None:
+        return
+    prefix = "m=" if method == "adapters" else "k="
+    top = points["y"] + points["yerr"].fillna(0.0)
+    for i, (xi, yi, setting) in enumerate(zip(x, top, points[column], strict=True)):
+        if pd.isna(setting) or not np.isfinite(yi):
+            continue
+        text = f"{prefix}{int(setting)}" if i == 0 else f"{int(setting)}"
+        ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(0, 3), **POINT_LABEL)
+
+
+def _finish(
+    ax: Axes, rows: pd.DataFrame, selection: str, err_kind: str = "band", extra_handles: tuple = ()
+) -> None:
+    """Axis label, grid, a legend outside the data, and a title naming model, task(s), seeds, aggregation."""
+    # Reference lines drawn after the limits were first computed can end up on the frame: rescale.
+    ax.autoscale_view()
+    spread = "" if selection == "best" else f" (±1 s.e.m. {err_kind})"
+    ax.set_ylabel(f"validation accuracy (%){spread}")
+    ax.grid(alpha=0.3, linewidth=0.5)
+    handles = [*ax.get_legend_handles_labels()[0], *extra_handles]
+    ax.legend(handles=handles, **LEGEND)
+    tasks = ", ".join(sorted(map(str, rows["task"].unique())))
+    model = ", ".join(sorted(map(str, rows["model"].unique())))
+    ax.set_title(f"{model} · {tasks}\n{_aggregation(int(rows['seed'].nunique()), selection)}", fontsize=9)
+
+
+def _aggregation(n_seeds: int, selection: str) -> str:
+    seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
+    if selection == "best":
+        return f"best of {seeds} on validation (optimistic)"
+    return f"mean ± 1 s.e.m. over {seeds}"
+
+
+def _task_colors(rows: pd.DataFrame) -> dict:
+    tasks = sorted(rows["task"].unique())
+    return dict(zip(tasks, sns.color_palette("colorblind", len(tasks)), strict=True))
+
+
+def _variant_label(variant: str) -> str:
+    """'placement=parallel,combine=multiply' -> 'placement: parallel, combine: multiply'."""
+    return ", ".join(part.replace("=", ": ") for part in str(variant).split(","))
+
+
+def _count(n: float) -> str:
+    """' (110M params)' for a legend; empty when the count is unknown."""
+    if pd.isna(n):
+        return ""
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f" ({n / size:.3g}{unit} params)"
+    return f" ({n:.0f} params)"
 
 
 def _title(df: pd.DataFrame) -> str:

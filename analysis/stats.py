@@ -1,4 +1,4 @@
-"""Statistics on the result table: paired bootstrap intervals, mean +- s.e.m., the layer x layer matrix."""
+"""Statistics on the result table: paired bootstrap intervals, seed aggregation, the layer x layer matrix."""
 
 from __future__ import annotations
 
@@ -7,6 +7,24 @@ import pandas as pd
 
 # Rows that differ in these columns belong to different heatmaps; everything else (seeds) is averaged.
 PANEL_COLUMNS = ("task", "model", "positions")
+# What defines one training setting. Rows of one plotted point must agree on all of them, or a figure
+# would average different settings as if they were seeds.
+SETTING_COLUMNS = (
+    "method",
+    "k",
+    "variant",
+    "adapter_size",
+    "init_std",
+    "adapter_activation",
+    "adapter_positions",
+    "adapter_norm",
+    "adapter_depth",
+    "adapter_placement",
+    "adapter_combine",
+    "lr",
+    "train_precision",
+)
+SELECTIONS = ("mean", "best")
 
 
 def paired_bootstrap_ci(
@@ -45,6 +63,87 @@ def mean_sem(df: pd.DataFrame, by: str | list[str], value: str) -> pd.DataFrame:
     grouped = df.groupby(by, sort=True)[value]
     out = grouped.agg(mean="mean", sem="sem", n="count")
     return out.reset_index()
+
+
+def summarize_seeds(
+    df: pd.DataFrame, by: str | list[str], value: str = "accuracy", selection: str = "mean"
+) -> pd.DataFrame:
+    """Aggregate the seeds of each group of `by`: mean +- s.e.m., or the best seed on validation.
+
+    Columns: `by`, then `mean` and `sem` (selection="mean"; sem with ddof=1, NaN for one seed) or `best`
+    and `best_seed` (selection="best"), then `n` (rows with a finite value), `n_runs` (rows) and
+    `n_diverged` (rows whose training stopped at a non-finite loss or gradient).
+
+    A diverged run that still has a finite value counts like any other seed: it is part of what the
+    setting produces. Non-finite values (a run with nothing to score) are left out, so n < n_runs.
+
+    selection="best" is the paper's protocol: per group, the value of the seed with the highest
+    `accuracy` (ties: the lowest seed). It is optimistic, because it selects on the validation set whose
+    score it reports; the maximum of n noisy runs is biased upwards.
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    if selection not in SELECTIONS:
+        raise ValueError(f"summarize_seeds: selection must be one of {SELECTIONS}, got {selection!r}")
+    needed = [*by, value, *(["accuracy"] if selection == "best" else [])]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise KeyError(f"summarize_seeds: no column {missing} (columns: {list(df.columns)})")
+    stats = ["mean", "sem"] if selection == "mean" else ["best", "best_seed"]
+    columns = [*by, *stats, "n", "n_runs", "n_diverged"]
+    if df.empty:
+        return pd.DataFrame(columns=columns)
+    rows = [
+        {**dict(zip(by, key, strict=True)), **_aggregate(group, value, selection)}
+        for key, group in df.groupby(by, sort=True, dropna=False)
+    ]
+    out = pd.DataFrame(rows, columns=columns).astype({c: df[c].dtype for c in by})
+    return out.astype({"best_seed": "Int64"}) if selection == "best" else out
+
+
+def _aggregate(group: pd.DataFrame, value: str, selection: str) -> dict:
+    values = _finite(group[value])
+    diverged = group["diverged"].fillna(False).astype(bool) if "diverged" in group else False
+    counts = {"n": int(values.notna().sum()), "n_runs": len(group), "n_diverged": int(np.sum(diverged))}
+    if selection == "mean":
+        return {"mean": values.mean(), "sem": values.sem(ddof=1), **counts}
+    scored = group.assign(_score=_finite(group["accuracy"]), _value=values)
+    scored = scored.dropna(subset=["_score", "_value"])
+    if "seed" in scored:
+        scored = scored.sort_values("seed", kind="stable")
+    if scored.empty:
+        return {"best": np.nan, "best_seed": pd.NA, **counts}
+    best = scored.iloc[int(np.argmax(scored["_score"].to_numpy()))]  # first maximum: the lowest seed
+    return {"best": best["_value"], "best_seed": best.get("seed", pd.NA), **counts}
+
+
+def _finite(values: pd.Series) -> pd.Series:
+    numbers = pd.to_numeric(values).astype(float)
+    return numbers.where(np.isfinite(numbers))
+
+
+def best_seed_rows(df: pd.DataFrame, by: list[str], score: str = "intact_accuracy") -> pd.DataFrame:
+    """All rows of the seed with the highest mean `score` in each group of `by` (ties: the lowest seed).
+
+    For the layer ablation under the paper's protocol: keep the training run whose intact model scored
+    best on validation, and show its ablations. Optimistic, as every best-of-n selection.
+    """
+    per_seed = df.groupby([*by, "seed"], dropna=False)[score].mean().reset_index()
+    ranked = per_seed.sort_values([score, "seed"], ascending=[False, True], na_position="last")
+    best = ranked.drop_duplicates(by)[[*by, "seed"]]
+    keep = pd.MultiIndex.from_frame(df[[*by, "seed"]]).isin(pd.MultiIndex.from_frame(best))
+    return df[keep]
+
+
+def mixed_settings(df: pd.DataFrame, by: list[str], settings: tuple[str, ...] = SETTING_COLUMNS) -> dict:
+    """Settings (other than `by`) on which the rows of one group of `by` differ: {column: sorted values}."""
+    mixed = {}
+    for col in settings:
+        if col in by or col not in df.columns:
+            continue
+        counts = df.groupby(by, dropna=False)[col].nunique(dropna=False)
+        if (counts > 1).any():
+            mixed[col] = sorted(map(str, df[col].unique()))
+    return mixed
 
 
 def split_panels(df: pd.DataFrame) -> list[pd.DataFrame]:

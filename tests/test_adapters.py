@@ -1,4 +1,4 @@
-"""Adapters: placement, identity at zero, ablation switch, freezing, counts, init, and the staged forward."""
+"""Adapters and their variants: placement, identity at zero, ablation switch, removal, init, staged forward."""
 
 from __future__ import annotations
 
@@ -9,22 +9,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HIDDEN, padded_batch, perturb_layernorms_and_head, tiny_model
+from conftest import padded_batch, perturb_layernorms_and_head, tiny_model
 from omegaconf import OmegaConf
 from torch import nn
 
 from ablation.adapters import (
+    INPUT_PATHS,
     POSITION_PATHS,
     Adapter,
     AdapterLayer,
+    InputTap,
     adapter_slots,
-    count_parameters,
     encoder_layers,
-    freeze_for_adapters,
     inject_adapters,
+    remove_adapters,
     set_ablation,
 )
 from ablation.config import ModelConfig
+from ablation.methods import count_parameters, freeze
 from ablation.models import Stages, load_model
 
 L = 3
@@ -43,17 +45,93 @@ def adapter_model(family: str, init_std: float = 0.5, size: int = SIZE) -> nn.Mo
     return model
 
 
-def test_zero_up_projection_is_identity(family):
+VARIANTS = [
+    {},
+    {"norm": "layernorm"},
+    {"norm": "batchnorm"},
+    {"depth": 2},
+    {"activation": "relu"},
+    {"activation": "tanh"},
+    {"activation": "swish"},
+    {"positions": ["attention"]},
+    {"positions": ["output"]},
+    {"placement": "parallel"},
+    {"placement": "parallel", "combine": "multiply"},
+    {"combine": "multiply"},
+]
+VARIANT_IDS = [",".join(f"{k}={v}" for k, v in c.items()) or "plain" for c in VARIANTS]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_zero_up_projection_is_identity(family, variant):
     model = tiny_model(family, num_layers=L)
     batch = padded_batch(family)
     before = logits(model, batch)
-    slots = inject_adapters(model, family, SIZE, init_std=1.0)
+    slots = inject_adapters(model, family, SIZE, init_std=1.0, **variant)
     assert not torch.equal(logits(model, batch), before)  # big adapters do change the output
     with torch.no_grad():
         for slot in slots.values():
             slot.adapter.up.weight.zero_()
             slot.adapter.up.bias.zero_()
     assert torch.equal(logits(model, batch), before)
+
+
+@pytest.mark.parametrize("position", ["attention", "output"])
+def test_parallel_adapter_reads_the_sub_layer_input(family, position):
+    """Serial: fed the sub-layer's output; parallel: fed its input (the layer's input for attention,
+    the attention block's output for the feed-forward)."""
+    model = adapter_model(family, init_std=0.1)
+    remove_adapters(model)
+    slots = inject_adapters(model, family, SIZE, init_std=0.1, positions=[position], placement="parallel")
+    batch = padded_batch(family)
+    stages = Stages(model, family)
+    seen = []
+    slot = slots[(1, position)]
+    delta = slot.adapter.delta
+    slot.adapter.delta = lambda x: seen.append(x) or delta(x)
+    with torch.no_grad():
+        h, ctx = stages.embed(batch)
+        h = stages.layer(0, h, ctx)
+        layer = encoder_layers(model)[1]
+        if family == "mpnet":
+            attention_out = layer.attention(h, ctx["mask"], position_bias=ctx["position_bias"])[0]
+        else:
+            attention_out = layer.attention(h, ctx["mask"])[0]
+        seen.clear()
+        out = stages.layer(1, h, ctx)
+    assert len(seen) == 1
+    assert torch.equal(seen[0], h if position == "attention" else attention_out)
+    if position == "output":  # LayerNorm(s + delta(x) + x), s the feed-forward's output, x its input
+        s = layer.output.dropout.base_layer(layer.output.dense(layer.intermediate(attention_out)))
+        want = layer.output.LayerNorm(s + delta(attention_out) + attention_out)
+        assert torch.allclose(out, want, atol=1e-6)
+
+
+def test_parallel_taps_sit_at_the_sub_layer_inputs(family):
+    model = tiny_model(family, num_layers=L)
+    slots = inject_adapters(model, family, SIZE, placement="parallel")
+    for (i, position), slot in slots.items():
+        tap = encoder_layers(model)[i].get_submodule(INPUT_PATHS[family][position])
+        assert isinstance(tap, InputTap) and tap._slot[0] is slot and slot.parallel
+    assert sum(isinstance(m, InputTap) for m in model.modules()) == 2 * L
+    # the slot is registered once: its adapter's parameters are not duplicated under the tap
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    assert len(names) == len(set(names)) == len(dict(model.named_parameters()))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_remove_adapters_restores_the_model(family, variant):
+    model = tiny_model(family, num_layers=L)
+    batch = padded_batch(family)
+    before = logits(model, batch)
+    modules = [type(m) for m in model.modules()]
+    names = [n for n, _ in model.named_parameters()]
+    inject_adapters(model, family, SIZE, init_std=1.0, **variant)
+    remove_adapters(model)
+    assert [type(m) for m in model.modules()] == modules
+    assert [n for n, _ in model.named_parameters()] == names
+    assert torch.equal(logits(model, batch), before)
+    inject_adapters(model, family, SIZE, **variant)  # and adapters can go in again
 
 
 def test_ablating_every_layer_gives_the_base_model(family):
@@ -82,49 +160,25 @@ def test_ablating_one_position_switches_only_that_slot(family, position):
     assert inactive == {(0, "attention"), (0, "output"), (2, "attention"), (2, "output")}
 
 
-def test_freeze_for_adapters_trains_adapters_layernorms_and_head(family):
-    model = adapter_model(family)
-    freeze_for_adapters(model)
-    names = [n for n, _ in model.named_parameters()]
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    expected = {
-        n
-        for n in names
-        if ".adapter." in n or n.rsplit(".", 2)[-2] == "LayerNorm" or n.startswith("classifier.")
-    }
-    assert trainable == expected
-    prefix = model.base_model_prefix
-    assert f"{prefix}.embeddings.LayerNorm.weight" in trainable
-    assert f"{prefix}.embeddings.LayerNorm.bias" in trainable
-    assert any(n.startswith("classifier.") for n in trainable)
-    assert sum(".adapter." in n for n in trainable) == 2 * L * 4  # 2 slots x (2 weights + 2 biases)
-    assert f"{prefix}.embeddings.word_embeddings.weight" not in trainable
-    assert not any(".attention.self." in n or ".attention.attn." in n for n in trainable)
-    assert not any(".intermediate." in n for n in trainable)
-    if family == "bert":
-        assert {"bert.pooler.dense.weight", "bert.pooler.dense.bias"} <= set(names)
-        assert not any(n.startswith("bert.pooler.") for n in trainable)
-
-
 def test_adapter_parameter_count():
     for d, m in [(32, 8), (768, 64), (5, 1)]:
         adapter = Adapter(d, m)
         assert sum(p.numel() for p in adapter.parameters()) == 2 * m * d + d + m
 
 
-def test_count_parameters(family):
-    model = adapter_model(family)
-    freeze_for_adapters(model)
-    counts = count_parameters(model)
-    named = dict(model.named_parameters())
-    assert counts["total"] == sum(p.numel() for p in named.values())
-    assert counts["trainable"] == sum(p.numel() for p in named.values() if p.requires_grad)
-    assert counts["adapters"] == 2 * L * (2 * SIZE * HIDDEN + HIDDEN + SIZE)
-    assert counts["adapters"] == sum(p.numel() for n, p in named.items() if ".adapter." in n)
-    assert counts["layernorm"] == sum(p.numel() for n, p in named.items() if "LayerNorm" in n)
-    assert counts["head"] == sum(p.numel() for n, p in named.items() if n.startswith("classifier."))
-    assert counts["other"] == 0
-    assert counts["trainable"] == counts["adapters"] + counts["layernorm"] + counts["head"]
+def test_adapter_formulas():
+    """s + delta(s); s * (1 + delta(x)); delta = up(act(hidden(act(down(norm(x))))))."""
+    torch.manual_seed(0)
+    s, x = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    plain = Adapter(16, 4, init_std=0.5)
+    assert torch.allclose(plain(s), s + plain.up(nn.functional.gelu(plain.down(s))))
+    deep = Adapter(16, 4, init_std=0.5, activation="tanh", norm="layernorm", depth=2, combine="multiply")
+    z = torch.tanh(deep.hidden[0](torch.tanh(deep.down(nn.functional.layer_norm(x, (16,))))))
+    assert torch.allclose(deep(s, x), s * (1 + deep.up(z)), atol=1e-6)
+    bn = Adapter(16, 4, init_std=0.5, norm="batchnorm").train()
+    flat = x.reshape(-1, 16)
+    normed = (flat - flat.mean(0)) / torch.sqrt(flat.var(0, unbiased=False) + 1e-5)
+    assert torch.allclose(bn.delta(x), bn.up(nn.functional.gelu(bn.down(normed.reshape(x.shape)))), atol=1e-5)
 
 
 def test_two_adapters_per_layer_at_documented_paths(family):
@@ -172,9 +226,12 @@ def test_init_is_truncated_normal_with_zero_biases():
         assert torch.count_nonzero(linear.bias) == 0
 
 
+@pytest.mark.parametrize("placement", ["serial", "parallel"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_stages_forward_equals_model_forward(family, precision):
-    model = adapter_model(family, init_std=0.1)
+def test_stages_forward_equals_model_forward(family, precision, placement):
+    model = tiny_model(family, num_layers=L)
+    perturb_layernorms_and_head(model)
+    inject_adapters(model, family, SIZE, init_std=0.1, placement=placement)
     set_ablation(model, [1], "attention")  # a mixed state: some slots on, one off
     batch = padded_batch(family)
     stages = Stages(model, family)
@@ -195,13 +252,13 @@ def test_real_model_with_adapters_stage_forward(name):
     conf = Path(__file__).resolve().parents[1] / "conf" / "model" / f"{name}.yaml"
     cfg = ModelConfig(**OmegaConf.to_container(OmegaConf.load(conf)))
     cache = os.environ.get("ABLATION_CACHE", str(Path.home() / ".cache" / "ablation"))
-    model, tokenizer = load_model(cfg, num_labels=2, cache=cache)
+    model, tokenizer, _ = load_model(cfg, num_labels=2, cache=cache)
     model.eval()
     assert len(encoder_layers(model)) == cfg.num_layers
     slots = inject_adapters(model, cfg.family, 64, init_std=1e-2)
     assert len(slots) == 2 * cfg.num_layers
     assert all(type(slot.base_layer) is nn.Dropout for slot in slots.values())
-    freeze_for_adapters(model)
+    freeze(model, "adapters")
     counts = count_parameters(model)
     d = model.config.hidden_size
     assert counts["adapters"] == 2 * cfg.num_layers * (2 * 64 * d + d + 64)
@@ -211,9 +268,12 @@ def test_real_model_with_adapters_stage_forward(name):
         assert torch.equal(Stages(model, cfg.family).forward(batch), model(**batch).logits)
 
 
-def test_first_token_only_last_layer_matches_the_full_layer(family):
+@pytest.mark.parametrize("placement", ["serial", "parallel"])
+def test_first_token_only_last_layer_matches_the_full_layer(family, placement):
     """The evaluator's last layer: feed-forward at position 0 only, the position every head reads."""
-    model = adapter_model(family, init_std=0.1)
+    model = tiny_model(family, num_layers=L)
+    perturb_layernorms_and_head(model)
+    inject_adapters(model, family, SIZE, init_std=0.1, placement=placement)
     batch = padded_batch(family)
     stages = Stages(model, family)
     with torch.no_grad():

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+from ablation.results import COLUMNS, column_kinds
 from analysis.__main__ import format_table, main
-from analysis.collect import load_predictions, load_results
+from analysis.collect import TEXT_DTYPE, load_predictions, load_results
 from analysis.plots import heatmap, heatmap_figure
 from analysis.stats import layer_matrix, mean_sem, paired_bootstrap_ci, split_panels
 
@@ -81,6 +82,16 @@ def write_sweep(sweep: Path, df: pd.DataFrame, csv: bool = True) -> Path:
     return sweep
 
 
+def as_loaded(df: pd.DataFrame) -> pd.DataFrame:
+    """What load_results must return for `df`: every schema column in order, one dtype per kind."""
+    dtypes = {"text": TEXT_DTYPE, "int": "Int64", "float": "float64", "bool": "boolean"}
+    out = {}
+    for col, kind in column_kinds().items():
+        values = df[col] if col in df.columns else pd.Series([None] * len(df), index=df.index, dtype=object)
+        out[col] = values.astype(dtypes[kind])
+    return pd.DataFrame(out)[list(COLUMNS)]
+
+
 def draw(df: pd.DataFrame, **kwargs) -> tuple[pd.DataFrame, Figure]:
     fig = Figure()
     matrix = heatmap(df, fig.add_subplot(), **kwargs)
@@ -143,18 +154,95 @@ def test_heatmap_figure_writes_png_and_pdf(tmp_path):
 def test_load_results_round_trips_csv_and_sweep_dir(tmp_path):
     df = synthetic_results()
     sweep = write_sweep(tmp_path / "sweep", df)
-    pd.testing.assert_frame_equal(load_results(sweep / "results.csv"), df)
-    pd.testing.assert_frame_equal(load_results(sweep), df)
+    expected = as_loaded(df)
+    pd.testing.assert_frame_equal(load_results(sweep / "results.csv"), expected)
+    pd.testing.assert_frame_equal(load_results(sweep), expected)
+    # The synthetic table predates most schema columns: they are there, empty, with their kind's dtype.
+    loaded = load_results(sweep)
+    assert list(loaded.columns) == list(COLUMNS)
+    assert loaded["method"].isna().all() and loaded["diverged"].dtype == "boolean"
+    assert loaded["k"].dtype == "Int64" and loaded["seed"].tolist() == df["seed"].tolist()
 
 
 def test_load_results_from_result_json_only(tmp_path):
     df = synthetic_results()
     sweep = write_sweep(tmp_path / "sweep", df, csv=False)
     loaded = load_results(sweep)
-    assert set(df.columns) <= set(loaded.columns)
+    assert list(loaded.columns[: len(COLUMNS)]) == list(COLUMNS)
     assert (loaded["train.seed"] == 123).all()
-    loaded = loaded.sort_values(["first", "last"]).reset_index(drop=True)[df.columns]
-    pd.testing.assert_frame_equal(loaded, df, check_like=True)
+    loaded = loaded.sort_values(["first", "last"]).reset_index(drop=True)[list(COLUMNS)]
+    pd.testing.assert_frame_equal(loaded, as_loaded(df))
+
+
+def full_row(**fields) -> dict:
+    """One row with every schema column, as the experiment side writes it (adapters, intact model)."""
+    row = {c: None for c in COLUMNS}
+    row.update(study="init_scale", task="rte", model="tiny", method="adapters", variant="plain", seed=0,
+               adapter_size=64, init_std=1e-3, positions="both", accuracy=0.7, intact_accuracy=0.7,
+               relative_decrease=0.0, metric_name="accuracy", metric=0.7, majority_rate=0.53, n_eval=100,
+               diverged=False, trained_params=1000, total_params=10_000, job_dir="007")  # fmt: skip
+    row.update(fields)
+    return row
+
+
+def test_missing_values_stay_missing_with_their_kind(tmp_path):
+    gaps = full_row(study=None, method="top_k", k=2, variant=None, adapter_size=None, init_std=None,
+                    diverged=True, diverged_step=17, accuracy=float("nan"), job_dir="a/3")  # fmt: skip
+    rows = [full_row(), gaps]
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(sweep / "results.csv", index=False)
+    loaded = load_results(sweep)
+    # Text: missing is NaN, never the string "nan"; a numeric-looking path keeps its zeros.
+    assert loaded["study"].tolist()[0] == "init_scale" and pd.isna(loaded["study"].iloc[1])
+    assert "nan" not in loaded["variant"].tolist() and loaded["job_dir"].tolist() == ["007", "a/3"]
+    # Ints with gaps are nullable Int64, not floats; bools with or without gaps are nullable booleans.
+    assert loaded["k"].dtype == "Int64" and pd.isna(loaded["k"].iloc[0]) and loaded["k"].iloc[1] == 2
+    assert loaded["adapter_size"].tolist()[0] == 64 and pd.isna(loaded["adapter_size"].iloc[1])
+    assert loaded["first"].dtype == "Int64" and loaded["first"].isna().all()
+    assert loaded["diverged"].dtype == "boolean" and loaded["diverged"].tolist() == [False, True]
+    assert loaded["diverged_step"].tolist()[1] == 17 and np.isnan(loaded["accuracy"].iloc[1])
+    pd.testing.assert_series_equal(loaded.dtypes, as_loaded(loaded).dtypes)
+
+
+def test_result_json_of_the_new_writer_and_bad_values(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job, diverged in enumerate([False, True]):
+        (sweep / str(job)).mkdir(parents=True)
+        record = {
+            **full_row(seed=job, diverged=diverged, job_dir=str(job)),
+            "config": {"seed": 5, "lr": 1e-3},
+        }
+        (sweep / str(job) / "result.json").write_text(json.dumps(record))
+    loaded = load_results(sweep)
+    assert loaded["diverged"].tolist() == [False, True] and loaded["seed"].tolist() == [0, 1]
+    assert loaded["config.seed"].tolist() == [5, 5] and loaded["lr"].isna().all()
+    (sweep / "results.csv").write_text("seed,first\n0,1.5\n")
+    with pytest.raises(ValueError, match=r"results\.csv.*'first'.*int"):
+        load_results(sweep)
+    (sweep / "results.csv").write_text("seed,diverged\n0,maybe\n")
+    with pytest.raises(ValueError, match=r"'diverged'.*maybe"):
+        load_results(sweep)
+
+
+def test_reads_what_the_writer_writes(tmp_path):
+    """ResultRow -> write_job -> update_table -> load_results keeps every field, typed by its kind."""
+    from ablation.results import ResultRow, update_table, write_job
+
+    intact = full_row(seed=0, job_dir="0", study=None)
+    failed = full_row(seed=1, job_dir="1", method="top_k", k=3, variant=None, diverged=True, diverged_step=4,
+                      accuracy=float("nan"), trained_now=True)  # fmt: skip
+    rows = [ResultRow(**intact), ResultRow(**failed)]
+    preds = {"labels": np.zeros(3), "intact": np.zeros(3), "ablated": np.zeros(3)}
+    for row in rows:
+        write_job(tmp_path / row.job_dir, row, {"versions": {"python": "3"}}, preds)
+    from_json = load_results(tmp_path)
+    update_table(tmp_path)
+    from_csv = load_results(tmp_path)
+    pd.testing.assert_frame_equal(from_csv, from_json[list(COLUMNS)])
+    assert pd.isna(from_csv.loc[0, "study"]) and from_csv.loc[1, "k"] == 3 and pd.isna(from_csv.loc[0, "k"])
+    assert from_csv["diverged"].tolist() == [False, True] and np.isnan(from_csv.loc[1, "accuracy"])
+    assert from_csv["job_dir"].tolist() == ["0", "1"] and from_json.loc[0, "versions.python"] == "3"
 
 
 def test_load_results_several_sweeps_and_missing_path(tmp_path):

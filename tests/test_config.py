@@ -13,7 +13,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 import ablation.config  # noqa: F401  (registers the schema and the sweeper)
-from ablation.config import ConfigError, RunConfig
+from ablation.config import AdapterConfig, ConfigError, RunConfig
 from ablation.sweeper import expand_range
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,8 +22,9 @@ MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 TASKS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
 STUDIES = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
 GROUP_OPTIONS = [
-    (group, p.stem) for group in ("adapter", "train") for p in sorted((CONF / group).glob("*.yaml"))
+    (group, p.stem) for group in ("adapter", "train", "method") for p in sorted((CONF / group).glob("*.yaml"))
 ]
+PRESETS = sorted(p.stem for p in (CONF / "preset").glob("*.yaml"))
 
 
 def compose_config(overrides: list[str]):
@@ -73,7 +74,7 @@ def test_every_task_composes(task):
 
 
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
-def test_every_adapter_and_train_option_composes(group, option):
+def test_every_adapter_train_and_method_option_composes(group, option):
     cfg = run_config([f"{group}={option}"])
     source = OmegaConf.load(CONF / group / f"{option}.yaml")
     for key, value in source.items():
@@ -125,6 +126,19 @@ BAD_VALUES = [
     (["train.precision=fp16"], "train.precision"),
     (["eval.batch_size=0"], "eval.batch_size"),
     (["task=tweets", "task.metric=f1"], "f1 needs num_labels=2"),
+    (["method.name=bitfit"], "method.name='bitfit'"),
+    (["method=top_k", "method.k=0"], "method.k=0"),
+    (["method=top_k", "method.k=13"], "L=12"),
+    (["method=top_k", "model=minilm_l6", "method.k=7"], "L=6"),
+    (["method=top_k", "method.k=null"], "method.k=None"),
+    (["method=layernorm", "method.k=3"], "only for method=top_k"),
+    (["method=layernorm", "ablate.first=0", "ablate.last=0"], "method=layernorm has none"),
+    (["method=full", "ablate.first=0", "ablate.last=11"], "method=full has none"),
+    (["method=top_k", "ablate.first=2", "ablate.last=3"], "method=top_k has none"),
+    (["adapter.norm=groupnorm"], "adapter.norm"),
+    (["adapter.depth=0"], "adapter.depth"),
+    (["adapter.placement=sideways"], "adapter.placement"),
+    (["adapter.combine=concat"], "adapter.combine"),
 ]  # fmt: skip
 
 
@@ -133,6 +147,41 @@ def test_bad_values_are_rejected_naming_the_field(overrides, field):
     with pytest.raises(ConfigError) as info:
         run_config(overrides)
     assert field in str(info.value)
+
+
+def test_methods_and_presets():
+    cfg = run_config(["method=top_k", "method.k=12"])
+    assert (cfg.method.name, cfg.method.k) == ("top_k", 12)
+    assert run_config(["method=full"]).method.k is None
+    assert run_config([]).method.name == "adapters"
+    assert "quick" in PRESETS
+    quick = run_config(["preset=quick"])
+    assert quick.model.name == "minilm_l6" and quick.train.max_steps <= 50
+    assert (
+        run_config(["preset=quick", "model=mpnet_base"]).model.name == "mpnet_base"
+    )  # the command line wins
+
+
+@pytest.mark.parametrize("study", STUDIES)
+@pytest.mark.parametrize("preset", [None, *PRESETS])
+def test_every_study_composes_with_every_preset(study, preset):
+    overrides = [f"study={study}"] + ([f"preset={preset}"] if preset else [])
+    assert isinstance(run_config(overrides), RunConfig)
+
+
+def test_variant_names_what_differs_from_the_plain_adapter():
+    assert AdapterConfig().variant() == "plain"
+    assert AdapterConfig(size=8, init_std=1.0).variant() == "plain"  # size and std have their own studies
+    assert AdapterConfig(positions=["output"]).variant() == "positions=output"
+    both = AdapterConfig(placement="parallel", combine="multiply", activation="tanh")
+    assert both.variant() == "activation=tanh,placement=parallel,combine=multiply"
+
+
+def test_unknown_method_lists_available_options():
+    with pytest.raises(HydraException) as info:
+        compose_config(["method=bitfit"])
+    message = str(info.value)
+    assert "bitfit" in message and "top_k" in message and "layernorm" in message
 
 
 def test_in_range_ablation_is_accepted():
@@ -162,12 +211,28 @@ CLI_CASES = {
         "ablate.last=0..11",
         "hydra.sweep.dir={out}",
     ],
-    # the study sweeps ablate.first/last=0..11; `ablate.last=11` only keeps the job count (and time) down
+    # the study sweeps ablate.first/last=0..L-1; the command line's ablate.last=11 wins and is out of range
     "sweep_study": [
         "-m",
         "study=layer_ablation",
         "model=minilm_l6",
         "ablate.last=11",
+        "hydra.sweep.dir={out}",
+    ],
+    "sweep_method_ablate": [
+        "-m",
+        "model=minilm_l6",
+        "method=top_k,layernorm",
+        "ablate.first=0..1",
+        "ablate.last=0..1",
+        "hydra.sweep.dir={out}",
+    ],
+    "sweep_bad_k": ["-m", "model=minilm_l6", "method=top_k", "method.k=1..7", "hydra.sweep.dir={out}"],
+    "dry_run": [
+        "-m",
+        "study=tradeoff",
+        "preset=quick",
+        "hydra.sweeper.dry_run=true",
         "hydra.sweep.dir={out}",
     ],
 }
@@ -225,3 +290,22 @@ def test_cli_sweep_beyond_the_model_fails_at_once(cli, case):
     assert "0..5" in output
     assert "Traceback" not in output
     assert list(folder.iterdir()) == []  # no sweep folder, no cache
+
+
+@pytest.mark.parametrize(("case", "words"), [("sweep_method_ablate", ["ablate.first", "has none"]),
+                                             ("sweep_bad_k", ["method.k=7", "L=6"])])  # fmt: skip
+def test_cli_bad_sweep_is_one_line_and_writes_nothing(cli, case, words):
+    folder, returncode, output = cli[case]
+    assert returncode != 0
+    for word in words:
+        assert word in output, output[-2000:]
+    assert "Traceback" not in output
+    assert list(folder.iterdir()) == []
+
+
+def test_cli_dry_run_lists_a_study_without_running_it(cli):
+    folder, returncode, output = cli["dry_run"]
+    assert returncode == 0, output[-2000:]
+    assert "Dry run: 108 jobs listed, none launched" in output  # 2 tasks x 3 seeds x (10 sizes + 6 k + 2)
+    assert "method=top_k" in output and "method.k=6" in output
+    assert list(folder.iterdir()) == []

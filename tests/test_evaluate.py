@@ -17,18 +17,28 @@ POSITIONS = ("both", "attention", "output")
 CELLS = [(first, last) for first in range(L) for last in range(first, L)]  # sweep order
 
 
-def make_evaluator(family: str, precision: str) -> Evaluator:
+def make_evaluator(family: str, precision: str, placement: str = "serial") -> Evaluator:
     model = tiny_model(family, num_layers=L, seed=3)
     perturb_layernorms_and_head(model)
-    inject_adapters(model, family, 16, init_std=2.0)  # big: removing adapters flips predictions
+    # big: removing adapters flips predictions
+    inject_adapters(
+        model,
+        family,
+        16,
+        init_std=2.0,
+        placement=placement,
+        combine="multiply" if placement == "parallel" else "add",
+    )
     data = random_encoded(family, n=40, seed=1)
     assert len(set(data.lengths.tolist())) > 5  # varying lengths, so batches are padded
     return Evaluator(Stages(model, family), data, batch_size=8, precision=precision)
 
 
-@pytest.fixture(params=["fp32", "bf16"])
+@pytest.fixture(
+    params=[("fp32", "serial"), ("bf16", "serial"), ("fp32", "parallel")], ids=lambda p: "-".join(p)
+)
 def evaluator(request, family) -> Evaluator:
-    return make_evaluator(family, request.param)
+    return make_evaluator(family, *request.param)
 
 
 def test_intact_equals_from_scratch(evaluator):

@@ -7,14 +7,15 @@ import torch
 from conftest import random_encoded, tiny_model
 
 from ablation import train as train_mod
-from ablation.adapters import freeze_for_adapters, inject_adapters, trained_state
+from ablation.adapters import inject_adapters
 from ablation.config import TrainConfig
+from ablation.methods import freeze, trained_state
 
 
 def _model(family: str) -> torch.nn.Module:
     model = tiny_model(family, num_layers=2, seed=0)
     inject_adapters(model, family, 8, init_std=1e-2)
-    freeze_for_adapters(model)
+    freeze(model, "adapters")
     return model
 
 

@@ -1,11 +1,19 @@
-"""The per-process session: training is reported by the first job only; cell predictions are cached on disk."""
+"""The per-process state: the shared base model reset between keys; per-key sessions with cells cached on disk."""
 
 from __future__ import annotations
 
-import numpy as np
+import os
+from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model
+
+from ablation.adapters import AdapterLayer, InputTap
 from ablation.config import AblateConfig
-from ablation.session import Session
+from ablation.methods import freeze, prepare
+from ablation.session import Base, Session, _initialised_modules
 
 
 class CountingEvaluator:
@@ -44,3 +52,67 @@ def test_predictions_are_computed_once_and_reused_from_disk(tmp_path):
     assert not computed and preds.tolist() == [2, 4, 0]
     assert again.predictions(AblateConfig(2, 4, "attention"))[1]  # another position is another cell
     assert again.evaluator.calls == [(2, 4, "attention")]
+
+
+# --- Base: one pretrained model per process, reset between training keys ---
+
+
+def _base(family: str) -> Base:
+    model = tiny_model(family, num_layers=2)
+    missing = [n for n, _ in model.named_parameters() if n.startswith("classifier.")]
+    pristine = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return Base("spec", model, None, pristine, _initialised_modules(model, missing))
+
+
+def test_fresh_model_is_the_pretrained_model_with_a_seeded_head(family):
+    base = _base(family)
+    heads = {}
+    for seed in (5, 6, 5):
+        model = base.fresh_model(seed)
+        rng = torch.get_rng_state()
+        assert not any(isinstance(m, (AdapterLayer, InputTap)) for m in model.modules())
+        for name, value in model.state_dict().items():
+            if not name.startswith("classifier."):
+                assert torch.equal(value, base.pristine[name]), name
+        head = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("classifier.")}
+        if seed in heads:  # the same seed gives the same head and leaves the RNG where it did
+            assert all(torch.equal(head[n], heads[seed][0][n]) for n in head)
+            assert torch.equal(rng, heads[seed][1])
+        heads[seed] = head, rng
+        # what a job leaves behind: adapters injected, every parameter trained
+        prepare(model, family, "adapters", None, {"size": 4, "placement": "parallel"})
+        freeze(model, "full")
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+    assert not all(torch.equal(heads[5][0][n], heads[6][0][n]) for n in heads[5][0])
+
+
+def test_initialised_modules_are_in_post_order(family):
+    model = tiny_model(family, num_layers=2)
+    missing = sorted(n for n, _ in model.named_parameters() if n.startswith("classifier."))
+    modules = _initialised_modules(model, missing)
+    names = {id(m): n for n, m in model.named_modules()}
+    order = [names[id(m)] for m in modules]
+    assert order == (["classifier"] if family == "bert" else ["classifier.dense", "classifier.out_proj"])
+
+
+@pytest.mark.slow
+def test_fresh_model_equals_loading_anew():
+    """The real 6-layer model: reset + seeded head equals from_pretrained after set_seed, RNG included."""
+    from ablation.config import ModelConfig
+    from ablation.models import load_model
+    from ablation.session import open_base
+    from ablation.train import set_seed
+
+    cfg = ModelConfig(name="minilm_l6", family="bert", artifact="all-minilm-l6-v2", num_layers=6)
+    cache = os.environ.get("ABLATION_CACHE", str(Path.home() / ".cache" / "ablation"))
+    set_seed(3)
+    reference, _, _ = load_model(cfg, 3, cache)
+    rng = torch.get_rng_state()
+    base = open_base(cfg, 3, cache)
+    prepare(base.fresh_model(7), "bert", "full", None, None)
+    model = base.fresh_model(3)
+    assert torch.equal(torch.get_rng_state(), rng)
+    ref = dict(reference.named_parameters())
+    assert all(torch.equal(p, ref[n]) for n, p in model.named_parameters())

@@ -1,12 +1,24 @@
-"""The sweeper's pure parts: `a..b` range expansion and the lower-triangle filter and order."""
+"""The sweeper's pure parts: ranges, grids, the lower-triangle filter and order; the jobs of every study."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
-from ablation.sweeper import RangeError, drop_lower_triangle, expand_arguments, expand_range
+from ablation.sweeper import (
+    RangeError,
+    build_jobs,
+    drop_lower_triangle,
+    expand_arguments,
+    expand_layer_ranges,
+    expand_range,
+    layer_range,
+)
 
 KEY = "ablate.first"
 
@@ -128,3 +140,101 @@ def test_drop_lower_triangle_keeps_jobs_without_ablate_keys():
     only_first = [["ablate.first=5"], ["ablate.first=2"]]
     kept, dropped = drop_lower_triangle(only_first)
     assert dropped == 0 and sorted(kept) == sorted(only_first)
+
+
+# --- studies: the jobs each conf/study/<name>.yaml expands to (the sweeper's own functions, in-process) ---
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def study_jobs(study: str, *arguments: str) -> list[dict[str, str]]:
+    """The jobs `python -m ablation.run -m study=<study> <arguments>` launches, as {key: value} dicts."""
+    cli = [f"study={study}", *arguments]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        groups = [arg for arg in cli if arg.split("=")[0] in ("study", "preset", "model")]  # no sweep values
+        sweeper = compose("config", overrides=groups, return_hydra_config=True).hydra.sweeper
+
+        def num_layers(overrides: tuple[str, ...]) -> int:
+            return compose("config", overrides=[o for o in overrides if "=" in o]).model.num_layers
+
+        params = OmegaConf.to_container(sweeper.params) if sweeper.params else {}
+        grids = OmegaConf.to_container(sweeper.grids) if sweeper.grids else [{}]
+        jobs = build_jobs(params, grids, cli, OverridesParser.create())
+        jobs, _ = drop_lower_triangle(expand_layer_ranges(jobs, num_layers))
+    return [dict(arg.split("=", 1) for arg in job) for job in jobs]
+
+
+def values(jobs: list[dict[str, str]], key: str) -> set[str]:
+    return {job.get(key) for job in jobs}
+
+
+def test_init_scale_study_jobs():
+    jobs = study_jobs("init_scale")
+    assert len(jobs) == 2 * 8 * 3 == len({tuple(sorted(j.items())) for j in jobs})
+    assert {float(v) for v in values(jobs, "adapter.init_std")} == {10.0**e for e in range(-7, 1)}
+    assert values(jobs, "task") == {"rotten_tomatoes", "tweets"} and values(jobs, "seed") == {"0", "1", "2"}
+    # the command line wins over the study's values: seeds swept with the same a..b syntax
+    assert values(study_jobs("init_scale", "seed=3..7"), "seed") == {str(s) for s in range(3, 8)}
+
+
+def test_bottleneck_study_jobs():
+    jobs = study_jobs("bottleneck")
+    assert len(jobs) == 2 * 10 * 3
+    assert {int(v) for v in values(jobs, "adapter.size")} == {2**n for n in range(10)} >= {8, 64, 256}
+
+
+@pytest.mark.parametrize(("model", "L"), [("mpnet_base", 12), ("minilm_l6", 6)])
+def test_tradeoff_study_covers_every_method_and_k_up_to_L(model, L):
+    jobs = study_jobs("tradeoff", f"model={model}")
+    assert len(jobs) == 2 * 3 * (10 + L + 1 + 1)
+    by_method = {m: [j for j in jobs if j["method"] == m] for m in values(jobs, "method")}
+    assert set(by_method) == {"adapters", "top_k", "layernorm", "full"}
+    assert {int(j["method.k"]) for j in by_method["top_k"]} == set(range(1, L + 1))
+    assert {int(j["adapter.size"]) for j in by_method["adapters"]} == {2**n for n in range(10)}
+    # each grid keeps its own keys: no size on top_k jobs, no k on adapter jobs
+    assert all("adapter.size" not in j for j in by_method["top_k"] + by_method["full"])
+    assert all("method.k" not in j for j in by_method["adapters"] + by_method["layernorm"])
+    # one model and task at a time: the process loads each (model, task) once
+    tasks = [j["task"] for j in jobs]
+    assert tasks == sorted(tasks)
+
+
+def test_variants_study_has_eleven_distinct_variants():
+    from ablation.config import RunConfig
+
+    jobs = study_jobs("variants", "seed=0", "task=rotten_tomatoes")
+    assert len(jobs) == 11
+    labels = set()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for job in jobs:
+            overrides = [f"{k}={v}" for k, v in job.items() if k != "study"]
+            cfg = OmegaConf.to_object(compose("config", overrides=overrides))
+            assert isinstance(cfg, RunConfig)
+            labels.add(cfg.adapter.variant())
+    assert labels == {
+        "plain", "norm=layernorm", "norm=batchnorm", "depth=2", "activation=relu", "activation=tanh",
+        "activation=swish", "positions=attention", "positions=output", "placement=parallel",
+        "placement=parallel,combine=multiply",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("arguments", "cells"), [((), 78), (("preset=quick",), 21), (("model=minilm_l6",), 21)]
+)
+def test_layer_ablation_study_fits_any_model(arguments, cells):
+    jobs = study_jobs("layer_ablation", *arguments)
+    assert len(jobs) == cells
+    L = 12 if cells == 78 else 6
+    assert [(int(j["ablate.first"]), int(j["ablate.last"])) for j in jobs] == upper_triangle(L)
+
+
+def test_layer_ranges():
+    assert layer_range("0..L-1", 6) == list(range(6))
+    assert layer_range("1..L", 12) == list(range(1, 13))
+    assert layer_range("3..L-2", 6) == [3, 4]
+    assert layer_range("0..11", 12) is None
+    with pytest.raises(RangeError, match="L=2"):
+        layer_range("4..L", 2)
+    assert expand_range("method.k", "1..L") == "1..L"
+    with pytest.raises(RangeError, match="a..L"):
+        expand_range("method.k", "1..M")

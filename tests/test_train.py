@@ -11,26 +11,34 @@ import torch
 from conftest import padded_batch, random_encoded, tiny_model
 from torch import nn
 
-from ablation.adapters import Adapter, freeze_for_adapters, inject_adapters
+from ablation.adapters import Adapter, inject_adapters
 from ablation.config import (
     AblateConfig,
     AdapterConfig,
     EvalConfig,
+    MethodConfig,
     ModelConfig,
     RunConfig,
     TaskConfig,
     TrainConfig,
 )
+from ablation.methods import freeze
 from ablation.train import load_trained, make_optimizer, save_trained, store_path, train, training_key
 
 L = 3
+METHOD_CONFIGS = [
+    MethodConfig("top_k", 1),
+    MethodConfig("top_k", 2),
+    MethodConfig("layernorm"),
+    MethodConfig("full"),
+]
 
 
 def adapter_model(family: str, adapter_seed: int = 0) -> nn.Module:
     model = tiny_model(family, num_layers=L, seed=0)
     torch.manual_seed(adapter_seed)
     inject_adapters(model, family, 8, init_std=1e-2)
-    freeze_for_adapters(model)
+    freeze(model, "adapters")
     return model
 
 
@@ -61,6 +69,41 @@ def test_train_changes_only_trainable_parameters(family, precision):
             assert not torch.equal(p, before[name]), f"{name} did not train"
         else:
             assert torch.equal(p, before[name]), f"frozen {name} changed"
+
+
+@pytest.mark.parametrize("method", ["top_k", "layernorm", "full"])
+def test_baseline_methods_train_exactly_their_parameters(family, method):
+    model = tiny_model(family, num_layers=L, seed=0)
+    freeze(model, method, k=1 if method == "top_k" else None)
+    before = snapshot(model)
+    train(
+        model, random_encoded(family, n=24, seed=4), TrainConfig(lr=1e-2, max_steps=2, batch_size=8), seed=0
+    )
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]) != p.requires_grad, name
+
+
+def test_divergence_stops_training_and_is_recorded(family):
+    """std 1 adapters and lr 1e8: the loss or its gradient turns non-finite within a few steps."""
+    torch.manual_seed(0)
+    model = tiny_model(family, num_layers=L, seed=0)
+    inject_adapters(model, family, 8, init_std=1.0)
+    freeze(model, "adapters")
+    data = random_encoded(family, n=80, seed=4)
+    metrics = train(model, data, TrainConfig(lr=1e8, max_steps=10, batch_size=8, max_grad_norm=1e30), seed=0)
+    assert metrics["diverged"] is True
+    step = metrics["diverged_step"]
+    assert 0 < step < 10 and metrics["steps"] == step and metrics["planned_steps"] == 10
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the last finite parameters are kept
+    assert not model.training
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_finite_run_is_not_diverged(family):
+    metrics = train(
+        adapter_model(family), random_encoded(family, n=16), TrainConfig(max_steps=2, batch_size=8), 0
+    )
+    assert metrics["diverged"] is False and metrics["diverged_step"] is None and metrics["steps"] == 2
 
 
 def test_train_without_max_steps_runs_the_epochs(family):
@@ -99,7 +142,7 @@ def test_load_trained_rejects_another_layout(family, tmp_path):
     save_trained(model, folder, {}, {})
     other = tiny_model(family, num_layers=L)
     inject_adapters(other, family, 8, positions=("output",))
-    freeze_for_adapters(other)
+    freeze(other, "adapters")
     with pytest.raises(RuntimeError, match="do not match"):
         load_trained(other, folder)
 
@@ -132,12 +175,34 @@ def test_training_key_tracks_what_training_depends_on():
     keys = [training_key(cfg) for cfg in changed]
     assert key not in keys
     assert len(set(keys)) == len(keys)
+    assert (
+        len({training_key(run_config(method=m)) for m in METHOD_CONFIGS} | {key}) == len(METHOD_CONFIGS) + 1
+    )
+    variants = [AdapterConfig(norm="layernorm"), AdapterConfig(depth=2), AdapterConfig(placement="parallel"),
+                AdapterConfig(placement="parallel", combine="multiply"), AdapterConfig(combine="multiply")]  # fmt: skip
+    assert len({training_key(run_config(adapter=a)) for a in variants} | {key}) == len(variants) + 1
     same = [
         run_config(ablate=AblateConfig(first=0, last=5)),
         run_config(ablate=AblateConfig(first=3, last=3, positions="attention")),
         run_config(eval=EvalConfig(batch_size=8, precision="fp32")),
     ]
     assert all(training_key(cfg) == key for cfg in same)
+
+
+def test_plain_adapter_keys_are_those_of_store_version_2():
+    """Fields added later enter the key only away from their defaults: stored adapters stay valid.
+
+    The two keys were computed by the code before the adapter variants and methods existed.
+    """
+    assert training_key(run_config()) == "tiny-demo-8e9f7a97cdef"
+    other = AdapterConfig(size=32, init_std=1e-2, positions=["output"])
+    assert training_key(run_config(adapter=other)) == "tiny-demo-819e0d65f714"
+
+
+def test_adapter_settings_do_not_key_methods_without_adapters():
+    method = MethodConfig(name="top_k", k=2)
+    keys = {training_key(run_config(method=method, adapter=AdapterConfig(size=s))) for s in (8, 64)}
+    assert len(keys) == 1
 
 
 def test_schedule_warms_up_over_ten_percent_then_decays_to_zero(family):

@@ -1,0 +1,112 @@
+"""What each training method trains: adapters (+ LayerNorms + head), the top k layers, LayerNorms only, all.
+
+Knows nothing of Hydra: `prepare` takes the method's and the adapter's settings as plain values.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ablation.adapters import Adapter, encoder_layers, inject_adapters
+
+HEAD_PREFIX = "classifier."
+KINDS = ("adapters", "layernorm", "head", "layers", "embeddings")
+
+
+def _pooler_prefix(model: nn.Module) -> str | None:
+    """BERT's pooler sits between the last layer and the classifier; MPNet/RoBERTa heads have none."""
+    if getattr(model.base_model, "pooler", None) is None:
+        return None
+    return f"{model.base_model_prefix}.pooler."
+
+
+def _layers_prefix(model: nn.Module) -> str:
+    """Name prefix of the encoder layers' parameters, e.g. 'bert.encoder.layer.'."""
+    layers = encoder_layers(model)
+    return next(n for n, m in model.named_modules() if m is layers) + "."
+
+
+def _module_params(model: nn.Module, kinds: tuple[type, ...]) -> set[str]:
+    names = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, kinds):
+            names.update(f"{prefix}.{n}" for n, _ in module.named_parameters())
+    return names
+
+
+def trained_names(model: nn.Module, method: str, k: int | None = None) -> set[str]:
+    """Names of the parameters `method` trains.
+
+    adapters: every adapter, every LayerNorm (the embeddings' too) and the classifier (pooler frozen, as
+    in the official code); layernorm: the same without adapters; top_k: layers L-k..L-1 and everything
+    above them (BERT's pooler, the classifier); full: everything.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    head = {n for n in names if n.startswith(HEAD_PREFIX)}
+    if method == "full":
+        return set(names)
+    if method in ("adapters", "layernorm"):
+        kinds = (Adapter, nn.LayerNorm) if method == "adapters" else (nn.LayerNorm,)
+        return head | _module_params(model, kinds)
+    if method == "top_k":
+        L = len(encoder_layers(model))
+        if k is None or not 1 <= k <= L:
+            raise ValueError(f"method.k={k!r}: the model has L={L} layers, use 1..{L}")
+        above = tuple(f"{_layers_prefix(model)}{i}." for i in range(L - k, L))
+        if _pooler_prefix(model) is not None:
+            above += (_pooler_prefix(model),)
+        return head | {n for n in names if n.startswith(above)}
+    raise ValueError(f"method={method!r}: one of adapters, top_k, layernorm, full")
+
+
+def freeze(model: nn.Module, method: str, k: int | None = None) -> None:
+    """Set requires_grad on exactly the parameters `method` trains."""
+    train = trained_names(model, method, k)
+    for name, p in model.named_parameters():
+        p.requires_grad = name in train
+
+
+def prepare(
+    model: nn.Module, family: str, method: str, k: int | None, adapter: dict | None
+) -> dict[str, int]:
+    """Add what the method trains (adapters: `adapter` holds inject_adapters' keyword arguments), freeze
+    everything else, and return count_parameters(model)."""
+    if method == "adapters":
+        inject_adapters(model, family, **adapter)
+    freeze(model, method, k)
+    return count_parameters(model)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Total and trainable parameter counts, the trainable ones split by kind (KINDS)."""
+    layer_prefix = _layers_prefix(model)
+    pooler = _pooler_prefix(model)
+    adapters, norms = _module_params(model, (Adapter,)), _module_params(model, (nn.LayerNorm,))
+    counts = {"total": 0, "trainable": 0, **dict.fromkeys(KINDS, 0)}
+    for name, p in model.named_parameters():
+        counts["total"] += p.numel()
+        if not p.requires_grad:
+            continue
+        counts["trainable"] += p.numel()
+        if name in adapters:
+            kind = "adapters"
+        elif name in norms:
+            kind = "layernorm"
+        elif name.startswith(HEAD_PREFIX) or (pooler is not None and name.startswith(pooler)):
+            kind = "head"
+        elif name.startswith(layer_prefix):
+            kind = "layers"
+        else:
+            kind = "embeddings"
+        counts[kind] += p.numel()
+    return counts
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What training changes, by name (views, not copies): trainable parameters, adapter buffers (BatchNorm)."""
+    state = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    for prefix, module in model.named_modules():
+        if isinstance(module, Adapter):
+            state.update({f"{prefix}.{n}": b for n, b in module.named_buffers()})
+    return state

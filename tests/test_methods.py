@@ -1,0 +1,139 @@
+"""Training methods: which parameters each trains, their exact counts against the analytic formulas."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import HIDDEN, NUM_LABELS, tiny_model
+
+from ablation.methods import count_parameters, freeze, prepare, trained_names, trained_state
+
+L = 3
+D, FF, C = HIDDEN, 64, NUM_LABELS  # tiny_model: hidden 32, intermediate 64, 3 labels
+PLAIN = {"size": 8, "init_std": 1e-2, "activation": "gelu", "positions": ["attention", "output"],
+         "norm": "none", "depth": 1, "placement": "serial", "combine": "add"}  # fmt: skip
+
+
+def layer_params(d: int = D, i: int = FF) -> int:
+    """One transformer layer: q, k, v, o projections, two LayerNorms, the two feed-forward projections."""
+    return 4 * (d * d + d) + 2 * d + (d * i + i) + (i * d + d) + 2 * d
+
+
+def head_params(family: str, d: int = D, c: int = C) -> int:
+    """The classifier: BERT's is one linear layer; MPNet's and RoBERTa's add a dense d x d layer."""
+    return d * c + c if family == "bert" else d * d + d + d * c + c
+
+
+def pooler_params(family: str, d: int = D) -> int:
+    """BERT's pooler (trained only by top_k and full); the other families' classifiers have none."""
+    return d * d + d if family == "bert" else 0
+
+
+def layernorm_params(d: int = D, layers: int = L) -> int:
+    """2d per LayerNorm: the embeddings' one and two per layer."""
+    return 2 * d * (1 + 2 * layers)
+
+
+def adapter_params(adapter: dict, d: int = D) -> int:
+    """One adapter: 2md + d + m, plus m^2 + m per extra hidden layer, plus 2d for a norm on its input."""
+    m = adapter["size"]
+    extra = (adapter["depth"] - 1) * (m * m + m)
+    norm = 2 * d if adapter["norm"] != "none" else 0
+    return 2 * m * d + d + m + extra + norm
+
+
+VARIANTS = [
+    {},
+    {"size": 1},
+    {"size": 64},
+    {"norm": "layernorm"},
+    {"norm": "batchnorm"},
+    {"depth": 2},
+    {"depth": 3, "size": 4},
+    {"activation": "tanh"},
+    {"positions": ["attention"]},
+    {"positions": ["output"]},
+    {"placement": "parallel"},
+    {"placement": "parallel", "combine": "multiply"},
+]
+
+
+@pytest.mark.parametrize(
+    "changes", VARIANTS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "plain"
+)
+def test_adapter_counts_equal_the_formula(family, changes):
+    adapter = {**PLAIN, **changes}
+    model = tiny_model(family, num_layers=L)
+    counts = prepare(model, family, "adapters", None, adapter)
+    n_adapters = L * len(adapter["positions"])
+    assert counts["adapters"] == n_adapters * adapter_params(adapter)
+    assert counts["layernorm"] == layernorm_params()
+    assert counts["head"] == head_params(family)
+    assert counts["trainable"] == n_adapters * adapter_params(adapter) + layernorm_params() + head_params(
+        family
+    )
+    assert counts["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("k", range(1, L + 1))
+def test_top_k_counts_equal_the_formula(family, k):
+    model = tiny_model(family, num_layers=L)
+    counts = prepare(model, family, "top_k", k, None)
+    expected = k * layer_params() + pooler_params(family) + head_params(family)
+    assert counts["trainable"] == expected
+    assert counts["layers"] + counts["layernorm"] == k * layer_params()
+    trained = trained_names(model, "top_k", k)
+    prefix = f"{model.base_model_prefix}.encoder.layer."
+    layers = {int(n[len(prefix) :].split(".")[0]) for n in trained if n.startswith(prefix)}
+    assert layers == set(range(L - k, L))  # the top k, not the bottom k
+    assert not any(".embeddings." in n for n in trained)
+
+
+def test_layernorm_and_full_counts(family):
+    model = tiny_model(family, num_layers=L)
+    counts = prepare(model, family, "layernorm", None, None)
+    assert counts["trainable"] == layernorm_params() + head_params(family)
+    assert counts["trainable"] == counts["layernorm"] + counts["head"]
+    model = tiny_model(family, num_layers=L)
+    counts = prepare(model, family, "full", None, None)
+    assert counts["trainable"] == counts["total"] == sum(p.numel() for p in model.parameters())
+    embeddings = counts["total"] - L * layer_params() - head_params(family) - pooler_params(family)
+    assert counts["embeddings"] + 2 * D == embeddings  # the embeddings' LayerNorm counts as layernorm
+
+
+def test_adapters_method_trains_adapters_layernorms_and_head_only(family):
+    model = tiny_model(family, num_layers=L)
+    prepare(model, family, "adapters", None, PLAIN)
+    names = [n for n, _ in model.named_parameters()]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    expected = {
+        n
+        for n in names
+        if ".adapter." in n or n.rsplit(".", 2)[-2] == "LayerNorm" or n.startswith("classifier.")
+    }
+    assert trainable == expected
+    prefix = model.base_model_prefix
+    assert f"{prefix}.embeddings.LayerNorm.weight" in trainable
+    assert sum(".adapter." in n for n in trainable) == 2 * L * 4  # 2 slots x (2 weights + 2 biases)
+    assert f"{prefix}.embeddings.word_embeddings.weight" not in trainable
+    assert not any(".intermediate." in n for n in trainable)
+    if family == "bert":  # the official code freezes BERT's pooler
+        assert not any(n.startswith("bert.pooler.") for n in trainable)
+
+
+def test_bad_k_is_rejected(family):
+    model = tiny_model(family, num_layers=L)
+    for k in (0, L + 1, None):
+        with pytest.raises(ValueError, match=f"L={L}"):
+            freeze(model, "top_k", k)
+    with pytest.raises(ValueError, match="one of"):
+        freeze(model, "bitfit")
+
+
+def test_trained_state_holds_batchnorm_statistics(family):
+    model = tiny_model(family, num_layers=L)
+    prepare(model, family, "adapters", None, {**PLAIN, "norm": "batchnorm"})
+    state = trained_state(model)
+    buffers = [n for n in state if n.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(buffers) == 3 * 2 * L
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(state) - set(buffers)
+    assert count_parameters(model)["adapters"] == 2 * L * adapter_params({**PLAIN, "norm": "batchnorm"})

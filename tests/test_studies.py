@@ -1,0 +1,105 @@
+"""The studies end to end on the real offline 6-layer model (slow: CI runs them; minutes each on 2 cores).
+
+Each quick study runs as a user would type it, writes one row per job and its figure, and a re-run
+trains nothing and computes nothing. A forced divergence is a row, not a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+# study -> (jobs of the quick preset on the 6-layer model, the figure it ends with)
+QUICK = {
+    "init_scale": (2 * 8 * 3, "init_scale.png"),
+    "bottleneck": (2 * 10 * 3, "bottleneck.png"),
+    "tradeoff": (2 * 3 * (10 + 6 + 1 + 1), "tradeoff.png"),
+    "variants": (2 * 11 * 3, "variants.png"),
+    "layer_ablation": (21, "heatmap.png"),
+}
+
+pytestmark = pytest.mark.slow
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m ablation.run <args>` from the repository, its output captured."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run(
+        [sys.executable, "-m", "ablation.run", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.mark.parametrize("study", list(QUICK))
+def test_quick_study_runs_end_to_end_and_a_rerun_trains_nothing(study, tmp_path):
+    jobs, figure = QUICK[study]
+    store = f"paths.store={tmp_path / 'store'}"
+    first = run(["-m", f"study={study}", "preset=quick", store, f"hydra.sweep.dir={tmp_path / 'a'}"], REPO)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = pd.read_csv(tmp_path / "a" / "results.csv")
+    assert len(rows) == jobs
+    assert (rows["study"] == study).all()
+    assert (tmp_path / "a" / figure).stat().st_size > 0 and (tmp_path / "a" / figure).with_suffix(
+        ".pdf"
+    ).exists()
+    assert rows["trained_now"].sum() == rows["train_key"].nunique()  # each key trained once
+    again = run(["-m", f"study={study}", "preset=quick", store, f"hydra.sweep.dir={tmp_path / 'b'}"], REPO)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = pd.read_csv(tmp_path / "b" / "results.csv")
+    assert len(rerun) == jobs
+    assert not rerun["trained_now"].any() and not rerun["cell_computed"].any()
+    key = ["train_key", "first", "last"]
+    merged = rows.merge(rerun, on=key, suffixes=("", "_again"))
+    assert len(merged) == jobs and (merged["accuracy"] == merged["accuracy_again"]).all()
+
+
+def test_a_diverging_job_is_a_row_and_the_sweep_goes_on(tmp_path):
+    """lr 1e30: the loss turns NaN at the second step; the other job of the sweep still runs."""
+    done = run(
+        ["-m", "preset=quick", "train.lr=1e30,1e-3", "train.max_steps=4", "task.validation_size=64",
+         f"paths.store={tmp_path / 'store'}", f"hydra.sweep.dir={tmp_path / 's'}"],
+        REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = pd.read_csv(tmp_path / "s" / "results.csv").set_index("lr")
+    assert bool(rows.loc[1e30, "diverged"]) and rows.loc[1e30, "diverged_step"] == 1
+    assert rows.loc[1e30, "train_steps"] == 1
+    assert not bool(rows.loc[1e-3, "diverged"]) and rows.loc[1e-3, "train_steps"] == 4
+    again = run(["preset=quick", "train.lr=1e30", "train.max_steps=4", "task.validation_size=64",
+                 f"paths.store={tmp_path / 'store'}", f"hydra.run.dir={tmp_path / 'r'}"], REPO)  # fmt: skip
+    assert again.returncode == 0 and "reusing" in again.stdout  # a diverged key is not retrained
+
+
+def test_training_does_not_depend_on_what_the_process_ran_before(tmp_path):
+    """The shared base model is reset between keys: a key trained after others equals one trained alone."""
+    from ablation import session as session_mod
+
+    def config(seed: int, store: Path, method: str = "adapters"):
+        overrides = [
+            "preset=quick",
+            "train.max_steps=3",
+            f"method={method}",
+            f"seed={seed}",
+            f"paths.store={store}",
+        ]
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return OmegaConf.to_object(compose("config", overrides=overrides))
+
+    session_mod._BASE = None
+    alone = session_mod.build_session(config(1, tmp_path / "a"))
+    session_mod.build_session(config(0, tmp_path / "b", "full"))
+    after = session_mod.build_session(config(1, tmp_path / "b"))
+    assert alone.key == after.key
+    a = load_file(tmp_path / "a" / alone.key / "trained.safetensors")
+    b = load_file(tmp_path / "b" / after.key / "trained.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
