@@ -87,11 +87,7 @@ def heatmap_figure(
 
 def init_scale_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
     """Accuracy against the adapters' init std (log x), one line per task (Figure 6, right)."""
-    rows = _panel_rows(df, "init_scale")
-    table = _summarize(rows, ["task", "init_std"], selection)
-    colors = _task_colors(rows)
-    for task, line in table.groupby("task", sort=True):
-        _line(ax, line["init_std"], line, colors[task], label=str(task))
+    rows, table, colors = _task_lines(df, ax, "init_scale", "init_std", selection)
     majority = _majority_lines(ax, rows, colors)
     _mark_diverged(ax, rows, rows["init_std"])
     ax.set_xscale("log")
@@ -103,11 +99,7 @@ def init_scale_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.D
 
 def bottleneck_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
     """Accuracy against the adapter size m (log2 x), one line per task, the paper's sizes marked."""
-    rows = _panel_rows(df, "bottleneck")
-    table = _summarize(rows, ["task", "adapter_size"], selection)
-    colors = _task_colors(rows)
-    for task, line in table.groupby("task", sort=True):
-        _line(ax, line["adapter_size"], line, colors[task], label=str(task))
+    rows, table, colors = _task_lines(df, ax, "bottleneck", "adapter_size", selection)
     sizes = sorted(int(s) for s in table["adapter_size"].dropna().unique())
     paper = [s for s in PAPER_SIZES if sizes and sizes[0] <= s <= sizes[-1]]
     for size in paper:
@@ -367,6 +359,16 @@ def _summarize(rows: pd.DataFrame, by: list[str], selection: str) -> pd.DataFram
 def _err(table: pd.DataFrame) -> np.ndarray | None:
     err = table["yerr"].to_numpy(dtype=float)
     return None if np.isnan(err).all() else np.nan_to_num(err)
+
+
+def _task_lines(df: pd.DataFrame, ax: Axes, name: str, x: str, selection: str) -> tuple:
+    """One line per task of accuracy against column x: the rows, the plotted table, the task colours."""
+    rows = _panel_rows(df, name)
+    table = _summarize(rows, ["task", x], selection)
+    colors = _task_colors(rows)
+    for task, line in table.groupby("task", sort=True):
+        _line(ax, line[x], line, colors[task], label=str(task))
+    return rows, table, colors
 
 
 def _line(ax: Axes, x: pd.Series, table: pd.DataFrame, color, label: str) -> None:

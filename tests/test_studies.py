@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -44,7 +45,9 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_quick_study_runs_end_to_end_and_a_rerun_trains_nothing(study, tmp_path):
     jobs, figure = QUICK[study]
     store = f"paths.store={tmp_path / 'store'}"
+    tic = time.perf_counter()
     first = run(["-m", f"study={study}", "preset=quick", store, f"hydra.sweep.dir={tmp_path / 'a'}"], REPO)
+    print(f"\n{study} preset=quick: {time.perf_counter() - tic:.0f} s for {jobs} jobs (first run)")
     assert first.returncode == 0, first.stderr[-3000:]
     rows = pd.read_csv(tmp_path / "a" / "results.csv")
     assert len(rows) == jobs
