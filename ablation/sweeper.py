@@ -258,16 +258,18 @@ class AblationSweeper(Sweeper):
             raise ConfigError("; ".join(msgs))
 
     def _draw(self, sweep_dir: Path) -> None:
-        """Draw the figures the sweep's rows allow (the study's figure; the heatmap for ablation rows)."""
+        """Draw the figures the sweep's rows allow and write report.html beside results.csv."""
         from analysis.collect import load_results
-        from analysis.plots import study_figures
+        from analysis.plots import figure_plan
+        from analysis.report import build_report
 
         if not (sweep_dir / "results.csv").exists():
             return
         try:
-            paths = study_figures(load_results(sweep_dir), sweep_dir)
-        except ValueError as err:  # e.g. settings a figure cannot average; the rows are all written
-            log.warning(f"No figure drawn: {err}. Rows: {sweep_dir / 'results.csv'}")
+            report = build_report([sweep_dir], sweep_dir / "report.html", figures_dir=sweep_dir)
+        except (ValueError, KeyError, FileNotFoundError) as err:  # the rows are all written; say why
+            log.warning(f"No report written: {err}. Rows: {sweep_dir / 'results.csv'}")
             return
-        for path in paths:
-            log.info(f"Figure: {path}")
+        for name in figure_plan(load_results(sweep_dir)):
+            log.info(f"Figure: {sweep_dir / name}.png")
+        log.info(f"Report: {report}")

@@ -1,4 +1,4 @@
-"""Command line: `python -m analysis heatmap|table|ci SWEEP_DIR` and `python -m analysis figures DIR...`."""
+"""Command line: `python -m analysis report|compare|figures|heatmap|table|ci ...` (see --help)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "figures":
             return _figures(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "compare":
+            return _compare(args)
         df = load_results(args.sweep_dir)
         if args.command == "heatmap":
             _heatmap(df, args)
@@ -53,6 +57,41 @@ def _figures(args: argparse.Namespace) -> int:
         )
     for path in paths:
         print(path)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from analysis.report import build_report
+
+    print(build_report(args.dirs, args.out))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from analysis.claims import difference_intervals
+    from analysis.collect import load_runs
+    from analysis.plots import difference_figure
+
+    panels = []
+    for path in (args.a, args.b):
+        rows = load_runs([path]).table.dropna(subset=["first", "last"])
+        if rows.empty:
+            raise ValueError(f"compare: {path} has no layer-ablation cells")
+        several = [c for c in ("model", "task", "positions") if rows[c].nunique() > 1]
+        if several:
+            raise ValueError(f"compare: {path} holds several heatmaps (varying {several}); give one per side")
+        panels.append(rows)
+    table = difference_intervals(*panels)
+    names = [f"{p['model'].iloc[0]} · {p['task'].iloc[0]}" for p in panels]
+    title = f"relative decrease: A ({names[0]}) minus B ({names[1]})\nA = {args.a}\nB = {args.b}"
+    out = args.out if args.out is not None else Path("compare")
+    for path in difference_figure(table, out, title):
+        print(path)
+    real = table[~table["includes_zero"]]
+    print(
+        f"{len(real)} of {len(table)} spans differ beyond their 95% interval (A minus B, percentage points):"
+    )
+    print(table.round(2).to_string(index=False))
     return 0
 
 
@@ -93,9 +132,24 @@ def _heatmap(df: pd.DataFrame, args: argparse.Namespace) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Read the results of a sweep: tables and figures."
+        prog=PROG,
+        description="Read the results of runs and sweeps: report, comparisons, figures, tables.",
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, width=110, max_help_position=16),
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    report = commands.add_parser(
+        "report", help="one self-contained HTML page: every figure, the paper's claims judged, the runs"
+    )
+    report.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="run or sweep directories")
+    report.add_argument(
+        "--out", type=Path, default=Path("report.html"), help="HTML file (default: %(default)s)"
+    )
+    compare = commands.add_parser(
+        "compare", help="difference heatmap of two layer-ablation sweeps, each cell with its interval"
+    )
+    compare.add_argument("a", type=Path, help="sweep directory A")
+    compare.add_argument("b", type=Path, help="sweep directory B")
+    compare.add_argument("--out", type=Path, default=None, help="output stem (default: ./compare)")
     heat = commands.add_parser("heatmap", help="write the Figure 6 heatmap as PNG and PDF")
     heat.add_argument("sweep_dir", type=Path, help="sweep directory (or its results.csv)")
     heat.add_argument("--out", type=Path, default=None, help="output stem (default: SWEEP_DIR/heatmap)")

@@ -15,8 +15,10 @@ Schema columns an older table lacks are added with every value missing.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +58,74 @@ def load_results(path: PathLike | Sequence[PathLike]) -> pd.DataFrame:
         raise ValueError("load_results: got an empty list of sweep directories")
     frames = [_load_one(p).assign(sweep=str(p)) for p in paths]
     return pd.concat(frames, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Rows from several run and sweep directories, the jobs that left no row, and where each came from."""
+
+    table: pd.DataFrame  # every schema column, plus `sweep`: the directory its job_dir is relative to
+    failed: pd.DataFrame  # sweep, job_dir, reason: job folders without a result (failed or interrupted)
+    sources: tuple[Path, ...]
+
+
+def load_runs(paths: Sequence[PathLike]) -> Runs:
+    """Load any number of run and sweep directories (or results.csv files) into one table.
+
+    Every row keeps its directory in `sweep`, so its per-example predictions can be found. A job folder
+    that Hydra created (it has `.hydra/`) but that holds no result.json is listed in `failed`: the job
+    raised or was interrupted. Diverged rows stay in the table with `diverged` set.
+    """
+    sources = tuple(Path(p) for p in paths)
+    if not sources:
+        raise ValueError("load_runs: no run or sweep directory given")
+    frames, failed = [], []
+    for path in sources:
+        base = path if path.is_dir() else path.parent
+        frames.append(_load_one(path).assign(sweep=str(base)))
+        for job in sorted(p for p in base.iterdir() if p.is_dir()) if path.is_dir() else []:
+            if (job / ".hydra").is_dir() and not (job / RESULT_JSON).is_file():
+                failed.append({"sweep": str(base), "job_dir": job.name, "reason": _failure(job)})
+    table = pd.concat(frames, ignore_index=True)
+    return Runs(table, pd.DataFrame(failed, columns=["sweep", "job_dir", "reason"]), sources)
+
+
+def _failure(job: Path) -> str:
+    """The last error line of the job's log, or why none can be given."""
+    for log in sorted(job.glob("*.log")):
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if "Error" in ln]
+        if lines:
+            return lines[-1].strip()[:200]
+    return "no result.json (the job failed or was interrupted)"
+
+
+def correctness(rows: pd.DataFrame, which: str = "ablated") -> np.ndarray:
+    """(rows x examples) 0/1 matrix: which validation examples each row's `which` predictions got right.
+
+    `which` is "ablated" (the row's own model: the ablated one for a cell, the intact one otherwise) or
+    "intact". Needs the `sweep` column of `load_runs`.
+    """
+    if which not in ("ablated", "intact"):
+        raise ValueError(f"correctness: which must be 'ablated' or 'intact', got {which!r}")
+    if "sweep" not in rows.columns:
+        raise KeyError("correctness: rows need a `sweep` column (load them with load_runs)")
+    out = []
+    for sweep, job in zip(rows["sweep"], rows["job_dir"], strict=True):
+        file = Path(str(sweep)) / str(job) / PREDICTIONS
+        # Keyed by modification time too: a job re-run in place must not be read from the cache.
+        pred = _cached_predictions(str(sweep), str(job), file.stat().st_mtime_ns if file.exists() else 0)
+        out.append(pred[which] == pred["labels"])
+    lengths = {len(c) for c in out}
+    if len(lengths) > 1:
+        raise ValueError(
+            f"correctness: rows were scored on validation sets of different sizes {sorted(lengths)}"
+        )
+    return np.array(out, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_predictions(sweep: str, job: str, mtime_ns: int) -> dict[str, np.ndarray]:
+    return load_predictions(sweep, job)
 
 
 def conform(df: pd.DataFrame) -> pd.DataFrame:

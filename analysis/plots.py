@@ -26,6 +26,8 @@ from analysis.collect import conform
 from analysis.stats import best_seed_rows, layer_matrix, mixed_settings, split_panels, summarize_seeds
 
 MAX_COLUMNS = 3
+# A heatmap panel's rows -> its first x last matrix of cells to hatch (interval includes zero).
+Uncertain = Callable[[pd.DataFrame], pd.DataFrame]
 PAPER_SIZES = (8, 64, 256)  # the adapter sizes of the paper's GLUE grid
 METHOD_ORDER = ("adapters", "top_k", "layernorm")
 METHOD_LABELS = {
@@ -41,47 +43,103 @@ POINT_LABEL = {"ha": "center", "va": "bottom", "fontsize": 6.5, "color": "0.25"}
 
 
 def heatmap(
-    df: pd.DataFrame, ax: Axes, value: str = "relative_decrease", annot: bool = True, note: str | None = None
+    df: pd.DataFrame,
+    ax: Axes,
+    value: str = "relative_decrease",
+    annot: bool = True,
+    note: str | None = None,
+    uncertain: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Draw one panel (rows: first ablated layer, columns: last, in %) on `ax`; return the matrix."""
+    """Draw one panel (rows: first ablated layer, columns: last, in %) on `ax`; return the matrix.
+
+    The colours diverge around zero (a gain and a loss of the same size get opposite hues of the same
+    strength). `uncertain`, a first x last boolean matrix, hatches the cells whose interval includes zero.
+    """
     matrix = layer_matrix(df, value)
+    note = _draw_matrix(matrix, ax, f"{value.replace('_', ' ')} (%)", annot, uncertain, note)
+    ax.set_title(_title(df) + (f"\n{note}" if note else ""), fontsize=10)
+    return matrix
+
+
+def difference_figure(table: pd.DataFrame, out_stem: str | Path, title: str) -> list[Path]:
+    """Save a first x last heatmap of `difference` (%), hatching cells whose interval includes zero.
+
+    `table` has columns first, last, difference, includes_zero (see `analysis.claims.difference_intervals`).
+    """
+    n_layers = int(table["last"].max()) + 1
+    layers = pd.RangeIndex(n_layers)
+    pivot = {c: table.pivot_table(index="first", columns="last", values=c, aggfunc="first")
+             .reindex(index=layers, columns=layers) for c in ("difference", "includes_zero")}  # fmt: skip
+    matrix = pivot["difference"].astype(float) / 100  # _draw_matrix shows fractions in percent
+    matrix.index.name, matrix.columns.name = "first", "last"
+    side = 0.45 * n_layers + 2.0
+    fig, axes = _figure(1, 1, (1.2 * side, side + 0.6))
+    note = _draw_matrix(matrix, axes[0], "difference in relative decrease (points of %)", True,
+                        pivot["includes_zero"].fillna(False).astype(bool), None)  # fmt: skip
+    axes[0].set_title(f"{title}\n{note}", fontsize=10)
+    return _save(fig, out_stem)
+
+
+def _draw_matrix(
+    matrix: pd.DataFrame, ax: Axes, label: str, annot: bool, uncertain: pd.DataFrame | None, note: str | None
+) -> str | None:
+    """The heatmap itself: percent values, diverging colours centred on 0, diagonal outlined, hatching."""
     n_layers = len(matrix)
     # Single-layer effects are a few tenths of a percent: keep one decimal, smaller on big grids.
     fmt, fontsize = ".1f", (9 if n_layers <= 8 else 6.5)
+    # Symmetric limits: a gain and a loss of the same size get equally strong colours, 0 is white.
+    limit = (
+        float(np.nanmax(np.abs(matrix.to_numpy(dtype=float)))) * 100 if matrix.notna().any().any() else 1.0
+    )
+    limit = limit if limit > 0 else 1.0
     sns.heatmap(
         matrix * 100,
         ax=ax,
         mask=matrix.isna(),
+        vmin=-limit,
+        vmax=limit,
         annot=annot,
         fmt=fmt,
         annot_kws={"fontsize": fontsize},
-        cmap="rocket_r",
+        cmap="RdBu_r",
         square=True,
         linewidths=0.5,
         linecolor="white",
-        cbar_kws={"label": f"{value.replace('_', ' ')} (%)"},
+        cbar_kws={"label": label},
     )
     # Single-layer removal is the diagonal; outline it so it reads as its own series, as in the paper.
     for layer in range(n_layers):
         ax.add_patch(
             Rectangle((layer, layer), 1, 1, fill=False, edgecolor="black", linewidth=1.2, clip_on=False)
         )
+    if uncertain is not None:
+        hatch = uncertain.reindex(index=matrix.index, columns=matrix.columns).fillna(False).to_numpy(bool)
+        for first, last in zip(*np.nonzero(hatch & matrix.notna().to_numpy()), strict=True):
+            ax.add_patch(Rectangle((last, first), 1, 1, fill=False, hatch="////", edgecolor="0.55",
+                                   linewidth=0, zorder=2))  # fmt: skip
+        note = "\n".join(filter(None, [note, "hatched: 95% interval (examples × seeds) includes 0"]))
     ax.set_xlabel("last ablated layer")
     ax.set_ylabel("first ablated layer")
     ax.tick_params(axis="both", labelrotation=0)
-    ax.set_title(_title(df) + (f"\n{note}" if note else ""), fontsize=10)
-    return matrix
+    return note
 
 
 def heatmap_figure(
-    df: pd.DataFrame, out_stem: str | Path, value: str = "relative_decrease", note: str | None = None
+    df: pd.DataFrame,
+    out_stem: str | Path,
+    value: str = "relative_decrease",
+    note: str | None = None,
+    uncertain: Uncertain | None = None,
 ) -> list[Path]:
-    """Save one heatmap panel per task (x model x positions where those vary) as out_stem.png and .pdf."""
+    """Save one heatmap panel per task (x model x positions where those vary) as out_stem.png and .pdf.
+
+    `uncertain(panel)` gives each panel's cells to hatch (e.g. `analysis.claims.uncertain_cells`).
+    """
     panels = split_panels(df)
     side = 0.45 * (int(df["last"].max()) + 1) + 2.0
-    fig, axes = _figure(len(panels), min(len(panels), MAX_COLUMNS), (1.2 * side, side))
+    fig, axes = _figure(len(panels), min(len(panels), MAX_COLUMNS), (1.2 * side, side + 0.3))
     for ax, panel in zip(axes, panels, strict=False):
-        heatmap(panel, ax, value=value, note=note)
+        heatmap(panel, ax, value=value, note=note, uncertain=None if uncertain is None else uncertain(panel))
     return _save(fig, out_stem)
 
 
@@ -269,26 +327,33 @@ def figure_plan(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {name: plan[name] for name in STUDY_FIGURES.values() if name in plan}
 
 
-def study_figures(df: pd.DataFrame, out_dir: str | Path, selection: str = "mean") -> list[Path]:
-    """Draw every figure the rows allow (see `figure_plan`) into out_dir as <name>[_best_of_n].png/.pdf."""
+def study_figures(
+    df: pd.DataFrame, out_dir: str | Path, selection: str = "mean", uncertain: Uncertain | None = None
+) -> list[Path]:
+    """Draw every figure the rows allow (see `figure_plan`) into out_dir as <name>[_best_of_n].png/.pdf.
+
+    `uncertain` hatches heatmap cells (see `heatmap_figure`); it needs the rows' predictions.
+    """
     out_dir = Path(out_dir)
     suffix = "" if selection == "mean" else "_best_of_n"
     paths = []
     for name, rows in figure_plan(df).items():
         stem = out_dir / f"{name}{suffix}"
         if name == "heatmap":
-            paths += _heatmap_figure(rows, stem, selection)
+            paths += _heatmap_figure(rows, stem, selection, uncertain)
         else:
             paths += _study_figure(SPECS[name], rows, stem, selection)
     return paths
 
 
-def _heatmap_figure(rows: pd.DataFrame, stem: Path, selection: str) -> list[Path]:
+def _heatmap_figure(
+    rows: pd.DataFrame, stem: Path, selection: str, uncertain: Uncertain | None
+) -> list[Path]:
     if selection == "mean":
-        return heatmap_figure(rows, stem)
+        return heatmap_figure(rows, stem, uncertain=uncertain)
     # The paper's protocol: ablate the training run whose intact model scored best on validation.
     note = _aggregation(int(rows["seed"].nunique()), "best")
-    return heatmap_figure(best_seed_rows(rows, ["task", "model"]), stem, note=note)
+    return heatmap_figure(best_seed_rows(rows, ["task", "model"]), stem, note=note, uncertain=uncertain)
 
 
 def _study_figure(spec: _Spec, rows: pd.DataFrame, stem: Path, selection: str) -> list[Path]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -178,3 +181,76 @@ def layer_matrix(df: pd.DataFrame, value: str = "relative_decrease") -> pd.DataF
     matrix.index.name, matrix.columns.name = "first", "last"
     upper = np.triu(np.ones((n_layers, n_layers), dtype=bool))
     return matrix.where(upper)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Per-example correctness of one setting: a (seeds x examples) 0/1 matrix, and what it shares.
+
+    Groups with the same `examples` key were scored on the same validation examples (same order), so a
+    bootstrap replicate resamples their examples together; groups with the same `seeds` key hold the same
+    training runs in the same row order (e.g. a run's intact and ablated predictions), so a replicate
+    resamples their seeds together. Anything else is resampled independently.
+    """
+
+    correct: np.ndarray
+    examples: Hashable = "validation"
+    seeds: Hashable = None
+
+    def __post_init__(self) -> None:
+        correct = np.atleast_2d(np.asarray(self.correct, dtype=np.float32))
+        if correct.ndim != 2 or correct.shape[0] == 0 or correct.shape[1] == 0:
+            raise ValueError(f"Group: correct must be seeds x examples, got shape {np.shape(self.correct)}")
+        object.__setattr__(self, "correct", correct)
+
+
+def bootstrap_replicates(
+    groups: list[Group], n_boot: int = 2000, seed: int = 0, chunk: int = 100
+) -> np.ndarray:
+    """Mean accuracy of every group in each of n_boot replicates: an (n_boot, len(groups)) array.
+
+    A replicate draws the validation examples with replacement and, independently, the seeds (training
+    runs) with replacement, so the spread covers both the finite validation set and seed-to-seed variation.
+    With one seed it is the plain (paired, where groups share examples) bootstrap over examples. Drawing n
+    examples with replacement is a multinomial count per example, applied as weights: no n_boot x n index
+    matrix is kept (QQP has 40k validation examples).
+    """
+    if not groups:
+        raise ValueError("bootstrap_replicates: no groups")
+    rng = np.random.default_rng(seed)
+    sizes: dict[Hashable, int] = {}
+    runs: dict[Hashable, int] = {}
+    for g in groups:
+        n, s = g.correct.shape[1], g.correct.shape[0]
+        if sizes.setdefault(g.examples, n) != n:
+            raise ValueError(
+                f"groups sharing examples {g.examples!r} differ in length: {sizes[g.examples]} vs {n}"
+            )
+        if g.seeds is not None and runs.setdefault(g.seeds, s) != s:
+            raise ValueError(f"groups sharing seeds {g.seeds!r} differ in seed count: {runs[g.seeds]} vs {s}")
+    out = np.empty((n_boot, len(groups)))
+    for start in range(0, n_boot, chunk):
+        m = min(chunk, n_boot - start)
+        # Counts stay integers in float32 (exact below 2^24), so a replicate's accuracy is exact too.
+        counts = {
+            k: rng.multinomial(n, np.full(n, 1.0 / n), size=m).T.astype(np.float32) for k, n in sizes.items()
+        }
+        shared = {k: rng.integers(s, size=(m, s)) for k, s in runs.items()}
+        for j, g in enumerate(groups):
+            n = sizes[g.examples]
+            per_seed = (g.correct @ counts[g.examples]).astype(
+                np.float64
+            ) / n  # (seeds, m): each run's accuracy
+            s = per_seed.shape[0]
+            pick = shared[g.seeds] if g.seeds is not None else rng.integers(s, size=(m, s))
+            out[start : start + m, j] = np.take_along_axis(per_seed.T, pick, axis=1).mean(axis=1)
+    return out
+
+
+def interval(estimate: float, replicates: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """(estimate, lo, hi): the percentile interval of a statistic's bootstrap replicates."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.nanquantile(np.asarray(replicates, dtype=float), [tail, 1.0 - tail])
+    return float(estimate), float(lo), float(hi)

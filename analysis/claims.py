@@ -1,0 +1,450 @@
+"""The paper's claims (../shared/PAPER.md) as rules evaluated on the result table, each with its interval.
+
+Every claim reads the rows of one figure (`analysis.plots.figure_plan`), one panel per model x task, and
+turns them into a statistic with a 95% bootstrap interval that resamples the validation examples and the
+seeds together (`analysis.stats.bootstrap_replicates`). Its verdict follows from where the interval lies
+against the claim's region: inside it, reproduced; outside it, not reproduced; across its edge,
+inconclusive; no rows for it, no data. Nothing here is written by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.collect import correctness, load_predictions
+from analysis.stats import Group, bootstrap_replicates, interval
+
+VERDICTS = ("reproduced", "not reproduced", "inconclusive", "no data")
+LEVEL = 0.95
+N_BOOT = 2000
+INF = float("inf")
+SMALL_INIT = 1e-2  # the paper: robust for init std <= 1e-2
+PAPER_SIZES = (8, 64, 256)
+FEW_PERCENT = 0.05  # "a few percent of the parameters": at most 5% of full fine-tuning's
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper: what it says, the rule that judges it, and the rows it reads."""
+
+    name: str
+    paper: str
+    rule: str
+    unit: str
+    region: tuple[float, float]  # the statistic's values that agree with the claim
+    figure: str  # which rows of figure_plan it reads
+    # panel -> (text, [(comparison, value, bootstrap replicates of value)]), None without the rows it needs
+    measure: Callable[[pd.DataFrame], tuple[str, list[tuple[str, float, np.ndarray]]] | None]
+
+
+def verdict(lo: float, hi: float, region: tuple[float, float]) -> str:
+    """Reproduced if [lo, hi] lies strictly inside the region, not reproduced if outside, else inconclusive.
+
+    A claim judged on several comparisons (every single layer, every pair of sizes, every variant) is
+    reproduced when every comparison is, and not reproduced when any one is.
+    """
+    a, b = region
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "inconclusive"
+    # Inside means strictly inside: an interval of exactly [0, 0] shows no degradation, not one.
+    if a < lo and hi < b:
+        return "reproduced"
+    if hi <= a or lo >= b:
+        return "not reproduced"
+    return "inconclusive"
+
+
+def _overall(results: list[str]) -> str:
+    """A claim over several comparisons holds if every one does, fails if any one fails."""
+    if "not reproduced" in results:
+        return "not reproduced"
+    return "reproduced" if all(r == "reproduced" for r in results) else "inconclusive"
+
+
+def _shown(region: tuple[float, float], values: list[float]) -> int:
+    """The comparison to show: the one nearest to leaving the region (largest, smallest, or largest |x|)."""
+    a, b = region
+    if np.isinf(a) and not np.isinf(b):
+        return int(np.argmax(values))
+    if np.isinf(b) and not np.isinf(a):
+        return int(np.argmin(values))
+    return int(np.argmax(np.abs(values)))
+
+
+def evaluate_claims(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim and panel: claim, paper, panel, measured, estimate, lo, hi, unit, verdict, rule.
+
+    `df` comes from `analysis.collect.load_runs` (its `sweep` column locates the per-example predictions).
+    """
+    from analysis.plots import figure_plan  # plots needs matplotlib; the rest of this module does not
+
+    plan = figure_plan(df)
+    rows = []
+    for claim in CLAIMS:
+        source = plan.get(claim.figure)
+        if source is None and claim.figure == "bottleneck":
+            source = plan.get("tradeoff")  # the trade-off grid has adapters of the paper's sizes too
+        panels = [] if source is None else list(source.groupby(["model", "task"], sort=True))
+        found = False
+        for (model, task), panel in panels:
+            measured = claim.measure(panel)
+            if measured is None:
+                continue
+            found = True
+            text, comparisons = measured
+            judged = [(name, *interval(value, reps, LEVEL)) for name, value, reps in comparisons]
+            results = [verdict(lo, hi, claim.region) for _, _, lo, hi in judged]
+            name, value, lo, hi = judged[_shown(claim.region, [v for _, v, _, _ in judged])]
+            if len(judged) > 1:
+                inside = results.count("reproduced")
+                text += f"; shown: {name}, the most extreme of {len(judged)} comparisons ({inside} inside the region)"
+            rows.append(_row(claim, f"{model} · {task}", text, value, lo, hi, _overall(results)))
+        if not found:
+            rows.append(_row(claim, "", "no rows for this claim", np.nan, np.nan, np.nan, "no data"))
+    return pd.DataFrame(rows)
+
+
+def _row(claim: Claim, panel: str, measured: str, value: float, lo: float, hi: float, result: str) -> dict:
+    return {"claim": claim.name, "paper": claim.paper, "panel": panel, "measured": measured,
+            "estimate": value, "lo": lo, "hi": hi, "unit": claim.unit, "verdict": result,
+            "rule": claim.rule}  # fmt: skip
+
+
+def _replicates(groups: list[Group]) -> np.ndarray:
+    return bootstrap_replicates(groups, n_boot=N_BOOT, seed=0)
+
+
+def _accuracy(group: Group) -> float:
+    return float(group.correct.mean(axis=1).mean())
+
+
+# --- layer ablation ---------------------------------------------------------------------------------
+
+
+def _cells(
+    panel: pd.DataFrame, examples: str | None = None, runs: str = "runs"
+) -> tuple[int, Group, dict[tuple[int, int], Group]] | None:
+    """Layer count, the intact model and every ablated span, over the seeds that every span has."""
+    cells = panel.dropna(subset=["first", "last"])
+    if cells.empty:
+        return None
+    by_cell = {(int(f), int(la)): g for (f, la), g in cells.groupby(["first", "last"])}
+    seeds = set.intersection(*(set(g["seed"]) for g in by_cell.values()))
+    if not seeds:
+        return None
+    key = (runs, tuple(sorted(seeds)))
+    pick = {
+        c: g[g["seed"].isin(seeds)].drop_duplicates("seed").sort_values("seed") for c, g in by_cell.items()
+    }
+    task = examples or str(cells["task"].iloc[0])
+    intact = Group(correctness(next(iter(pick.values())), "intact"), examples=task, seeds=key)
+    groups = {c: Group(correctness(g), examples=task, seeds=key) for c, g in pick.items()}
+    return int(cells["last"].max()) + 1, intact, groups
+
+
+def _relative_decrease(intact: float | np.ndarray, ablated: float | np.ndarray) -> float | np.ndarray:
+    return 100.0 * (1.0 - np.asarray(ablated) / np.asarray(intact))
+
+
+def _single_layer(panel: pd.DataFrame):
+    found = _cells(panel)
+    if found is None:
+        return None
+    n_layers, intact, cells = found
+    layers = sorted(f for f, la in cells if f == la)
+    if not layers:
+        return None
+    groups = [intact, *(cells[(layer, layer)] for layer in layers)]
+    reps = _replicates(groups)
+    values = _relative_decrease(_accuracy(intact), np.array([_accuracy(g) for g in groups[1:]]))
+    stats = _relative_decrease(reps[:, :1], reps[:, 1:])
+    text = (f"single-layer relative decrease {values.min():.2f}% to {values.max():.2f}% over "
+            f"{len(layers)} of {n_layers} layers, {intact.correct.shape[0]} seed(s)")  # fmt: skip
+    return text, [
+        (f"layer {la}", float(v), stats[:, i]) for i, (la, v) in enumerate(zip(layers, values, strict=True))
+    ]
+
+
+def _all_removed(panel: pd.DataFrame):
+    found = _cells(panel)
+    if found is None:
+        return None
+    n_layers, intact, cells = found
+    whole = cells.get((0, n_layers - 1))
+    if whole is None:
+        return None
+    majority = 100.0 * float(panel["majority_rate"].mean())
+    if not np.isfinite(majority):
+        return None
+    reps = 100.0 * _replicates([whole])[:, 0] - majority
+    acc = 100.0 * _accuracy(whole)
+    text = (f"all {n_layers} layers removed: {acc:.1f}% vs majority class {majority:.1f}% "
+            f"(intact {100 * _accuracy(intact):.1f}%)")  # fmt: skip
+    return text, [("all removed", acc - majority, reps)]
+
+
+def lower_block(n_layers: int) -> int:
+    """Layers in the paper's 'lower' block: 0-4 of 12, the same share of other depths (at least 1)."""
+    return max(1, (5 * n_layers) // 12)
+
+
+def _lower_vs_upper(panel: pd.DataFrame):
+    found = _cells(panel)
+    if found is None:
+        return None
+    n_layers, intact, cells = found
+    j = lower_block(n_layers)
+    low, high = cells.get((0, j - 1)), cells.get((n_layers - j, n_layers - 1))
+    if low is None or high is None or n_layers - j <= j - 1:
+        return None
+    reps = _replicates([intact, low, high])
+    i, lo_acc, hi_acc = (_accuracy(g) for g in (intact, low, high))
+    d_low, d_high = _relative_decrease(i, lo_acc), _relative_decrease(i, hi_acc)
+    text = (f"layers {n_layers - j}..{n_layers - 1} removed: {d_high:.2f}%, layers 0..{j - 1} removed: "
+            f"{d_low:.2f}% (relative decrease)")  # fmt: skip
+    stat = _relative_decrease(reps[:, 0], reps[:, 2]) - _relative_decrease(reps[:, 0], reps[:, 1])
+    return text, [("top block minus bottom block", float(d_high - d_low), stat)]
+
+
+# --- studies over settings ----------------------------------------------------------------------------
+
+
+def _settings(rows: pd.DataFrame, column: str) -> dict:
+    """{value of column: Group of its seeds' correctness} for the intact rows of one panel."""
+    rows = rows[rows["first"].isna()].dropna(subset=[column])
+    task = str(rows["task"].iloc[0]) if len(rows) else ""
+    return {v: Group(correctness(g.sort_values("seed")), examples=task) for v, g in rows.groupby(column)}
+
+
+def _pairs(groups: dict, label: Callable[[object], str]):
+    """Every pairwise difference of mean accuracy (points), for claims that settings perform alike.
+
+    Judging each pair's interval rather than the spread (max - min) of the means: the bootstrap of a
+    maximum is biased upwards, the interval of a difference is not.
+    """
+    keys = list(groups)
+    reps = 100.0 * _replicates([groups[k] for k in keys])
+    means = np.array([100.0 * _accuracy(groups[k]) for k in keys])
+    parts = ", ".join(f"{label(k)}: {m:.1f}" for k, m in zip(keys, means, strict=True))
+    pairs = [(f"{label(keys[i])} minus {label(keys[j])}", float(means[i] - means[j]), reps[:, i] - reps[:, j])
+             for i in range(len(keys)) for j in range(i + 1, len(keys))]  # fmt: skip
+    return parts, pairs
+
+
+def _init_robust(panel: pd.DataFrame):
+    groups = {s: g for s, g in _settings(panel, "init_std").items() if s <= SMALL_INIT * (1 + 1e-9)}
+    if len(groups) < 2:
+        return None
+    parts, pairs = _pairs(groups, lambda s: f"σ={s:g}")
+    return f"σ ≤ 1e-2: {parts}%", pairs
+
+
+def _init_degrades(panel: pd.DataFrame):
+    groups = _settings(panel, "init_std")
+    small = [s for s in groups if s <= SMALL_INIT * (1 + 1e-9)]
+    large = [s for s in groups if s > SMALL_INIT * (1 + 1e-9)]
+    if not small or not large:
+        return None
+    top = max(large)
+    keys = [*small, top]
+    reps = 100.0 * _replicates([groups[k] for k in keys])
+    base = np.mean([100.0 * _accuracy(groups[s]) for s in small])
+    at_top = 100.0 * _accuracy(groups[top])
+    text = f"mean over σ ≤ 1e-2: {base:.1f}%, σ={top:g}: {at_top:.1f}%"
+    return text, [
+        (f"σ ≤ 1e-2 minus σ={top:g}", float(base - at_top), reps[:, :-1].mean(axis=1) - reps[:, -1])
+    ]
+
+
+def _sizes_alike(panel: pd.DataFrame):
+    rows = panel[(panel["method"] == "adapters") & (panel["variant"].isna() | (panel["variant"] == "plain"))]
+    groups = {s: g for s, g in _settings(rows, "adapter_size").items() if int(s) in PAPER_SIZES}
+    if len(groups) < 2:
+        return None
+    parts, pairs = _pairs(groups, lambda s: f"m={int(s)}")
+    return f"{parts}%", pairs
+
+
+def _method_rows(panel: pd.DataFrame, method: str) -> pd.DataFrame:
+    return panel[(panel["method"] == method) & panel["first"].isna()]
+
+
+def _near_full(panel: pd.DataFrame):
+    full = _method_rows(panel, "full")
+    adapters = _method_rows(panel, "adapters")
+    if full.empty or adapters.empty:
+        return None
+    budget = FEW_PERCENT * float(full["trained_params"].iloc[0])
+    within = adapters[adapters["trained_params"] <= budget]
+    if within.empty:
+        return None
+    size = within.loc[within["trained_params"].idxmax(), "adapter_size"]
+    chosen = adapters[adapters["adapter_size"] == size]
+    task = str(panel["task"].iloc[0])
+    f, a = (Group(correctness(r.sort_values("seed")), examples=task) for r in (full, chosen))
+    reps = 100.0 * _replicates([f, a])
+    share = 100.0 * float(chosen["trained_params"].iloc[0]) / float(full["trained_params"].iloc[0])
+    text = (f"adapters m={int(size)} ({share:.1f}% of full's trained parameters): {100 * _accuracy(a):.1f}%, "
+            f"full fine-tuning {100 * _accuracy(f):.1f}%")  # fmt: skip
+    return text, [("full minus adapters", 100.0 * (_accuracy(f) - _accuracy(a)), reps[:, 0] - reps[:, 1])]
+
+
+def _layernorm_cost(panel: pd.DataFrame):
+    full, norm = _method_rows(panel, "full"), _method_rows(panel, "layernorm")
+    if full.empty or norm.empty:
+        return None
+    task = str(panel["task"].iloc[0])
+    f, n = (Group(correctness(r.sort_values("seed")), examples=task) for r in (full, norm))
+    reps = 100.0 * _replicates([f, n])
+    text = f"LayerNorm only {100 * _accuracy(n):.1f}%, full fine-tuning {100 * _accuracy(f):.1f}%"
+    return text, [
+        ("full minus LayerNorm-only", 100.0 * (_accuracy(f) - _accuracy(n)), reps[:, 0] - reps[:, 1])
+    ]
+
+
+def _no_variant_better(panel: pd.DataFrame):
+    groups = _settings(panel[panel["method"] == "adapters"], "variant")
+    if "plain" not in groups or len(groups) < 2:
+        return None
+    names = ["plain", *sorted(v for v in groups if v != "plain")]
+    reps = 100.0 * _replicates([groups[v] for v in names])
+    gains = np.array([100.0 * (_accuracy(groups[v]) - _accuracy(groups["plain"])) for v in names[1:]])
+    text = f"plain {100 * _accuracy(groups['plain']):.1f}%; {len(names) - 1} variants, gains {gains.min():+.2f} to {gains.max():+.2f}"
+    stats = reps[:, 1:] - reps[:, :1]
+    return text, [
+        (f"{v} minus plain", float(g), stats[:, i])
+        for i, (v, g) in enumerate(zip(names[1:], gains, strict=True))
+    ]
+
+
+CLAIMS = (
+    Claim(
+        name="single-layer removal costs little",
+        paper="removing any single layer's adapters costs at most ~2%",
+        rule="relative decrease removing one layer's adapters; reproduced if every layer's interval lies "
+        "below 2%, not reproduced if any lies above",
+        unit="%", region=(-INF, 2.0), figure="heatmap", measure=_single_layer,
+    ),
+    Claim(
+        name="all adapters removed: majority class",
+        paper="removing all adapters falls to the majority class (MNLI 37%, CoLA 69%)",
+        rule="accuracy with every layer's adapters removed minus the majority-class rate; reproduced if its "
+        "interval lies below +2 points, not reproduced if above",
+        unit="points", region=(-INF, 2.0), figure="heatmap", measure=_all_removed,
+    ),
+    Claim(
+        name="lower layers matter less",
+        paper="adapters in lower layers (0-4) matter less than those in higher layers",
+        rule="relative decrease removing the top block minus removing the bottom block, blocks of 5 of 12 "
+        "layers (⌊5L/12⌋ of L); reproduced if its interval lies above 0, not reproduced if below",
+        unit="%", region=(0.0, INF), figure="heatmap", measure=_lower_vs_upper,
+    ),
+    Claim(
+        name="init std ≤ 1e-2 is robust",
+        paper="robust for init std below 1e-2 (Figure 6, right)",
+        rule="difference in mean accuracy between every pair of σ ≤ 1e-2 in the grid; reproduced if every "
+        "pair's interval lies within ±1 point, not reproduced if any lies outside",
+        unit="points", region=(-1.0, 1.0), figure="init_scale", measure=_init_robust,
+    ),
+    Claim(
+        name="larger init std degrades",
+        paper="larger inits degrade performance (Figure 6, right)",
+        rule="mean accuracy over σ ≤ 1e-2 minus accuracy at the largest σ of the grid; reproduced if its "
+        "interval lies above 0, not reproduced if below",
+        unit="points", region=(0.0, INF), figure="init_scale", measure=_init_degrades,
+    ),
+    Claim(
+        name="sizes 8/64/256 perform alike",
+        paper="adapter sizes 8, 64, 256: 86.2 / 85.8 / 85.7 mean GLUE accuracy",
+        rule="difference in mean accuracy between every pair of sizes 8, 64, 256; reproduced if every pair's "
+        "interval lies within ±0.5 point, not reproduced if any lies outside",
+        unit="points", region=(-0.5, 0.5), figure="bottleneck", measure=_sizes_alike,
+    ),
+    Claim(
+        name="adapters close to full fine-tuning",
+        paper="adapters come within ~0.4 point of full fine-tuning with 3.6% of its parameters",
+        rule="full fine-tuning minus the largest adapter with ≤ 5% of full's trained parameters; reproduced "
+        "if its interval lies below 1 point, not reproduced if above",
+        unit="points", region=(-INF, 1.0), figure="tradeoff", measure=_near_full,
+    ),
+    Claim(
+        name="LayerNorm-only costs a few points",
+        paper="LayerNorm-only tuning costs ~4% on MNLI, ~3.5% on CoLA",
+        rule="full fine-tuning minus LayerNorm-only; reproduced if its interval lies within [1, 8] points",
+        unit="points", region=(1.0, 8.0), figure="tradeoff", measure=_layernorm_cost,
+    ),
+    Claim(
+        name="no variant beats the plain adapter",
+        paper="none of the extensions tried beat the plain adapter",
+        rule="each variant's accuracy minus the plain adapter's; reproduced if every variant's interval lies "
+        "below +0.5 point, not reproduced if any lies above",
+        unit="points", region=(-INF, 0.5), figure="variants", measure=_no_variant_better,
+    ),
+)  # fmt: skip
+
+
+def cell_intervals(panel: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """Per ablated span of one heatmap panel: relative decrease (%) and its interval over examples and seeds.
+
+    Columns first, last, relative_decrease, lo, hi, seeds; `includes_zero` marks spans whose drop the
+    validation set and the seeds cannot tell from no drop.
+    """
+    columns = ["first", "last", "relative_decrease", "lo", "hi", "seeds", "includes_zero"]
+    found = _cells(panel)
+    if found is None:
+        return pd.DataFrame(columns=columns)
+    _, intact, cells = found
+    spans = sorted(cells)
+    reps = _replicates([intact, *(cells[s] for s in spans)])
+    rows = []
+    for j, (first, last) in enumerate(spans, start=1):
+        value = float(_relative_decrease(_accuracy(intact), _accuracy(cells[(first, last)])))
+        _, lo, hi = interval(value, _relative_decrease(reps[:, 0], reps[:, j]), level)
+        rows.append([first, last, value, lo, hi, intact.correct.shape[0], lo <= 0.0 <= hi])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def uncertain_cells(panel: pd.DataFrame) -> pd.DataFrame:
+    """first x last boolean matrix (as layer_matrix lays it out): True where the 95% interval includes 0."""
+    table = cell_intervals(panel)
+    n_layers = int(panel["last"].max()) + 1
+    layers = pd.RangeIndex(n_layers)
+    matrix = table.pivot_table(index="first", columns="last", values="includes_zero", aggfunc="max")
+    return matrix.reindex(index=layers, columns=layers).fillna(False).astype(bool)
+
+
+def difference_intervals(a: pd.DataFrame, b: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """Per span both panels have: relative decrease in A minus in B (percentage points), with its interval.
+
+    A and B are resampled as independent training runs; their validation examples are resampled together
+    when both were scored on the same examples (same labels in the same order), independently otherwise.
+    """
+    same = (a["task"].iloc[0] == b["task"].iloc[0]) and np.array_equal(_labels(a), _labels(b))
+    found_a = _cells(a, examples="shared" if same else "A", runs="A")
+    found_b = _cells(b, examples="shared" if same else "B", runs="B")
+    if found_a is None or found_b is None:
+        raise ValueError("compare: both runs need layer-ablation cells")
+    (_, ia, ca), (_, ib, cb) = found_a, found_b
+    spans = sorted(set(ca) & set(cb))
+    if not spans:
+        raise ValueError("compare: the two runs have no ablated span in common")
+    reps = _replicates([ia, ib, *(ca[s] for s in spans), *(cb[s] for s in spans)])
+    rows, n = [], len(spans)
+    for j, (first, last) in enumerate(spans):
+        value = float(_relative_decrease(_accuracy(ia), _accuracy(ca[(first, last)]))
+                      - _relative_decrease(_accuracy(ib), _accuracy(cb[(first, last)])))  # fmt: skip
+        stat = _relative_decrease(reps[:, 0], reps[:, 2 + j]) - _relative_decrease(
+            reps[:, 1], reps[:, 2 + n + j]
+        )
+        _, lo, hi = interval(value, stat, level)
+        rows.append([first, last, value, lo, hi, lo <= 0.0 <= hi])
+    return pd.DataFrame(rows, columns=["first", "last", "difference", "lo", "hi", "includes_zero"])
+
+
+def _labels(rows: pd.DataFrame) -> np.ndarray:
+    first = rows.iloc[0]
+    return load_predictions(str(first["sweep"]), str(first["job_dir"]))["labels"]

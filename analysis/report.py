@@ -1,0 +1,224 @@
+"""One self-contained HTML page from any number of run and sweep directories: what the runs found,
+how sure we are (intervals over examples and seeds), and what the paper claimed.
+
+    python -m analysis report outputs/sweeps/<dir> [more dirs] --out report.html
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.claims import CLAIMS, cell_intervals, evaluate_claims, uncertain_cells
+from analysis.collect import RESULT_JSON, Runs, load_runs
+from analysis.plots import figure_plan, study_figures
+from analysis.stats import split_panels
+
+VERDICT_COLORS = {"reproduced": "#1a7f37", "not reproduced": "#b42318", "inconclusive": "#9a6700",
+                  "no data": "#6e7781"}  # fmt: skip
+CAPTIONS = {
+    "heatmap": "Layer ablation (Figure 6): relative decrease in validation accuracy when the adapters of "
+    "layers first..last are removed from the trained model, no retraining. Red is a loss, blue a gain; "
+    "hatched cells: the 95% interval (validation examples and seeds resampled together) includes zero.",
+    "init_scale": "Init scale (Figure 6, right): accuracy against the adapters' init std, mean ± 1 s.e.m. "
+    "over seeds; dashed: the majority-class rate; red crosses: diverged runs.",
+    "bottleneck": "Bottleneck size: accuracy against the adapter size m, mean ± 1 s.e.m. over seeds; the "
+    "paper's sizes 8, 64, 256 shaded.",
+    "tradeoff": "Trade-off (Figures 3/4): accuracy against the number of trained parameters, ±1 s.e.m. error "
+    "bars; full fine-tuning as the horizontal line.",
+    "variants": "Adapter variants: each seed (grey) and the mean ± 1 s.e.m.; the plain adapter as the line.",
+}
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1200px; margin: 2em auto;
+       padding: 0 1.5em; color: #1f2328; line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #d0d7de; padding-bottom: 0.2em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.88em; }
+th, td { border: 1px solid #d0d7de; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.verdict { color: white; border-radius: 0.8em; padding: 0.1em 0.6em; white-space: nowrap; font-weight: 600; }
+.rule { color: #57606a; font-size: 0.92em; } .muted { color: #57606a; }
+figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #d0d7de; }
+figcaption { color: #57606a; font-size: 0.92em; max-width: 60em; }
+details { margin: 0.6em 0; } summary { cursor: pointer; color: #0969da; }
+"""
+
+
+def build_report(paths: list[Path], out: Path, figures_dir: Path | None = None) -> Path:
+    """Write the report for the runs under `paths` to `out`; figures go to figures_dir (default: a temp dir)."""
+    runs = load_runs(paths)
+    out = Path(out)
+    if figures_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            page = render(runs, Path(tmp))
+    else:
+        page = render(runs, Path(figures_dir))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(out.name + ".tmp")
+    tmp_out.write_text(page, encoding="utf-8")
+    tmp_out.replace(out)
+    return out
+
+
+def render(runs: Runs, figures_dir: Path) -> str:
+    """The report as one HTML string; figures are drawn into figures_dir and embedded."""
+    df = runs.table
+    sections = [
+        _header(runs),
+        _section("What the paper claimed, and what these runs measured", _claims(df)),
+        _section("Figures", _figures(df, figures_dir)),
+        _section("Layer-ablation cells with their intervals", _cells(df)),
+        _section("The runs behind this page", _runs(runs)),
+    ]
+    body = "\n".join(sections)
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>Adapter studies report"
+            f"</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")  # fmt: skip
+
+
+def _section(title: str, content: str) -> str:
+    return f"<h2>{html.escape(title)}</h2>\n{content}"
+
+
+def _header(runs: Runs) -> str:
+    df = runs.table
+    diverged = int(df["diverged"].fillna(False).sum())
+    studies = sorted({str(s) for s in df["study"].dropna()}) or ["(none)"]
+    facts = [
+        ("sources", "<br>".join(html.escape(str(p)) for p in runs.sources)),
+        ("rows", f"{len(df)} ({int(df['first'].notna().sum())} ablation cells, "
+                 f"{int(df['first'].isna().sum())} intact models)"),
+        ("diverged rows", f"{diverged} (kept: scored with what the training left)"),
+        ("failed jobs", f"{len(runs.failed)} (job folders without a result; listed below)"),
+        ("studies", ", ".join(studies)),
+        ("models / tasks", f"{', '.join(sorted(map(str, df['model'].unique())))} / "
+                           f"{', '.join(sorted(map(str, df['task'].unique())))}"),
+        ("generated", time.strftime("%Y-%m-%d %H:%M:%S %Z")),
+    ]  # fmt: skip
+    rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
+    return f"<h1>Adapter studies: Houlsby et al. 2019 reproduced</h1>\n<table>{rows}</table>"
+
+
+def _claims(df: pd.DataFrame) -> str:
+    table = evaluate_claims(df)
+    head = ("<tr><th>claim</th><th>paper</th><th>model · task</th><th>measured</th><th>statistic</th>"
+            "<th>95% interval</th><th>verdict</th></tr>")  # fmt: skip
+    rows = []
+    for _, r in table.iterrows():
+        color = VERDICT_COLORS[r["verdict"]]
+        value = "" if pd.isna(r["estimate"]) else f"{r['estimate']:.2f} {r['unit']}"
+        ci = "" if pd.isna(r["lo"]) else f"[{r['lo']:.2f}, {r['hi']:.2f}]"
+        rows.append(
+            f"<tr><td><b>{html.escape(r['claim'])}</b><div class='rule'>rule: {html.escape(r['rule'])}</div></td>"
+            f"<td>{html.escape(r['paper'])}</td><td>{html.escape(r['panel'])}</td>"
+            f"<td>{html.escape(r['measured'])}</td><td class='num'>{value}</td><td class='num'>{ci}</td>"
+            f"<td><span class='verdict' style='background:{color}'>{r['verdict']}</span></td></tr>"
+        )
+    note = (f"<p class='muted'>{len(CLAIMS)} claims of the paper, each judged per model and task by where its "
+            "95% bootstrap interval (validation examples and seeds resampled together, 2,000 replicates) lies "
+            "against the claim's region: inside, reproduced; outside, not reproduced; across the edge, "
+            "inconclusive. Computed from the rows on this page.</p>")  # fmt: skip
+    return f"{note}<table>{head}{''.join(rows)}</table>"
+
+
+def _figures(df: pd.DataFrame, figures_dir: Path) -> str:
+    try:
+        paths = study_figures(df, figures_dir, uncertain=uncertain_cells)
+    except ValueError as err:  # rows a figure cannot average: say so on the page, keep the rest
+        return f"<p>No figures: {html.escape(str(err))}</p>"
+    pngs = [p for p in paths if p.suffix == ".png"]
+    if not pngs:
+        return "<p class='muted'>The rows allow no figure.</p>"
+    parts = []
+    for path in pngs:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        caption = CAPTIONS.get(path.stem, path.stem)
+        parts.append(f"<figure><img alt='{path.stem}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(caption)} ({html.escape(path.name)})</figcaption></figure>")  # fmt: skip
+    return "\n".join(parts)
+
+
+def _cells(df: pd.DataFrame) -> str:
+    rows = figure_plan(df).get("heatmap")
+    if rows is None:
+        return "<p class='muted'>No layer-ablation cells.</p>"
+    parts = []
+    for panel in split_panels(rows):
+        table = cell_intervals(panel)
+        real = table[~table["includes_zero"].astype(bool)]
+        name = f"{panel['model'].iloc[0]} · {panel['task'].iloc[0]}"
+        shown = table.assign(
+            span=[f"{f}..{la}" for f, la in zip(table["first"], table["last"], strict=True)],
+            interval=[f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(table["lo"], table["hi"], strict=True)],
+        )[["span", "relative_decrease", "interval", "seeds", "includes_zero"]]
+        listing = shown.to_html(index=False, float_format=lambda v: f"{v:.2f}", border=0)
+        parts.append(
+            f"<p><b>{html.escape(name)}</b>: {len(real)} of {len(table)} spans change accuracy beyond their 95% "
+            f"interval (relative decrease in %, negative = gain).</p>"
+            f"<details><summary>all {len(table)} spans</summary>{listing}</details>"
+        )
+    return "\n".join(parts)
+
+
+def _runs(runs: Runs) -> str:
+    df = runs.table
+    summary = []
+    for sweep, rows in df.groupby("sweep", sort=True):
+        steps = sorted({int(s) for s in rows["train_steps"].dropna()})
+        summary.append({
+            "directory": sweep,
+            "study": _join(rows["study"]) or "-",
+            "models": _join(rows["model"]),
+            "tasks": _join(rows["task"]),
+            "methods": _join(rows["method"]),
+            "seeds": _join(rows["seed"]),
+            "jobs": len(rows),
+            "trained here": int(rows["trained_now"].fillna(False).sum()),
+            "diverged": int(rows["diverged"].fillna(False).sum()),
+            "lr": _join(rows["lr"], "{:g}"),
+            "steps": ", ".join(map(str, steps)) if len(steps) <= 4 else f"{steps[0]}..{steps[-1]}",
+            "validation n": _join(rows["n_eval"]),
+            "precision train/eval": f"{_join(rows['train_precision'])} / {_join(rows['eval_precision'])}",
+            "code": _join(rows["code_version"]),
+            "wall time (jobs)": _duration(float(rows["job_seconds"].sum())),
+            "packages": _packages(Path(str(sweep)), rows),
+        })  # fmt: skip
+    # One column per directory: the fields are many and long (code versions, packages), the sources few.
+    table = pd.DataFrame(summary).set_index("directory").T.to_html(border=0, escape=True)
+    failed = "<p>No failed jobs.</p>"
+    if len(runs.failed):
+        failed = f"<p>Failed jobs ({len(runs.failed)}):</p>" + runs.failed.to_html(index=False, border=0)
+    diverged = df[df["diverged"].fillna(False).astype(bool)]
+    div = "<p>No diverged runs.</p>"
+    if len(diverged):
+        cols = ["sweep", "job_dir", "model", "task", "method", "variant", "init_std", "adapter_size", "lr",
+                "seed", "diverged_step", "planned_steps", "accuracy"]  # fmt: skip
+        div = f"<p>Diverged runs ({len(diverged)}):</p>" + diverged[cols].to_html(index=False, border=0)
+    return table + failed + div
+
+
+def _join(values: pd.Series, fmt: str = "{}") -> str:
+    """The distinct values of a column, sorted, as text ('' when all are missing)."""
+    return ", ".join(fmt.format(v) for v in sorted(values.dropna().unique()))
+
+
+def _packages(sweep: Path, rows: pd.DataFrame) -> str:
+    """Package versions from the first job's result.json ('?' when it cannot be read)."""
+    for job in rows["job_dir"]:
+        try:
+            versions = json.loads((sweep / str(job) / RESULT_JSON).read_text()).get("versions", {})
+        except (OSError, ValueError):
+            continue
+        keep = ("python", "torch", "transformers", "datasets")
+        return ", ".join(f"{k} {versions[k]}" for k in keep if k in versions)
+    return "?"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
