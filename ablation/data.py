@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -88,7 +91,18 @@ def load_task(cfg: TaskConfig, cache: str | Path) -> DatasetDict:
             raise ValueError(f"task.artifact={cfg.artifact!r}: readers exist for {sorted(READERS)}")
         df = READERS[cfg.artifact](artifact_path(cfg.artifact, cache))
         dsd = split_frame(df, cfg.validation_size, cfg.split_seed, cfg.train_limit)
-    dsd.save_to_disk(str(path))
+    # Written beside its final place and renamed: a run killed mid-write leaves a temporary folder that no
+    # later run reads, never a half-written cache under the final name.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        dsd.save_to_disk(str(tmp / "data"))
+        os.replace(tmp / "data", path)
+    except OSError:
+        if not path.exists():  # another process may have finished first; anything else is an error
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dsd
 
 

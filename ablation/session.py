@@ -27,7 +27,7 @@ from ablation.data import Encoded, encode, load_task
 from ablation.evaluate import Evaluator
 from ablation.methods import prepare
 from ablation.models import Stages, load_model
-from ablation.train import load_trained, save_trained, set_seed, store_path, train, training_key
+from ablation.train import CacheError, load_trained, save_trained, set_seed, store_path, train, training_key
 
 
 @dataclass
@@ -122,12 +122,31 @@ class Session:
 
         path = self.cell_dir / f"{name}.npy"
         if path.exists():
-            return np.load(path), False
+            return read_predictions(path, len(self.evaluator.labels)), False
         preds = compute()
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, preds.astype(np.int16))
-        os.replace(tmp, path)
+        save_array(path, preds.astype(np.int16))
         return preds, True
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """np.save to a temporary name, then rename: a reader sees the whole file or none."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def read_predictions(path: Path, n: int) -> np.ndarray:
+    """A cached cell's predictions; CacheError naming the file if it is unreadable or of another size."""
+    try:
+        preds = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise CacheError(f"{path}: unreadable cell cache ({err}); delete the file to recompute it") from None
+    if preds.shape != (n,) or preds.dtype.kind not in "iu":
+        raise CacheError(
+            f"{path}: holds {preds.dtype} {preds.shape}, expected {n} integer predictions; delete the file "
+            "to recompute it"
+        )
+    return preds
 
 
 _CURRENT: Session | None = None
@@ -186,7 +205,7 @@ def build_session(cfg: RunConfig) -> Session:
     eval_spec = json.dumps({"data": val.fingerprint(), **asdict(cfg.eval)}, sort_keys=True)
     cell_dir = folder / "eval" / hashlib.sha256(eval_spec.encode()).hexdigest()[:12]
     cell_dir.mkdir(parents=True, exist_ok=True)
-    np.save(cell_dir / "labels.npy", val.labels.astype(np.int16))
+    save_array(cell_dir / "labels.npy", val.labels.astype(np.int16))
     return Session(
         cfg=cfg,
         key=key,

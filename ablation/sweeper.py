@@ -179,12 +179,16 @@ class AblationSweeper(Sweeper):
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         loader = self.hydra_context.config_loader
         jobs = build_jobs(self.params, self.grids, arguments, OverridesParser.create(config_loader=loader))
-        jobs, dropped = drop_lower_triangle(expand_layer_ranges(jobs, self._num_layers))
+        jobs = expand_layer_ranges(jobs, self._num_layers)
+        tic = time.perf_counter()
+        # Before the triangle filter: a layer the model does not have is an error even when every job
+        # asking for it would be dropped (first=12 on a 12-layer model only appears with first > last).
+        self._check_jobs(jobs)
+        checked = len(jobs)
+        jobs, dropped = drop_lower_triangle(jobs)
         if dropped:
             log.info(f"Dropped {dropped} of {dropped + len(jobs)} jobs with ablate.first > ablate.last")
-        tic = time.perf_counter()
-        self._check_jobs(jobs)
-        log.info(f"Checked {len(jobs)} jobs in {time.perf_counter() - tic:.1f} s")
+        log.info(f"Checked {checked} jobs in {time.perf_counter() - tic:.1f} s")
         if self.dry_run:
             for num, job in enumerate(jobs):
                 log.info(f"#{num} : {' '.join(job)}")
@@ -247,6 +251,8 @@ class AblationSweeper(Sweeper):
             if high:
                 too_high[run.model.name] += high
                 continue
+            if first is not None and last is not None and first > last:
+                continue  # dropped by the triangle filter; its layers are checked above
             # replace() runs RunConfig's checks again: layers in range, ablation only with adapters.
             dataclasses.replace(run, ablate=AblateConfig(first, last, run.ablate.positions))
         if too_high:

@@ -123,7 +123,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     start, losses, spent = 0, [], 0.0
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = load_checkpoint(checkpoint)
         model.load_state_dict(state["params"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -181,6 +181,24 @@ def train(
     }
 
 
+class CacheError(RuntimeError):
+    """A stored file that cannot be what this code wrote: truncated, corrupt or foreign. Never used."""
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a training checkpoint without unpickling code: tensors, numbers, strings and containers only."""
+    try:
+        # weights_only=True: torch's restricted unpickler refuses any object that is not plain data, so a
+        # file planted where a checkpoint is expected cannot run code on load.
+        return torch.load(path, weights_only=True)
+    except Exception as err:  # noqa: BLE001 (truncated zip, foreign pickle, anything: all mean "not ours")
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise CacheError(
+            f"{path}: not a readable training checkpoint ({reason}); delete it to restart this training "
+            "from step 0"
+        ) from None
+
+
 def store_path(store: str | Path, key: str) -> Path:
     """Folder of a training key in the store."""
     return Path(store) / key
@@ -204,12 +222,23 @@ def save_trained(model: nn.Module, folder: Path, config: dict, metrics: dict) ->
 
 def load_trained(model: nn.Module, folder: Path) -> dict:
     """Load stored trained parameters into the model; returns the stored training metrics."""
-    state = load_file(str(folder / "trained.safetensors"))
-    expected = set(trained_state(model))
-    if set(state) != expected:
-        raise RuntimeError(
-            f"{folder}: stored parameters do not match the model's trainable ones "
-            f"({len(set(state) ^ expected)} differ); delete the folder to retrain"
+    file = folder / "trained.safetensors"
+    try:
+        state = load_file(str(file))
+    except Exception as err:  # noqa: BLE001 (safetensors raises its own error types for a bad header)
+        raise CacheError(f"{file}: unreadable ({err}); delete {folder} to retrain this key") from None
+    expected = trained_state(model)
+    if set(state) != set(expected):
+        raise CacheError(
+            f"{file}: stored parameters do not match the model's trainable ones "
+            f"({len(set(state) ^ set(expected))} names differ); delete {folder} to retrain"
+        )
+    shapes = [k for k, v in state.items() if v.shape != expected[k].shape]
+    if shapes:
+        k = shapes[0]
+        raise CacheError(
+            f"{file}: {len(shapes)} stored parameters differ in shape from the model's, e.g. {k} "
+            f"{tuple(state[k].shape)} vs {tuple(expected[k].shape)}; delete {folder} to retrain"
         )
     model.load_state_dict(state, strict=False)
     return json.loads((folder / "metrics.json").read_text())

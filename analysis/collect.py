@@ -176,8 +176,10 @@ def _read_csv(file: Path) -> pd.DataFrame:
 
 
 def _json_row(file: Path, sweep_dir: Path) -> dict:
-    with open(file) as fh:
-        record = json.load(fh)
+    try:
+        record = json.loads(file.read_text())
+    except ValueError as err:  # a job killed mid-write before writes were atomic, or an edited file
+        raise ValueError(f"{file}: malformed JSON ({err}); re-run that job or delete its folder") from None
     if not isinstance(record, dict):
         raise ValueError(f"{file}: expected one JSON object per job, got {type(record).__name__}")
     row = _flatten(record)

@@ -219,6 +219,14 @@ CLI_CASES = {
         "ablate.last=11",
         "hydra.sweep.dir={out}",
     ],
+    # first=6 only ever appears with first > last, so the triangle filter drops every job asking for it
+    "sweep_first_beyond": [
+        "-m",
+        "model=minilm_l6",
+        "ablate.first=0..6",
+        "ablate.last=0..5",
+        "hydra.sweep.dir={out}",
+    ],
     "sweep_method_ablate": [
         "-m",
         "model=minilm_l6",
@@ -279,7 +287,7 @@ def test_cli_rejected_run_writes_nothing(cli):
     assert list(folder.iterdir()) == []  # no run folder, no cache: nothing written, nothing loaded
 
 
-@pytest.mark.parametrize("case", ["sweep_dots", "sweep_study"])
+@pytest.mark.parametrize("case", ["sweep_dots", "sweep_study", "sweep_first_beyond"])
 def test_cli_sweep_beyond_the_model_fails_at_once(cli, case):
     """`0..11` on a 6-layer model: the sweeper rejects it before any job, suggesting 0..5."""
     if case == "sweep_study" and "layer_ablation" not in STUDIES:

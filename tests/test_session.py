@@ -21,6 +21,7 @@ class CountingEvaluator:
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []
+        self.labels = np.array([0, 1, 0])  # three validation examples: cached cells must hold three
 
     def intact(self) -> np.ndarray:
         self.calls.append(("intact",))
