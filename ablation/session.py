@@ -27,7 +27,16 @@ from ablation.data import Encoded, encode, load_task
 from ablation.evaluate import Evaluator
 from ablation.methods import prepare
 from ablation.models import Stages, load_model
-from ablation.train import CacheError, load_trained, save_trained, set_seed, store_path, train, training_key
+from ablation.train import (
+    CacheError,
+    load_trained,
+    save_trained,
+    set_seed,
+    store_path,
+    train,
+    train_once,
+    training_key,
+)
 
 
 @dataclass
@@ -185,20 +194,24 @@ def build_session(cfg: RunConfig) -> Session:
     key = training_key(cfg)
     folder = store_path(cfg.paths.store, key)
     load_seconds = time.perf_counter() - tic
-    trained_now = not (folder / "trained.safetensors").exists()
-    if trained_now:
+
+    def fit() -> dict:
         train_data = base.task_split(cfg.task, "train", cfg.paths.cache, cfg.model.max_length)
         print(f"[train] training {key} ({len(train_data.labels)} examples)", flush=True)
         checkpoint = folder.with_name(folder.name + ".partial.pt")
-        folder.parent.mkdir(parents=True, exist_ok=True)
         metrics = train(model, train_data, cfg.train, cfg.seed, checkpoint)
         metrics["counts"] = counts
         save_trained(model, folder, OmegaConf.to_container(OmegaConf.structured(cfg)), metrics)
         checkpoint.unlink(missing_ok=True)
         print(f"[train] stored in {folder} ({metrics['train_seconds']:.0f} s)", flush=True)
-    else:
+        return metrics
+
+    def load() -> dict:
         metrics = load_trained(model, folder)
         print(f"[train] reusing {folder} (trained in {metrics['train_seconds']:.0f} s)", flush=True)
+        return metrics
+
+    metrics, trained_now = train_once(folder, fit, load)
     model.eval()
     val = base.task_split(cfg.task, "validation", cfg.paths.cache, cfg.model.max_length)
     evaluator = Evaluator(Stages(model, cfg.model.family), val, cfg.eval.batch_size, cfg.eval.precision)

@@ -11,11 +11,13 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -202,6 +204,19 @@ def load_checkpoint(path: Path) -> dict:
 def store_path(store: str | Path, key: str) -> Path:
     """Folder of a training key in the store."""
     return Path(store) / key
+
+
+def train_once(folder: Path, fit: Callable[[], dict], load: Callable[[], dict]) -> tuple[dict, bool]:
+    """fit() (which stores into folder) unless the store has the key, else load(); True if fit ran.
+
+    Under a file lock per key, so parallel jobs that need the same trained parameters (a local pool, a
+    SLURM array) train them exactly once: the first takes the lock and trains, the others wait, then load.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{folder}.lock"):
+        if (folder / "trained.safetensors").exists():
+            return load(), False
+        return fit(), True
 
 
 def save_trained(model: nn.Module, folder: Path, config: dict, metrics: dict) -> None:

@@ -266,3 +266,22 @@ def test_save_trained_replaces_a_folder_without_trained_parameters(family, tmp_p
     (folder / "eval" / "old" / "cell-0-0-both.npy").write_bytes(b"stale")
     save_trained(model, folder, {"seed": 0}, {"steps": 0, "train_seconds": 0.0})
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "metrics.json", "trained.safetensors"]
+
+
+def test_the_same_seed_twice_gives_identical_parameters_metrics_and_predictions(family):
+    """Training is deterministic on the CPU: same seed, same data, same config -> bit-identical results."""
+    data = random_encoded(family, n=48, seed=3, num_labels=2)
+    cfg = TrainConfig(lr=1e-2, epochs=1.0, batch_size=8, precision="fp32")  # dropout on: RNG matters
+    runs = []
+    for _ in range(2):
+        model = adapter_model(family)
+        torch.manual_seed(11)
+        metrics = train(model, data, cfg, seed=0)
+        runs.append((snapshot(model), metrics, logits(model, padded_batch(family)).argmax(-1)))
+    (params_a, metrics_a, preds_a), (params_b, metrics_b, preds_b) = runs
+    assert all(torch.equal(params_a[n], params_b[n]) for n in params_a)
+    drop = ("train_seconds",)  # wall time is the one thing allowed to differ
+    assert {k: v for k, v in metrics_a.items() if k not in drop} == {
+        k: v for k, v in metrics_b.items() if k not in drop
+    }
+    assert torch.equal(preds_a, preds_b)
