@@ -96,6 +96,9 @@ def evaluate_claims(df: pd.DataFrame) -> pd.DataFrame:
                 continue
             found = True
             text, comparisons = measured
+            if not comparisons:  # the rows exist but cannot test the claim (e.g. every model collapsed)
+                rows.append(_row(claim, f"{model} · {task}", text, np.nan, np.nan, np.nan, "inconclusive"))
+                continue
             judged = [(name, *interval(value, reps, LEVEL)) for name, value, reps in comparisons]
             results = [verdict(lo, hi, claim.region) for _, _, lo, hi in judged]
             name, value, lo, hi = judged[_shown(claim.region, [v for _, v, _, _ in judged])]
@@ -120,6 +123,16 @@ def _replicates(groups: list[Group]) -> np.ndarray:
 
 def _accuracy(group: Group) -> float:
     return float(group.correct.mean(axis=1).mean())
+
+
+COLLAPSED = ("every model compared scores at most 1 point above the majority-class rate: the comparison "
+             "cannot test the claim")  # fmt: skip
+
+
+def _collapsed(panel: pd.DataFrame, groups: list[Group]) -> bool:
+    """True when every group is at the majority-class rate (+1 point): untrained or collapsed models."""
+    majority = float(panel["majority_rate"].mean())
+    return np.isfinite(majority) and all(_accuracy(g) <= majority + 0.01 for g in groups)
 
 
 # --- layer ablation ---------------------------------------------------------------------------------
@@ -159,6 +172,8 @@ def _single_layer(panel: pd.DataFrame):
     if not layers:
         return None
     groups = [intact, *(cells[(layer, layer)] for layer in layers)]
+    if _collapsed(panel, [intact]):
+        return f"intact model {100 * _accuracy(intact):.1f}%; {COLLAPSED}", []
     reps = _replicates(groups)
     values = _relative_decrease(_accuracy(intact), np.array([_accuracy(g) for g in groups[1:]]))
     stats = _relative_decrease(reps[:, :1], reps[:, 1:])
@@ -201,6 +216,8 @@ def _lower_vs_upper(panel: pd.DataFrame):
     low, high = cells.get((0, j - 1)), cells.get((n_layers - j, n_layers - 1))
     if low is None or high is None or n_layers - j <= j - 1:
         return None
+    if _collapsed(panel, [intact]):
+        return f"intact model {100 * _accuracy(intact):.1f}%; {COLLAPSED}", []
     reps = _replicates([intact, low, high])
     i, lo_acc, hi_acc = (_accuracy(g) for g in (intact, low, high))
     d_low, d_high = _relative_decrease(i, lo_acc), _relative_decrease(i, hi_acc)
@@ -239,6 +256,8 @@ def _init_robust(panel: pd.DataFrame):
     groups = {s: g for s, g in _settings(panel, "init_std").items() if s <= SMALL_INIT * (1 + 1e-9)}
     if len(groups) < 2:
         return None
+    if _collapsed(panel, list(groups.values())):
+        return COLLAPSED, []
     parts, pairs = _pairs(groups, lambda s: f"σ={s:g}")
     return f"σ ≤ 1e-2: {parts}%", pairs
 
@@ -251,6 +270,8 @@ def _init_degrades(panel: pd.DataFrame):
         return None
     top = max(large)
     keys = [*small, top]
+    if _collapsed(panel, [groups[k] for k in keys]):
+        return COLLAPSED, []
     reps = 100.0 * _replicates([groups[k] for k in keys])
     base = np.mean([100.0 * _accuracy(groups[s]) for s in small])
     at_top = 100.0 * _accuracy(groups[top])
@@ -265,6 +286,8 @@ def _sizes_alike(panel: pd.DataFrame):
     groups = {s: g for s, g in _settings(rows, "adapter_size").items() if int(s) in PAPER_SIZES}
     if len(groups) < 2:
         return None
+    if _collapsed(panel, list(groups.values())):
+        return COLLAPSED, []
     parts, pairs = _pairs(groups, lambda s: f"m={int(s)}")
     return f"{parts}%", pairs
 
@@ -286,6 +309,8 @@ def _near_full(panel: pd.DataFrame):
     chosen = adapters[adapters["adapter_size"] == size]
     task = str(panel["task"].iloc[0])
     f, a = (Group(correctness(r.sort_values("seed")), examples=task) for r in (full, chosen))
+    if _collapsed(panel, [f, a]):
+        return f"adapters m={int(size)} and full fine-tuning: {COLLAPSED}", []
     reps = 100.0 * _replicates([f, a])
     share = 100.0 * float(chosen["trained_params"].iloc[0]) / float(full["trained_params"].iloc[0])
     text = (f"adapters m={int(size)} ({share:.1f}% of full's trained parameters): {100 * _accuracy(a):.1f}%, "
@@ -299,6 +324,8 @@ def _layernorm_cost(panel: pd.DataFrame):
         return None
     task = str(panel["task"].iloc[0])
     f, n = (Group(correctness(r.sort_values("seed")), examples=task) for r in (full, norm))
+    if _collapsed(panel, [f, n]):
+        return f"LayerNorm-only and full fine-tuning: {COLLAPSED}", []
     reps = 100.0 * _replicates([f, n])
     text = f"LayerNorm only {100 * _accuracy(n):.1f}%, full fine-tuning {100 * _accuracy(f):.1f}%"
     return text, [
@@ -311,6 +338,8 @@ def _no_variant_better(panel: pd.DataFrame):
     if "plain" not in groups or len(groups) < 2:
         return None
     names = ["plain", *sorted(v for v in groups if v != "plain")]
+    if _collapsed(panel, [groups[v] for v in names]):
+        return COLLAPSED, []
     reps = 100.0 * _replicates([groups[v] for v in names])
     gains = np.array([100.0 * (_accuracy(groups[v]) - _accuracy(groups["plain"])) for v in names[1:]])
     text = f"plain {100 * _accuracy(groups['plain']):.1f}%; {len(names) - 1} variants, gains {gains.min():+.2f} to {gains.max():+.2f}"

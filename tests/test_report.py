@@ -336,3 +336,16 @@ def test_cli_report_and_help(tmp_path):
     lines = helped.stdout.splitlines()
     for command in ("report", "compare", "figures", "heatmap", "table", "ci"):
         assert sum(line.strip().startswith(command + " ") for line in lines) == 1
+
+
+def test_models_at_the_majority_class_cannot_test_a_claim(tmp_path):
+    """Two collapsed models agree exactly; that is no evidence that adapters match full fine-tuning."""
+    sweep = Sweep(tmp_path / "s", "tradeoff")
+    majority = np.zeros(N, dtype=np.int64)  # the majority label everywhere: accuracy 0.6
+    for seed in (0, 1):
+        sweep.job(majority, method="full", variant=None, adapter_size=None, init_std=None,
+                  trained_params=100_000, seed=seed)  # fmt: skip
+        sweep.job(majority, adapter_size=64, trained_params=3000, seed=seed)
+    row = claim(evaluate_claims(load_runs([tmp_path / "s"]).table), "adapters close to full fine-tuning")
+    assert row["verdict"].tolist() == ["inconclusive"] and row["estimate"].isna().all()
+    assert "cannot test the claim" in row["measured"].iloc[0]
