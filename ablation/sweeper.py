@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import json
 import logging
 import re
 import time
@@ -21,7 +22,9 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ablation.config import ConfigError
+from ablation.atomic import write_text
+from ablation.config import ConfigError, check_writable
+from ablation.results import update_table
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +149,57 @@ def expand_layer_ranges(
     return out
 
 
+PLAN = "cell_plan.json"
+
+
+def _group_key(job: list[str]) -> str:
+    """What identifies a job's group: its overrides other than ablate.first/last, in a fixed order."""
+    return " ".join(sorted(arg for arg in job if arg.split("=", 1)[0] not in ABLATE_KEYS))
+
+
+def write_cell_plan(sweep_dir: Path, jobs: list[list[str]]) -> None:
+    """Record each group's cells in sweep order, so whichever job of a group runs first computes them all."""
+    plan: dict[str, list[list[int]]] = defaultdict(list)
+    for job in jobs:
+        values = _job_dict(job)
+        if all(k in values for k in ABLATE_KEYS):
+            plan[_group_key(job)].append([int(values[k]) for k in ABLATE_KEYS])
+    write_text(sweep_dir / PLAN, json.dumps(plan, indent=1, sort_keys=True))
+
+
+def planned_cells(sweep_dir: Path, overrides: list[str]) -> list[tuple[int, int]]:
+    """The cells (first, last) of the group of the job with these overrides; [] outside a planned sweep."""
+    path = sweep_dir / PLAN
+    if not path.exists():
+        return []
+    try:
+        plan = json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"{path}: malformed sweep plan; delete it and run the sweep again") from None
+    return [tuple(cell) for cell in plan.get(_group_key(list(overrides)), [])]
+
+
+# Launcher options we check before any job starts: name -> (test, what is allowed). Hydra checks the types.
+LAUNCHER_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "n_jobs": (lambda v: v != 0, "a non-zero integer (-1: one job per CPU)"),
+    "timeout_min": (lambda v: v > 0, "a positive number of minutes"),
+    "cpus_per_task": (lambda v: v is None or v > 0, "null or a positive integer"),
+    "gpus_per_node": (lambda v: v is None or v >= 0, "null or an integer >= 0"),
+    "mem_gb": (lambda v: v is None or v > 0, "null or a positive integer"),
+    "array_parallelism": (lambda v: v > 0, "a positive integer"),
+    "nodes": (lambda v: v > 0, "a positive integer"),
+    "tasks_per_node": (lambda v: v > 0, "a positive integer"),
+    "partition": (lambda v: v is None or bool(str(v).strip()), "null or a partition name"),
+}
+
+
+def check_launcher(launcher: DictConfig) -> None:
+    """Raise ConfigError naming the first launcher option outside what is allowed."""
+    for name, (ok, allowed) in LAUNCHER_OPTIONS.items():
+        if name in launcher and not ok(launcher[name]):
+            raise ConfigError(f"hydra.launcher.{name}={launcher[name]!r} is not allowed: {allowed}")
+
+
 class AblationSweeper(Sweeper):
     """Hydra's basic sweep plus ranges, a union of grids, the lower-triangle filter, up-front checks, figures."""
 
@@ -177,6 +231,9 @@ class AblationSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         """Expand, filter and check every job, then launch them and draw the sweep's heatmap."""
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        check_launcher(self.config.hydra.launcher)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        check_writable("hydra.sweep.dir", str(sweep_dir))
         loader = self.hydra_context.config_loader
         jobs = build_jobs(self.params, self.grids, arguments, OverridesParser.create(config_loader=loader))
         jobs = expand_layer_ranges(jobs, self._num_layers)
@@ -197,9 +254,9 @@ class AblationSweeper(Sweeper):
 
         size = self.max_batch_size or max(len(jobs), 1)
         batches = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-        sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        write_cell_plan(sweep_dir, jobs)
 
         returns, start = [], 0
         for batch in batches:
@@ -208,6 +265,7 @@ class AblationSweeper(Sweeper):
                 _ = r.return_value  # re-raises a failed job's exception
             start += len(batch)
             returns.append(results)
+        update_table(sweep_dir)  # every row, whichever launcher (process, node) wrote it
         self._draw(sweep_dir)
         return returns
 
@@ -241,9 +299,9 @@ class AblationSweeper(Sweeper):
                 run = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), cfg))
                 composed[group] = (run, base)
             run, base = composed[group]
-            if "seed" in values and not re.fullmatch(r"-?\d+", values["seed"]):
+            if "seed" in values and not re.fullmatch(r"\d+", values["seed"]):
                 raise ConfigError(
-                    f"seed={values['seed']!r} is not allowed: an integer (seeds sweep as seed=0..2)"
+                    f"seed={values['seed']!r} is not allowed: an integer >= 0 (seeds sweep as seed=0..2)"
                 )
             first, last = (int(values[k]) if k in values else base[k] for k in ABLATE_KEYS)
             layers[run.model.name] = run.model.num_layers

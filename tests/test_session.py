@@ -47,12 +47,29 @@ def test_predictions_are_computed_once_and_reused_from_disk(tmp_path):
     first = _session(tmp_path, trained_now=False)
     preds, computed = first.predictions(AblateConfig(2, 4))
     assert computed and preds.tolist() == [2, 4, 0]
-    assert first.predictions(None)[1] and (tmp_path / "intact.npy").exists()
+    assert first.evaluator.calls == [("intact",), (2, 4, "both")]  # the intact pass comes first, once
+    assert not first.predictions(None)[1] and (tmp_path / "intact.npy").exists()
     again = _session(tmp_path, trained_now=False)  # a re-run in a new process
     preds, computed = again.predictions(AblateConfig(2, 4))
     assert not computed and preds.tolist() == [2, 4, 0]
     assert again.predictions(AblateConfig(2, 4, "attention"))[1]  # another position is another cell
     assert again.evaluator.calls == [(2, 4, "attention")]
+    assert sorted(p.name for p in tmp_path.glob("*.npy")) == [
+        "cell-2-4-attention.npy", "cell-2-4-both.npy", "intact.npy"]  # fmt: skip
+
+
+def test_the_first_job_of_a_group_computes_every_cell_of_it_in_sweep_order(tmp_path):
+    """Whichever job of a sweep group gets there first computes the group's cells; the others read them."""
+    group = [(0, 0), (0, 1), (1, 1)]
+    (tmp_path / ".cell-0-0-both.4242.tmp.npy").write_bytes(b"half")  # a write killed before its rename
+    late = _session(tmp_path, trained_now=False)
+    preds, computed = late.predictions(AblateConfig(1, 1), group)
+    assert computed and preds.tolist() == [1, 1, 0]
+    assert late.evaluator.calls == [("intact",), (0, 0, "both"), (0, 1, "both"), (1, 1, "both")]
+    other = _session(tmp_path, trained_now=False)  # another worker, another job of the group
+    assert [other.predictions(AblateConfig(*c), group)[1] for c in group] == [False] * 3
+    assert other.evaluator.calls == []
+    assert not list(tmp_path.glob(".*tmp*"))  # the killed writer's leftover is gone
 
 
 # --- Base: one pretrained model per process, reset between training keys ---
