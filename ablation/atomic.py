@@ -15,9 +15,9 @@ from filelock import FileLock
 
 
 def lock(path: Path) -> FileLock:
-    """The inter-process lock of a cached item (`<path>.lock` beside it)."""
+    """The inter-process lock of a cached item (`.<name>.lock` beside it; the file stays, empty)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(f"{path}.lock")
+    return FileLock(path.with_name(f".{path.name}.lock"))
 
 
 def remove_stale(folder: Path, pattern: str) -> list[Path]:

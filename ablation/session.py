@@ -114,6 +114,7 @@ class Session:
     cell_dir: Path
     timings: dict = field(default_factory=dict)
     _training_reported: bool = False
+    _computed: set = field(default_factory=set)  # cells this process computed (not read from the cache)
 
     def report_training(self) -> bool:
         """True for the first job of the session when it trained (later jobs reused the result)."""
@@ -123,7 +124,7 @@ class Session:
     def predictions(
         self, ablate: AblateConfig | None, group: Sequence[tuple[int, int]] = ()
     ) -> tuple[np.ndarray, bool]:
-        """Predictions for the intact model (None) or an ablation; True when this call computed them.
+        """Predictions for the intact model (None) or an ablation; True when this process computed them.
 
         Cached on disk under a lock per (training key, evaluation): a cell that another process is
         computing is waited for, then read. `group` lists the cells of this job's sweep group (jobs that
@@ -135,19 +136,17 @@ class Session:
         first = None if ablate is None else ablate.first
         own = None if first is None else (first, ablate.last)
         path = self._path(own, positions)
-        if path.exists():
-            return read_predictions(path, len(self.evaluator.labels)), False
-        with lock(self.cell_dir / "cells"):
-            remove_stale(self.cell_dir, ".*.tmp.npy")  # a write killed before its rename
-            if path.exists():  # computed by another process while this one waited
-                return read_predictions(path, len(self.evaluator.labels)), False
-            # the intact pass first: every cell starts from its hidden states
-            cells = dict.fromkeys([None, *group, own])
-            todo = [c for c in cells if not self._path(c, positions).exists()]
-            for cell in tqdm(todo, desc="eval cells", disable=len(todo) < 2, dynamic_ncols=True):
-                preds = self.evaluator.intact() if cell is None else self.evaluator.cell(*cell, positions)
-                save_array(self._path(cell, positions), preds.astype(np.int16))
-        return read_predictions(path, len(self.evaluator.labels)), True
+        if not path.exists():
+            with lock(self.cell_dir / "cells"):
+                remove_stale(self.cell_dir, ".*.tmp.npy")  # a write killed before its rename
+                # the intact pass first (every cell starts from its hidden states), then the group's cells
+                cells = dict.fromkeys([None, *(group if own else ()), own])
+                todo = [c for c in cells if not self._path(c, positions).exists()]
+                for cell in tqdm(todo, desc="eval cells", disable=len(todo) < 2, dynamic_ncols=True):
+                    preds = self.evaluator.intact() if cell is None else self.evaluator.cell(*cell, positions)
+                    save_array(self._path(cell, positions), preds.astype(np.int16))
+                    self._computed.add((cell, positions))
+        return read_predictions(path, len(self.evaluator.labels)), (own, positions) in self._computed
 
     def _path(self, cell: tuple[int, int] | None, positions: str) -> Path:
         name = "intact" if cell is None else f"cell-{cell[0]}-{cell[1]}-{positions}"

@@ -130,3 +130,16 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 def family(request) -> str:
     """Each test using it runs once per model family."""
     return request.param
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory):
+    """The tiny model and toy task on disk (tests/e2e.py), their dataset cache, and an uninterrupted
+    sequential sweep of its 4 cells: (conf dir, cache, sweep dir). Built once per test session."""
+    from e2e import CELLS, command, run, write_toy
+
+    root = tmp_path_factory.mktemp("toy")
+    conf = write_toy(root)
+    done = run(command(conf, root / "sequential", root / "store", root / "cache", *CELLS))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return conf, root / "cache", root / "sequential"

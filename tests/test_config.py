@@ -236,6 +236,27 @@ CLI_CASES = {
         "hydra.sweep.dir={out}",
     ],
     "sweep_bad_k": ["-m", "model=minilm_l6", "method=top_k", "method.k=1..7", "hydra.sweep.dir={out}"],
+    # launcher options, a store that cannot be created, a negative seed: named before anything runs
+    "launcher_n_jobs": [
+        "-m",
+        "model=minilm_l6",
+        "seed=0,1",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=0",
+        "hydra.sweep.dir={out}",
+    ],
+    "launcher_timeout": [
+        "-m",
+        "model=minilm_l6",
+        "seed=0,1",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=0",
+        "hydra.sweep.dir={out}",
+    ],
+    "store_under_a_file": ["paths.store=/etc/hostname/store", "hydra.run.dir={out}"],
+    "seed_negative_sweep": ["-m", "model=minilm_l6", "seed=-1..1", "hydra.sweep.dir={out}"],
+    "seed_negative_run": ["seed=-3", "hydra.run.dir={out}"],
+    "unknown_task": ["task=imdb", "hydra.run.dir={out}"],
     "dry_run": [
         "-m",
         "study=tradeoff",
@@ -303,6 +324,26 @@ def test_cli_sweep_beyond_the_model_fails_at_once(cli, case):
 @pytest.mark.parametrize(("case", "words"), [("sweep_method_ablate", ["ablate.first", "has none"]),
                                              ("sweep_bad_k", ["method.k=7", "L=6"])])  # fmt: skip
 def test_cli_bad_sweep_is_one_line_and_writes_nothing(cli, case, words):
+    folder, returncode, output = cli[case]
+    assert returncode != 0
+    for word in words:
+        assert word in output, output[-2000:]
+    assert "Traceback" not in output
+    assert list(folder.iterdir()) == []
+
+
+BAD_CLI = [
+    ("launcher_n_jobs", ["hydra.launcher.n_jobs=0 is not allowed", "non-zero"]),
+    ("launcher_timeout", ["hydra.launcher.timeout_min=0 is not allowed", "positive"]),
+    ("store_under_a_file", ["paths.store='/etc/hostname/store' is not allowed", "is a file"]),
+    ("seed_negative_sweep", ["seed=-1 is not allowed", "integer >= 0"]),
+    ("seed_negative_run", ["seed=-3 is not allowed", "integer >= 0"]),
+    ("unknown_task", ["task/imdb", "rotten_tomatoes"]),
+]
+
+
+@pytest.mark.parametrize(("case", "words"), BAD_CLI, ids=[c for c, _ in BAD_CLI])
+def test_cli_bad_input_is_named_in_one_line_and_nothing_is_written(cli, case, words):
     folder, returncode, output = cli[case]
     assert returncode != 0
     for word in words:

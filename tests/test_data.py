@@ -251,7 +251,7 @@ def test_fetch_extracts_member_and_checks_sha256(tmp_path, monkeypatch, no_pip):
     assert (folder / "demo.csv").read_bytes() == PAYLOAD
     assert not (folder / "other.txt").exists()
     assert (folder / ".complete").exists()
-    assert sorted(p.name for p in (cache / "artifacts").iterdir()) == ["demo", "demo.lock"]  # no temp folder
+    assert sorted(p.name for p in (cache / "artifacts").iterdir()) == [".demo.lock", "demo"]  # no temp folder
     assert sources.artifact_path("demo", cache) == folder / "demo.csv"
     # a complete folder is reused without the wheel
     (cache / "downloads" / "demo_pkg-0.1.0-py3-none-any.whl").unlink()
@@ -300,7 +300,7 @@ def test_fetch_wrong_sha256_leaves_no_complete_folder(tmp_path, monkeypatch, no_
     ):
         fetch("demo", cache)
     assert not (cache / "artifacts" / "demo").exists()
-    assert [p.name for p in (cache / "artifacts").rglob("*")] == ["demo.lock"]  # no partial extraction
+    assert [p.name for p in (cache / "artifacts").rglob("*")] == [".demo.lock"]  # no partial extraction
 
 
 def test_fetch_unknown_artifact(tmp_path):

@@ -48,7 +48,7 @@ def test_predictions_are_computed_once_and_reused_from_disk(tmp_path):
     preds, computed = first.predictions(AblateConfig(2, 4))
     assert computed and preds.tolist() == [2, 4, 0]
     assert first.evaluator.calls == [("intact",), (2, 4, "both")]  # the intact pass comes first, once
-    assert not first.predictions(None)[1] and (tmp_path / "intact.npy").exists()
+    assert first.predictions(None)[1] and (tmp_path / "intact.npy").exists()  # computed by this process
     again = _session(tmp_path, trained_now=False)  # a re-run in a new process
     preds, computed = again.predictions(AblateConfig(2, 4))
     assert not computed and preds.tolist() == [2, 4, 0]
@@ -66,6 +66,7 @@ def test_the_first_job_of_a_group_computes_every_cell_of_it_in_sweep_order(tmp_p
     preds, computed = late.predictions(AblateConfig(1, 1), group)
     assert computed and preds.tolist() == [1, 1, 0]
     assert late.evaluator.calls == [("intact",), (0, 0, "both"), (0, 1, "both"), (1, 1, "both")]
+    assert [late.predictions(AblateConfig(*c), group)[1] for c in group] == [True] * 3  # by this process
     other = _session(tmp_path, trained_now=False)  # another worker, another job of the group
     assert [other.predictions(AblateConfig(*c), group)[1] for c in group] == [False] * 3
     assert other.evaluator.calls == []
