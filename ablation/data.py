@@ -90,7 +90,7 @@ def read_csv_task(cfg: TaskConfig) -> pd.DataFrame:
     bad = ~labels.isin(range(cfg.num_labels))
     if bad.any():
         raise ConfigError(
-            f"task.path={cfg.path!r}: label {df['label'][bad].iloc[0]!r} in row {int(bad.idxmax())} is not "
+            f"task.path={cfg.path!r}: label {str(df['label'][bad].iloc[0])!r} in row {int(bad.idxmax())} is not "
             f"an integer in 0..{cfg.num_labels - 1} (task.num_labels={cfg.num_labels})"
         )
     out = df[list(cfg.text_fields)].astype(str)

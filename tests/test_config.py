@@ -139,6 +139,13 @@ BAD_VALUES = [
     (["adapter.depth=0"], "adapter.depth"),
     (["adapter.placement=sideways"], "adapter.placement"),
     (["adapter.combine=concat"], "adapter.combine"),
+    (["train.lr=0"], "train.lr=0.0 is not allowed"),
+    (["train.epochs=0"], "train.epochs=0.0 is not allowed"),
+    (["train.max_steps=0"], "train.max_steps=0 is not allowed"),
+    (["seed=-3"], "seed=-3 is not allowed"),
+    (["task.source=csv", "task.path=missing.csv"], "task.path='missing.csv' is not allowed: an existing CSV"),
+    (["task.source=glue", "task.glue_name=null"], "task.glue_name=None is not allowed"),
+    (["paths.store=/etc/hostname/store"], "/etc/hostname is a file"),
 ]  # fmt: skip
 
 

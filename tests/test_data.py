@@ -394,3 +394,21 @@ def test_load_task_tweets():
     assert len(shares) == 3
     assert shares.argmax() == 0  # negative is the majority
     assert shares[0] == pytest.approx(0.424, abs=5e-4)
+
+
+def test_csv_task_is_split_like_the_offline_tasks_and_bad_labels_are_named(tmp_path):
+    from ablation.config import ConfigError, TaskConfig
+    from ablation.data import load_task
+
+    path = tmp_path / "mine.csv"
+    pd.DataFrame({"text": [f"s{i}" for i in range(30)], "label": [i % 3 for i in range(30)]}).to_csv(path)
+    cfg = TaskConfig(name="mine", source="csv", path=str(path), num_labels=3, validation_size=10)
+    data = load_task(cfg, tmp_path / "cache")
+    assert (len(data["train"]), len(data["validation"])) == (20, 10)
+    assert sorted([*data["train"]["text"], *data["validation"]["text"]]) == sorted(f"s{i}" for i in range(30))
+    pd.DataFrame({"text": ["a", "b"], "label": [0, 3]}).to_csv(path)
+    with pytest.raises(ConfigError, match=r"label '3' in row 1 is not an integer in 0..2"):
+        load_task(cfg, tmp_path / "cache")  # the file changed: another cache entry, checked anew
+    pd.DataFrame({"sentence": ["a", "b"], "label": [0, 1]}).to_csv(path)
+    with pytest.raises(ConfigError, match=r"no column \['text'\]"):
+        load_task(cfg, tmp_path / "cache")
