@@ -22,7 +22,8 @@ PLACEMENTS = ("serial", "parallel")
 COMBINES = ("add", "multiply")
 METHODS = ("adapters", "top_k", "layernorm", "full")
 ABLATE_POSITIONS = ("both", "attention", "output")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")  # auto: ablation.precision decides per machine
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class ConfigError(CompactHydraException, ValueError):
@@ -178,6 +179,8 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
+    # fp32 by default even where bf16 is faster: with auto, the trained parameters (and every number
+    # downstream) would depend on the machine that ran the job. auto is there to opt in.
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
@@ -196,7 +199,7 @@ class EvalConfig:
     """Evaluation settings; not part of the training key."""
 
     batch_size: int = 64
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 where this machine runs it clearly faster (ablation.precision), else fp32
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "eval.batch_size", self.batch_size, "a positive integer")
@@ -282,8 +285,10 @@ class RunConfig:
     ablate: AblateConfig = field(default_factory=AblateConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
+    device: str = "auto"  # auto: CUDA when torch sees it, else the CPU
 
     def __post_init__(self) -> None:
+        _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
         L = self.model.num_layers
         if self.method.name == "top_k":

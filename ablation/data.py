@@ -228,6 +228,13 @@ def collate(data: Encoded, index: np.ndarray) -> dict[str, torch.Tensor]:
     return batch
 
 
+def to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    """The batch on `device`: from pinned memory, without waiting, on CUDA; unchanged on the CPU."""
+    if device == "cpu":
+        return batch
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def compute_metrics(metric: str, labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
     """Accuracy always, plus the task's official metric (scikit-learn's implementation)."""
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef

@@ -15,20 +15,23 @@ import torch
 from tqdm.auto import tqdm
 
 from ablation.adapters import set_ablation
-from ablation.data import Encoded, collate, eval_batches
+from ablation.data import Encoded, collate, eval_batches, to_device
 from ablation.models import Stages
-from ablation.train import autocast
+from ablation.precision import autocast
 
 
 class Evaluator:
     """Predictions on one tokenized split, for the intact model and any ablation cell."""
 
-    def __init__(self, stages: Stages, data: Encoded, batch_size: int, precision: str) -> None:
+    def __init__(
+        self, stages: Stages, data: Encoded, batch_size: int, precision: str, device: str = "cpu"
+    ) -> None:
         self.stages = stages
         self.data = data
         self.precision = precision
+        self.device = device
         self.index = eval_batches(data, batch_size)
-        self.batches = [collate(data, i) for i in self.index]
+        self.batches = [to_device(collate(data, i), device) for i in self.index]
         self.order = np.concatenate(self.index)
         self.layer_passes = 0  # counts one layer over the whole split as 1/L of a full pass
         self._ctx: list[dict] | None = None
@@ -46,14 +49,14 @@ class Evaluator:
 
     def _unsort(self, preds: list[torch.Tensor]) -> np.ndarray:
         out = np.empty(len(self.order), dtype=np.int64)
-        out[self.order] = torch.cat(preds).numpy()
+        out[self.order] = torch.cat(preds).cpu().numpy()  # the one copy to the host per pass
         return out
 
     @torch.inference_mode()
     def _run_from(self, k: int, states: list[torch.Tensor]) -> np.ndarray:
         """Run layers k..L-1 from per-batch states and return predictions (dataset order)."""
         preds = []
-        with autocast(self.precision):
+        with autocast(self.precision, self.device):
             for b, h in enumerate(states):
                 for i in range(k, self.stages.num_layers):
                     h = self._layer(i, h, b)
@@ -68,7 +71,7 @@ class Evaluator:
         L = self.stages.num_layers
         boundary = [[] for _ in range(L + 1)]
         self._ctx, preds = [], []
-        with autocast(self.precision):
+        with autocast(self.precision, self.device):
             for b, batch in enumerate(
                 tqdm(self.batches, desc="eval intact", leave=False, dynamic_ncols=True)
             ):
@@ -94,7 +97,7 @@ class Evaluator:
             start, states = chain[2] + 1, chain[3]
         else:
             start, states = first, self._boundary[first]
-        with autocast(self.precision):
+        with autocast(self.precision, self.device):
             for i in range(start, last + 1):
                 states = [self._layer(i, h, b) for b, h in enumerate(states)]
         self.layer_passes += last + 1 - start
@@ -111,7 +114,7 @@ class Evaluator:
         layers = range(first, last + 1) if first is not None else ()
         set_ablation(self.stages.model, layers, positions)
         preds = []
-        with autocast(self.precision):
+        with autocast(self.precision, self.device):
             for batch in self.batches:
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
                 preds.append(self.stages.model(**inputs).logits.argmax(-1))

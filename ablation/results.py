@@ -67,6 +67,7 @@ class ResultRow:
     lr: float
     train_precision: str
     eval_precision: str
+    device: str  # cpu or cuda: where the job trained and evaluated
     train_key: str
     trained_now: bool
     cell_computed: bool

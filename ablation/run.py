@@ -29,7 +29,7 @@ from ablation.results import (
     versions,
     write_job,
 )
-from ablation.session import open_session
+from ablation.session import open_session, resolve
 from ablation.sweeper import RangeError, expand_arguments, planned_cells
 
 log = logging.getLogger("ablation")
@@ -60,7 +60,7 @@ def main(dcfg: DictConfig) -> float:
     tic = time.perf_counter()
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
-    cfg = to_run_config(dcfg, job_dir)
+    cfg = resolve(to_run_config(dcfg, job_dir))  # device and precisions for this machine
 
     multirun = hc.mode == RunMode.MULTIRUN
     session = open_session(cfg)
@@ -106,6 +106,7 @@ def main(dcfg: DictConfig) -> float:
         lr=cfg.train.lr,
         train_precision=cfg.train.precision,
         eval_precision=cfg.eval.precision,
+        device=cfg.device,
         train_key=session.key,
         trained_now=trained_now,
         cell_computed=computed,

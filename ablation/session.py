@@ -9,6 +9,7 @@ kept on disk beside the trained parameters, so a re-run computes nothing new.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -29,6 +30,7 @@ from ablation.data import Encoded, encode, load_task
 from ablation.evaluate import Evaluator
 from ablation.methods import prepare
 from ablation.models import Stages, load_model
+from ablation.precision import resolve_device, resolve_precision
 from ablation.train import (
     load_trained,
     save_trained,
@@ -168,15 +170,48 @@ def read_predictions(path: Path, n: int) -> np.ndarray:
 
 
 _CURRENT: Session | None = None
+_RESOLVED: dict[tuple, str] = {}  # (field, requested, device, cache) -> precision, once per process
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """The config with `device` and the precisions resolved for this machine, before any key is formed.
+
+    Logged once per process; the row records the resolved values, and they enter the training key and the
+    evaluation cache key, so cells computed in one precision are never read as the other.
+    """
+    device = resolve_device(cfg.device)
+    chosen = {}
+    for name in ("train", "eval"):
+        requested = getattr(cfg, name).precision
+        memo = (name, requested, device, cfg.paths.cache)
+        if memo not in _RESOLVED:
+            _RESOLVED[memo], why = resolve_precision(requested, device, cfg.paths.cache)
+            print(f"[precision] {name}: {_RESOLVED[memo]} on {device} ({why})", flush=True)
+        chosen[name] = _RESOLVED[memo]
+    return dataclasses.replace(
+        cfg,
+        device=device,
+        train=dataclasses.replace(cfg.train, precision=chosen["train"]),
+        eval=dataclasses.replace(cfg.eval, precision=chosen["eval"]),
+    )
 
 
 def _session_id(cfg: RunConfig) -> str:
-    spec = {"key": training_key(cfg), "eval": asdict(cfg.eval), "paths": asdict(cfg.paths)}
+    spec = {"key": training_key(cfg), "eval": eval_spec(cfg), "paths": asdict(cfg.paths)}
     return json.dumps(spec, sort_keys=True)
 
 
+def eval_spec(cfg: RunConfig) -> dict:
+    """What evaluation results depend on besides the data and the trained parameters: batch size and
+    precision, and the device when it is not the CPU (so caches made before devices existed stay valid)."""
+    spec = asdict(cfg.eval)
+    if cfg.device != "cpu":
+        spec["device"] = cfg.device
+    return spec
+
+
 def open_session(cfg: RunConfig) -> Session:
-    """The current process's session for this config, built (and trained, once) if needed."""
+    """The current process's session for this (resolved) config, built (and trained, once) if needed."""
     global _CURRENT
     if _CURRENT is not None and _session_id(_CURRENT.cfg) == _session_id(cfg):
         return _CURRENT
@@ -192,6 +227,7 @@ def build_session(cfg: RunConfig) -> Session:
     model = base.fresh_model(cfg.seed)
     adapter = asdict(cfg.adapter) if cfg.method.name == "adapters" else None
     counts = prepare(model, cfg.model.family, cfg.method.name, cfg.method.k, adapter)
+    model.to(cfg.device)  # the shared model stays there; a no-op on the CPU
     kinds = ", ".join(
         f"{kind} {n:,}" for kind, n in counts.items() if kind not in ("total", "trainable") and n
     )
@@ -208,7 +244,7 @@ def build_session(cfg: RunConfig) -> Session:
         train_data = base.task_split(cfg.task, "train", cfg.paths.cache, cfg.model.max_length)
         print(f"[train] training {key} ({len(train_data.labels)} examples)", flush=True)
         checkpoint = folder.with_name(folder.name + ".partial.pt")
-        metrics = train(model, train_data, cfg.train, cfg.seed, checkpoint)
+        metrics = train(model, train_data, cfg.train, cfg.seed, checkpoint, cfg.device)
         metrics["counts"] = counts
         save_trained(model, folder, OmegaConf.to_container(OmegaConf.structured(cfg)), metrics)
         checkpoint.unlink(missing_ok=True)
@@ -223,9 +259,10 @@ def build_session(cfg: RunConfig) -> Session:
     metrics, trained_now = train_once(folder, fit, load)
     model.eval()
     val = base.task_split(cfg.task, "validation", cfg.paths.cache, cfg.model.max_length)
-    evaluator = Evaluator(Stages(model, cfg.model.family), val, cfg.eval.batch_size, cfg.eval.precision)
-    eval_spec = json.dumps({"data": val.fingerprint(), **asdict(cfg.eval)}, sort_keys=True)
-    cell_dir = folder / "eval" / hashlib.sha256(eval_spec.encode()).hexdigest()[:12]
+    stages = Stages(model, cfg.model.family)
+    evaluator = Evaluator(stages, val, cfg.eval.batch_size, cfg.eval.precision, cfg.device)
+    spec = json.dumps({"data": val.fingerprint(), **eval_spec(cfg)}, sort_keys=True)
+    cell_dir = folder / "eval" / hashlib.sha256(spec.encode()).hexdigest()[:12]
     cell_dir.mkdir(parents=True, exist_ok=True)
     with lock(cell_dir / "cells"):
         save_array(cell_dir / "labels.npy", val.labels.astype(np.int16))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -23,9 +22,10 @@ from tqdm.auto import tqdm
 
 from ablation.atomic import lock, remove_stale
 from ablation.config import AdapterConfig, CacheError, RunConfig, TrainConfig
-from ablation.data import Encoded, collate, train_batches
+from ablation.data import Encoded, collate, to_device, train_batches
 from ablation.dropout import use_fast_dropout
 from ablation.methods import trained_state
+from ablation.precision import autocast, resolve_device
 from ablation.sources import sha256_file
 
 # Bump when a code change alters what training produces, so old stored adapters are not reused.
@@ -39,13 +39,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def autocast(precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on the CPU, or nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 # Adapter fields that joined the key after store version 2: they enter it only when they differ from
@@ -67,6 +60,13 @@ def training_key(cfg: RunConfig) -> str:
         spec["task"].pop("path")
     else:  # a local file: its content, not only its name, decides what is trained
         spec["task"]["sha256"] = sha256_file(Path(cfg.task.path).expanduser())
+    if cfg.train.precision == "auto":
+        raise ValueError(
+            "train.precision=auto must be resolved for this machine first (ablation.session.resolve)"
+        )
+    device = resolve_device(cfg.device)
+    if device != "cpu":  # other kernels, another RNG: other trained parameters (CPU keys stay as they were)
+        spec["device"] = device
     if cfg.method.name == "adapters":
         plain = AdapterConfig()
         spec["adapter"] = {
@@ -113,9 +113,14 @@ def batch_plan(data: Encoded, batch_size: int, steps: int, seed: int) -> list[np
 
 
 def train(
-    model: nn.Module, data: Encoded, cfg: TrainConfig, seed: int, checkpoint: Path | None = None
+    model: nn.Module,
+    data: Encoded,
+    cfg: TrainConfig,
+    seed: int,
+    checkpoint: Path | None = None,
+    device: str = "cpu",
 ) -> dict:
-    """Train the parameters that require grad, resuming from `checkpoint` if one is there.
+    """Train the parameters that require grad (of a model on `device`), resuming from `checkpoint` if there.
 
     A non-finite loss or gradient norm stops training before that step's update: the parameters
     stay those of the last finite step, and the metrics say `diverged` and at which step.
@@ -135,6 +140,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"])
         start, losses, spent = state["step"], state["losses"], state["seconds"]
         print(f"[train] resuming from step {start} of {total} ({checkpoint})", flush=True)
     model.train()
@@ -143,8 +150,8 @@ def train(
     diverged_step, steps_done = None, total
     bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
     for step in range(start, total):
-        batch = collate(data, plan[step])
-        with autocast(cfg.precision):
+        batch = to_device(collate(data, plan[step]), device)
+        with autocast(cfg.precision, device):
             loss = model(**batch).loss
         if torch.isfinite(loss):
             loss.backward()
@@ -167,6 +174,7 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state()} if device == "cuda" else {}),
                 "step": step + 1,
                 "losses": losses,
                 "seconds": spent + time.perf_counter() - tic,
