@@ -200,9 +200,18 @@ class EvalConfig:
 
     batch_size: int = 64
     precision: str = "auto"  # bf16 where this machine runs it clearly faster (ablation.precision), else fp32
+    # Hidden states the evaluator may hold, in GiB; beyond it, it works shard by shard. None: a quarter of the
+    # host's RAM on the CPU, 40% of the free GPU memory on CUDA.
+    memory_gb: float | None = None
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "eval.batch_size", self.batch_size, "a positive integer")
+        _check(
+            self.memory_gb is None or self.memory_gb > 0,
+            "eval.memory_gb",
+            self.memory_gb,
+            "None or > 0 (GiB)",
+        )
         _check(self.precision in PRECISIONS, "eval.precision", self.precision, f"one of {PRECISIONS}")
 
 

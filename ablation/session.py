@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -144,10 +145,12 @@ class Session:
                 # the intact pass first (every cell starts from its hidden states), then the group's cells
                 cells = dict.fromkeys([None, *(group if own else ()), own])
                 todo = [c for c in cells if not self._path(c, positions).exists()]
-                for cell in tqdm(todo, desc="eval cells", disable=len(todo) < 2, dynamic_ncols=True):
-                    preds = self.evaluator.intact() if cell is None else self.evaluator.cell(*cell, positions)
+                bar = tqdm(total=len(todo), desc="eval cells", disable=len(todo) < 2, dynamic_ncols=True)
+                for cell, preds in self.evaluator.predict(todo, positions):
                     save_array(self._path(cell, positions), preds.astype(np.int16))
                     self._computed.add((cell, positions))
+                    bar.update()
+                bar.close()
         return read_predictions(path, len(self.evaluator.labels)), (own, positions) in self._computed
 
     def _path(self, cell: tuple[int, int] | None, positions: str) -> Path:
@@ -180,6 +183,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
     evaluation cache key, so cells computed in one precision are never read as the other.
     """
     device = resolve_device(cfg.device)
+    if device == "cuda":  # fp32 matmuls on TF32 tensor cores (device keys are apart from CPU keys anyway)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     chosen = {}
     for name in ("train", "eval"):
         requested = getattr(cfg, name).precision
@@ -201,10 +206,22 @@ def _session_id(cfg: RunConfig) -> str:
     return json.dumps(spec, sort_keys=True)
 
 
+def memory_budget(memory_gb: float | None, device: str) -> float:
+    """Bytes the evaluator may hold in hidden states: eval.memory_gb, or a share of the device's memory
+    (a quarter of the host's RAM on the CPU; 40% of what is free on the GPU, beside the model)."""
+    if memory_gb is not None:
+        return memory_gb * 2**30
+    if device == "cuda":
+        return 0.4 * torch.cuda.mem_get_info()[0]
+    return 0.25 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def eval_spec(cfg: RunConfig) -> dict:
     """What evaluation results depend on besides the data and the trained parameters: batch size and
-    precision, and the device when it is not the CPU (so caches made before devices existed stay valid)."""
+    precision, and the device when it is not the CPU (so caches made before devices existed stay valid).
+    The memory budget is not in it: sharded and unsharded evaluation give the same predictions."""
     spec = asdict(cfg.eval)
+    spec.pop("memory_gb")
     if cfg.device != "cpu":
         spec["device"] = cfg.device
     return spec
@@ -260,7 +277,11 @@ def build_session(cfg: RunConfig) -> Session:
     model.eval()
     val = base.task_split(cfg.task, "validation", cfg.paths.cache, cfg.model.max_length)
     stages = Stages(model, cfg.model.family)
-    evaluator = Evaluator(stages, val, cfg.eval.batch_size, cfg.eval.precision, cfg.device)
+    budget = memory_budget(cfg.eval.memory_gb, cfg.device)
+    evaluator = Evaluator(stages, val, cfg.eval.batch_size, cfg.eval.precision, cfg.device, budget)
+    if evaluator.sharded:
+        print(f"[eval] states of {len(val.labels)} examples exceed eval.memory_gb={budget / 2**30:.2f}: "
+              f"{len(evaluator.shards)} shards", flush=True)  # fmt: skip
     spec = json.dumps({"data": val.fingerprint(), **eval_spec(cfg)}, sort_keys=True)
     cell_dir = folder / "eval" / hashlib.sha256(spec.encode()).hexdigest()[:12]
     cell_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,9 @@ POSITIONS = ("both", "attention", "output")
 CELLS = [(first, last) for first in range(L) for last in range(first, L)]  # sweep order
 
 
-def make_evaluator(family: str, precision: str, placement: str = "serial") -> Evaluator:
+def make_evaluator(
+    family: str, precision: str, placement: str = "serial", memory_bytes: float = float("inf")
+) -> Evaluator:
     model = tiny_model(family, num_layers=L, seed=3)
     perturb_layernorms_and_head(model)
     # big: removing adapters flips predictions
@@ -31,7 +33,9 @@ def make_evaluator(family: str, precision: str, placement: str = "serial") -> Ev
     )
     data = random_encoded(family, n=40, seed=1)
     assert len(set(data.lengths.tolist())) > 5  # varying lengths, so batches are padded
-    return Evaluator(Stages(model, family), data, batch_size=8, precision=precision)
+    return Evaluator(
+        Stages(model, family), data, batch_size=8, precision=precision, memory_bytes=memory_bytes
+    )
 
 
 @pytest.fixture(
@@ -90,3 +94,36 @@ def test_layer_passes_in_sweep_order(evaluator):
         evaluator.cell(first, last, "both")
     assert len(CELLS) == L * (L + 1) // 2
     assert evaluator.layer_passes == L + sum(n * (n + 1) // 2 for n in range(1, L + 1))
+
+
+# --- sharded: the states of the whole split exceed the budget ---
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sharded_evaluation_equals_the_unsharded_path(family, precision):
+    """A budget of about one batch's states: every shard holds one or two batches; same predictions, and
+    the same layer passes as the unsharded sweep (no cell evaluated twice)."""
+    whole = make_evaluator(family, precision)
+    want = dict(whole.predict([None, *CELLS]))
+    budget = 1.5 * max(whole.state_bytes(b) for b in range(len(whole.batches)))
+    sharded = make_evaluator(family, precision, memory_bytes=budget)
+    assert sharded.sharded and len(sharded.shards) >= 3
+    assert sorted(b for shard in sharded.shards for b in shard) == list(range(len(sharded.batches)))
+    assert all(sum(map(sharded.state_bytes, s)) <= budget for s in sharded.shards)
+    got = dict(sharded.predict([None, *CELLS]))
+    assert list(got) == [None, *CELLS]
+    for cell in want:
+        assert np.array_equal(got[cell], want[cell]), cell
+    assert np.array_equal(got[(0, L - 1)], whole.from_scratch(0, L - 1))
+    assert sharded.layer_passes == pytest.approx(whole.layer_passes)
+    assert sharded._boundary is None  # the last shard's states are freed
+    # single calls work sharded too (each pays its own intact pass)
+    assert np.array_equal(sharded.cell(1, 2, "attention"), whole.cell(1, 2, "attention"))
+    assert np.array_equal(sharded.intact(), want[None])
+
+
+def test_a_budget_below_one_batch_still_evaluates_one_batch_at_a_time():
+    whole = make_evaluator("bert", "fp32")
+    tiny = make_evaluator("bert", "fp32", memory_bytes=1.0)
+    assert [len(s) for s in tiny.shards] == [1] * len(tiny.batches)
+    assert np.array_equal(dict(tiny.predict([(0, 1)]))[(0, 1)], whole.cell(0, 1))

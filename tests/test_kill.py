@@ -10,8 +10,11 @@ one `os.replace` of the process: each patch picks its write by the file's name.)
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from e2e import CELLS, command, leftovers, run, table
 from pandas.testing import assert_frame_equal
+
+pytestmark = pytest.mark.sweeps
 
 KILL = """
 import os, signal

@@ -15,6 +15,8 @@ from pandas.testing import assert_frame_equal
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
+pytestmark = pytest.mark.sweeps
+
 
 def _store_keys(store) -> list[str]:
     return sorted(p.name for p in store.iterdir() if (p / "trained.safetensors").exists())

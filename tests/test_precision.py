@@ -99,6 +99,7 @@ def test_resolution_enters_the_keys(tmp_path, monkeypatch):
         training_key(_cfg(tmp_path, train=TrainConfig(precision="auto")))
 
 
+@pytest.mark.sweeps
 def test_the_row_records_what_auto_resolved_to(toy, tmp_path):
     """A sweep under eval.precision=auto on a machine whose probe said 5x: rows say bf16, cells are new."""
     conf, cache, sequential = toy
