@@ -3,8 +3,7 @@ killed training resumes from its checkpoint, and no temporary or partial file re
 
 One sweep is killed again and again, each time one stage further (the re-run after each kill goes on
 until the next one), and finally completes. The kill is `os.kill(getpid(), SIGKILL)` placed by a patch
-inside the real process: no handler runs, no file is closed, as when a node dies. (`m.os.replace` is the
-one `os.replace` of the process: each patch picks its write by the file's name.)
+inside the real process: no handler runs, no file is closed, as when a node dies.
 """
 
 from __future__ import annotations
@@ -22,95 +21,67 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 """
 
+
+def kill_at_replace(condition: str) -> str:
+    """A patch that kills the process at the os.replace whose (src, dst) paths meet `condition`: the file
+    is written under its temporary name, not yet renamed into place. (`os.replace` is one function for the
+    whole process, so the condition picks the write by its file names.)"""
+    return (
+        KILL
+        + f"""
+from pathlib import Path
+real = os.replace
+def replace(src, dst):
+    src, dst = Path(src), Path(dst)
+    if {condition}:
+        die()
+    return real(src, dst)
+os.replace = replace
+"""
+    )
+
+
+def kill_at_call(owner: str, method: str, call: int, setup: str = "") -> str:
+    """A patch that kills the process at the `call`-th call of owner.method (e.g. a training step)."""
+    module, _, cls = owner.rpartition(".")
+    return (
+        KILL
+        + f"""
+import {module} as m
+{setup}
+real, calls = m.{cls}.{method}, [0]
+def wrapped(self, *a, **k):
+    calls[0] += 1
+    if calls[0] == {call}:
+        die()
+    return real(self, *a, **k)
+m.{cls}.{method} = wrapped
+"""
+    )
+
+
 # name -> (patch that kills at that point, what the killed run must have left behind: a glob under root)
 STAGES = {
     # the tokenized dataset's folder is written, not yet renamed into place
-    "dataset cache write": (
-        KILL
-        + """
-import ablation.data as m
-real = m.os.replace
-def replace(src, dst):
-    if m.Path(dst).parent.name == "datasets":
-        die()
-    return real(src, dst)
-m.os.replace = replace
-""",
-        "cache/datasets/.toy-*",
-    ),
+    "dataset cache write": (kill_at_replace('dst.parent.name == "datasets"'), "cache/datasets/.toy-*"),
     # training, at step 120 of 200, with a checkpoint after every step
     "training": (
-        KILL
-        + """
-import torch, ablation.train as t
-t.CHECKPOINT_SECONDS = 0.0
-real, calls = torch.optim.AdamW.step, [0]
-def step(self, *a, **k):
-    calls[0] += 1
-    if calls[0] == 121:
-        die()
-    return real(self, *a, **k)
-torch.optim.AdamW.step = step
-""",
+        kill_at_call(
+            "torch.optim.AdamW", "step", 121, "import ablation.train; ablation.train.CHECKPOINT_SECONDS = 0.0"
+        ),
         "store/*.partial.pt",
     ),
     # the trained parameters are written to a temporary folder, not yet renamed to the key's folder
-    "trained-parameters write": (
-        KILL
-        + """
-import ablation.train as t
-real = t.os.replace
-def replace(src, dst):
-    if t.Path(src).name.startswith(".tiny-toy-"):
-        die()
-    return real(src, dst)
-t.os.replace = replace
-""",
-        "store/.tiny-toy-*",
-    ),
+    "trained-parameters write": (kill_at_replace('src.name.startswith(".tiny-toy-")'), "store/.tiny-toy-*"),
     # evaluation: the intact pass and one cell are on disk, the second cell is being computed
     "evaluation": (
-        KILL
-        + """
-import ablation.evaluate as e
-real, calls = e.Evaluator.cell, [0]
-def cell(self, *a, **k):
-    calls[0] += 1
-    if calls[0] == 2:
-        die()
-    return real(self, *a, **k)
-e.Evaluator.cell = cell
-""",
+        kill_at_call("ablation.evaluate.Evaluator", "cell", 2),
         "store/*/eval/*/cell-0-1-both.npy",
     ),
     # a cell's predictions are written under a temporary name, not yet renamed
-    "cell cache write": (
-        KILL
-        + """
-import ablation.atomic as a
-real = a.os.replace
-def replace(src, dst):
-    if a.Path(dst).name.startswith("cell-"):
-        die()
-    return real(src, dst)
-a.os.replace = replace
-""",
-        "store/*/eval/*/.cell-*.tmp.npy",
-    ),
+    "cell cache write": (kill_at_replace('dst.name.startswith("cell-")'), "store/*/eval/*/.cell-*.tmp.npy"),
     # the sweep table is written under a temporary name, not yet renamed
-    "results table write": (
-        KILL
-        + """
-import ablation.results as r
-real = r.os.replace
-def replace(src, dst):
-    if r.Path(dst).name == "results.csv":
-        die()
-    return real(src, dst)
-r.os.replace = replace
-""",
-        "sweep/.results.csv.*.tmp",
-    ),
+    "results table write": (kill_at_replace('dst.name == "results.csv"'), "sweep/.results.csv.*.tmp"),
 }
 
 
