@@ -202,7 +202,12 @@ def resolve(cfg: RunConfig) -> RunConfig:
 
 
 def _session_id(cfg: RunConfig) -> str:
-    spec = {"key": training_key(cfg), "eval": eval_spec(cfg), "paths": asdict(cfg.paths)}
+    spec = {
+        "key": training_key(cfg),
+        "eval": asdict(cfg.eval),
+        "device": cfg.device,
+        "paths": asdict(cfg.paths),
+    }
     return json.dumps(spec, sort_keys=True)
 
 
