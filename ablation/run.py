@@ -60,10 +60,10 @@ def main(dcfg: DictConfig) -> float:
     tic = time.perf_counter()
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
-    cfg = resolve(to_run_config(dcfg, job_dir))  # device and precisions for this machine
+    cfg = resolve(to_run_config(dcfg, job_dir))  # this job's config, device and precisions for this machine
 
     multirun = hc.mode == RunMode.MULTIRUN
-    session = open_session(cfg)
+    session = open_session(cfg)  # shared by the jobs of one training key: its cfg is the first job's
     trained_now = session.report_training()
     eval_tic = time.perf_counter()
     group = planned_cells(Path(hc.sweep.dir), list(hc.overrides.task)) if multirun else []

@@ -174,6 +174,7 @@ def read_predictions(path: Path, n: int) -> np.ndarray:
 
 _CURRENT: Session | None = None
 _RESOLVED: dict[tuple, str] = {}  # (field, requested, device, cache) -> precision, once per process
+_LOGGED: set[str] = set()  # the fields whose precision this process has logged
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
@@ -191,7 +192,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
         memo = (name, requested, device, cfg.paths.cache)
         if memo not in _RESOLVED:
             _RESOLVED[memo], why = resolve_precision(requested, device, cfg.paths.cache)
-            print(f"[precision] {name}: {_RESOLVED[memo]} on {device} ({why})", flush=True)
+            if name not in _LOGGED:  # resolving a resolved config again says nothing new
+                print(f"[precision] {name}: {_RESOLVED[memo]} on {device} ({why})", flush=True)
+                _LOGGED.add(name)
         chosen[name] = _RESOLVED[memo]
     return dataclasses.replace(
         cfg,
@@ -233,8 +236,10 @@ def eval_spec(cfg: RunConfig) -> dict:
 
 
 def open_session(cfg: RunConfig) -> Session:
-    """The current process's session for this (resolved) config, built (and trained, once) if needed."""
+    """The current process's session for this config (its `cfg` resolved for this machine), built (and
+    trained, once) if needed."""
     global _CURRENT
+    cfg = resolve(cfg)
     if _CURRENT is not None and _session_id(_CURRENT.cfg) == _session_id(cfg):
         return _CURRENT
     _CURRENT = None  # release the previous evaluator's cached states before building another
@@ -245,6 +250,7 @@ def open_session(cfg: RunConfig) -> Session:
 def build_session(cfg: RunConfig) -> Session:
     """Reset the shared model, add what the method trains, train or reuse it, and set up evaluation."""
     tic = time.perf_counter()
+    cfg = resolve(cfg)  # a no-op for a resolved config
     base = open_base(cfg.model, cfg.task.num_labels, cfg.paths.cache)
     model = base.fresh_model(cfg.seed)
     adapter = asdict(cfg.adapter) if cfg.method.name == "adapters" else None

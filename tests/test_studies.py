@@ -69,7 +69,7 @@ def test_quick_study_runs_end_to_end_and_a_rerun_trains_nothing(study, tmp_path)
     ).exists()
     assert rows["trained_now"].sum() == rows["train_key"].nunique()  # each key trained once
     page = (tmp_path / "a" / "report.html").read_text()  # the sweep ends with its report
-    assert page.count("data:image/png;base64,") >= 1 and "Report: " in first.stderr
+    assert page.count("data:image/png;base64,") >= 1 and "Report: " in first.stdout + first.stderr
     claims = evaluate_claims(load_runs([tmp_path / "a"]).table).set_index("claim")
     judged = claims.loc[[CLAIM[study]], "verdict"]
     tasks = rows["task"].nunique()
