@@ -1,27 +1,26 @@
-"""Houlsby adapters and their variants: the module, where it goes in each architecture, the ablation switch."""
+"""Houlsby adapters and their variants: the module, its placement in a model, the ablation switch.
+
+Knows nothing of Hydra: `inject_adapters` reads the options of an `AdapterConfig` (a plain dataclass).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-# Each adapter slot wraps the dropout that follows a sub-layer's output projection: every family here
-# computes LayerNorm(dropout(proj(x)) + residual), so the wrapped dropout's output is exactly the
-# paper's position (after projection and dropout, before the residual add and LayerNorm).
-POSITION_PATHS = {
-    "bert": {"attention": "attention.output.dropout", "output": "output.dropout"},
-    "roberta": {"attention": "attention.output.dropout", "output": "output.dropout"},
-    "mpnet": {"attention": "attention.dropout", "output": "output.dropout"},
-}
-# A parallel adapter reads the sub-layer's input: the input of the first module each sub-layer runs
-# (self-attention, or the feed-forward's first projection), which a tap hands to the slot.
-INPUT_PATHS = {
-    "bert": {"attention": "attention.self", "output": "intermediate"},
-    "roberta": {"attention": "attention.self", "output": "intermediate"},
-    "mpnet": {"attention": "attention.attn", "output": "intermediate"},
-}
+from ablation.families import family
+
+if TYPE_CHECKING:
+    from ablation.config import AdapterConfig
+
+# Each adapter slot wraps the dropout that follows a sub-layer's output projection (`Family.slots`): every
+# family here computes LayerNorm(dropout(proj(x)) + residual), so the wrapped dropout's output is exactly the
+# paper's position (after projection and dropout, before the residual add and LayerNorm). A parallel adapter
+# reads the sub-layer's input: the input of the first module each sub-layer runs (`Family.inputs`), which a
+# tap hands to the slot.
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "swish": nn.SiLU}
 
@@ -50,24 +49,15 @@ class Adapter(nn.Module):
     sub-layer's input as x. A zero up-projection makes every variant the identity on s.
     """
 
-    def __init__(
-        self,
-        d: int,
-        m: int,
-        init_std: float = 1e-3,
-        activation: str = "gelu",
-        norm: str = "none",
-        depth: int = 1,
-        combine: str = "add",
-    ) -> None:
+    def __init__(self, d: int, cfg: AdapterConfig) -> None:
         super().__init__()
-        self.norm = _norm(norm, d)
-        self.down = nn.Linear(d, m)
-        self.hidden = nn.ModuleList(nn.Linear(m, m) for _ in range(depth - 1))
-        self.act = _ACTIVATIONS[activation]()
-        self.up = nn.Linear(m, d)
-        self.combine = combine
-        self.reset_parameters(init_std)
+        self.norm = _norm(cfg.norm, d)
+        self.down = nn.Linear(d, cfg.size)
+        self.hidden = nn.ModuleList(nn.Linear(cfg.size, cfg.size) for _ in range(cfg.depth - 1))
+        self.act = _ACTIVATIONS[cfg.activation]()
+        self.up = nn.Linear(cfg.size, d)
+        self.combine = cfg.combine
+        self.reset_parameters(cfg.init_std)
 
     def reset_parameters(self, init_std: float) -> None:
         """Weights ~ N(0, init_std) truncated at +-2 init_std (as the official code); biases zero."""
@@ -141,33 +131,22 @@ def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def inject_adapters(
-    model: nn.Module,
-    family: str,
-    size: int,
-    init_std: float = 1e-3,
-    activation: str = "gelu",
-    positions: Iterable[str] = ("attention", "output"),
-    norm: str = "none",
-    depth: int = 1,
-    placement: str = "serial",
-    combine: str = "add",
+    model: nn.Module, family_name: str, cfg: AdapterConfig
 ) -> dict[tuple[int, str], AdapterLayer]:
     """Wrap each layer's post-projection dropout(s) with an adapter; returns the slots by (layer, position)."""
-    if family not in POSITION_PATHS:
-        raise ValueError(f"family={family!r}: adapters are placed for {sorted(POSITION_PATHS)}")
+    slots_of, inputs_of = family(family_name).slots, family(family_name).inputs
     if adapter_slots(model):
         raise RuntimeError("adapters are already injected: remove_adapters(model) first")
     d = model.config.hidden_size
-    parallel = placement == "parallel"
+    parallel = cfg.placement == "parallel"
     slots = {}
     for i, layer in enumerate(encoder_layers(model)):
-        for position in positions:
-            adapter = Adapter(d, size, init_std, activation, norm, depth, combine)
-            path = POSITION_PATHS[family][position]
-            slot = AdapterLayer(layer.get_submodule(path), adapter, i, position, parallel)
+        for position in cfg.positions:
+            path = slots_of[position]
+            slot = AdapterLayer(layer.get_submodule(path), Adapter(d, cfg), i, position, parallel)
             _replace(layer, path, slot)
             if parallel:
-                path = INPUT_PATHS[family][position]
+                path = inputs_of[position]
                 _replace(layer, path, InputTap(layer.get_submodule(path), slot))
             slots[(i, position)] = slot
     return slots

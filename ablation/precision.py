@@ -9,6 +9,7 @@ second or two, once per machine, the result kept in the cache directory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import platform
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ablation.atomic import lock, write_text
-from ablation.config import ConfigError
+from ablation.config import ConfigError, RunConfig
 
 # bf16 must be at least this much faster than fp32 to be chosen: a smaller gain is within what a busy
 # machine's timings drift, and bf16 rounds (predictions agree with fp32 on >= 99.9% of examples here).
@@ -114,3 +115,26 @@ def resolve_precision(
         choice,
         f"auto: bf16 matmuls {speedup:.2f}x the fp32 speed on this CPU ({how}; bf16 from {BF16_SPEEDUP}x)",
     )
+
+
+Choose = Callable[[str, str, str], tuple[str, str]]  # (requested, device, cache) -> (precision, why)
+
+
+def resolve(cfg: RunConfig, choose: Choose = resolve_precision) -> tuple[RunConfig, dict[str, str]]:
+    """The config with `device` and the precisions resolved for this machine, before any key is formed, and
+    why each precision was chosen (for the log). Changes nothing: `choose` may remember what it measured.
+
+    The row records the resolved values, and they enter the training and evaluation keys, so cells computed
+    in one precision are never read as the other.
+    """
+    device = resolve_device(cfg.device)
+    chosen, why = {}, {}
+    for name in ("train", "eval"):
+        chosen[name], why[name] = choose(getattr(cfg, name).precision, device, cfg.paths.cache)
+    resolved = dataclasses.replace(
+        cfg,
+        device=device,
+        train=dataclasses.replace(cfg.train, precision=chosen["train"]),
+        eval=dataclasses.replace(cfg.eval, precision=chosen["eval"]),
+    )
+    return resolved, {name: f"{chosen[name]} on {device} ({why[name]})" for name in chosen}

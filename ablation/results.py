@@ -1,59 +1,43 @@
 """The result row (one schema for writer and reader), result.json + predictions per job, results.csv.
 
-Imports neither torch nor hydra: `analysis` reads tables with this schema on machines without them.
+A row is the study, the run's configuration columns (declared with the config fields, `ablation.keys`) and
+what the job measured (`Outcome`). Imports no torch: `analysis` reads tables with this schema on machines
+without it.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
+import io
 import json
-import os
 import platform
 import subprocess
 import typing
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ablation.atomic import lock, remove_stale, write_text
+from ablation.atomic import clean, lock, replacing, write_text
+from ablation.keys import CELL_COLUMNS, CONFIG_COLUMNS, TRAINING_COLUMNS
+
+RESULTS_CSV = "results.csv"
+RESULT_JSON = "result.json"
+PREDICTIONS = "predictions.npz"
 
 
 @dataclasses.dataclass
-class ResultRow:
-    """One job's result: what ran (study, model, task, method, adapter, seed, ablation), scores, costs.
+class Outcome:
+    """What one job measured, and how: scores, training, costs, provenance. Accuracies are fractions."""
 
-    Adapter fields are None for methods without adapters; `k` is set for top_k only; first/last are None
-    for the intact model. Accuracies are fractions in [0, 1].
-    """
-
-    study: str | None  # conf/study/<name>.yaml the job came from; None for a run outside a study
-    task: str
-    model: str
-    method: str  # adapters | top_k | layernorm | full
-    k: int | None  # top_k: how many of the top layers are trained
-    variant: (
-        str | None
-    )  # adapter architecture relative to the plain Houlsby adapter ("plain", "norm=layernorm", ...)
-    adapter_size: int | None
-    init_std: float | None
-    adapter_activation: str | None
-    adapter_positions: str | None  # where adapters sit: "attention+output", "attention", "output"
-    adapter_norm: str | None
-    adapter_depth: int | None
-    adapter_placement: str | None
-    adapter_combine: str | None
-    seed: int
-    first: int | None  # first ablated layer (None: intact model)
-    last: int | None
-    positions: str  # which adapter positions the ablation removes
     accuracy: float
     intact_accuracy: float
-    relative_decrease: float
-    metric_name: str
-    metric: float
+    relative_decrease: float  # 1 - accuracy / intact_accuracy (the paper's Figure 6 quantity)
+    metric: float  # the task's official metric (metric_name)
     intact_metric: float
     majority_rate: float  # share of the validation set's most frequent label
     n_eval: int
@@ -64,10 +48,6 @@ class ResultRow:
     final_loss: float | None  # mean training loss of the last 50 steps
     trained_params: int  # exact number of parameters the method trains
     total_params: int
-    lr: float
-    train_precision: str
-    eval_precision: str
-    device: str  # cpu or cuda: where the job trained and evaluated
     train_key: str
     trained_now: bool
     cell_computed: bool
@@ -78,21 +58,81 @@ class ResultRow:
     code_version: str
 
 
-COLUMNS = tuple(f.name for f in dataclasses.fields(ResultRow))
-# The columns that describe the adapter: None in rows of methods without adapters.
-ADAPTER_COLUMNS = ("variant", "adapter_size", "init_std", "adapter_activation", "adapter_positions",
-                   "adapter_norm", "adapter_depth", "adapter_placement", "adapter_combine")  # fmt: skip
+def _outcome_kinds() -> dict[str, str]:
+    names = {str: "text", int: "int", float: "float", bool: "bool"}
+    kinds = {}
+    for name, hint in typing.get_type_hints(Outcome).items():
+        base = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
+        kinds[name] = names[base[0]]
+    return kinds
+
+
+# Every column and its kind ('text', 'int', 'float', 'bool'; None allowed everywhere), in row order.
+KINDS: dict[str, str] = {"study": "text", **CONFIG_COLUMNS, **_outcome_kinds()}
+COLUMNS = tuple(KINDS)
+# results.csv lists rows in this order: study, then what was trained, then the cell.
+SORT_COLUMNS = ("study", *TRAINING_COLUMNS, *CELL_COLUMNS)
 
 
 def column_kinds() -> dict[str, str]:
-    """Each column's kind for readers: 'text', 'int', 'float' or 'bool' (None allowed where the type says)."""
-    kinds = {str: "text", int: "int", float: "float", bool: "bool"}
-    hints = typing.get_type_hints(ResultRow)
-    out = {}
-    for name in COLUMNS:
-        base = [t for t in typing.get_args(hints[name]) or (hints[name],) if t is not type(None)]
-        out[name] = kinds[base[0]]
-    return out
+    """Each column's kind for readers: 'text', 'int', 'float' or 'bool'."""
+    return dict(KINDS)
+
+
+def make_row(study: str | None, config: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
+    """One row: the study, the configuration columns (ablation.keys.config_columns) and the outcome."""
+    row = {"study": study, **config, **dataclasses.asdict(outcome)}
+    if tuple(row) != COLUMNS:
+        raise ValueError(f"row columns {sorted(set(row) ^ set(COLUMNS))} differ from the schema")
+    return row
+
+
+def _text_dtype() -> pd.StringDtype | str:
+    try:
+        return pd.StringDtype(na_value=np.nan)  # pandas >= 2.3: the `str` dtype of pandas 3
+    except TypeError:
+        return "object"
+
+
+TEXT_DTYPE = _text_dtype()
+DTYPES = {"text": TEXT_DTYPE, "int": "Int64", "float": "float64", "bool": "boolean"}
+
+
+def typed(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy with every schema column present (missing values where a table lacks one) and of its kind's
+    dtype: text as pandas' string dtype, ints as nullable Int64, floats as float64, bools as nullable
+    boolean; other columns follow unchanged. ValueError naming a column whose values do not fit."""
+    out = df.copy()
+    for col, kind in KINDS.items():
+        values = out[col] if col in out.columns else pd.Series(None, index=out.index, dtype=object)
+        out[col] = _as_kind(values, kind, col)
+    return out[[*COLUMNS, *(c for c in out.columns if c not in KINDS)]]
+
+
+def _as_kind(values: pd.Series, kind: str, name: str) -> pd.Series:
+    try:
+        if kind == "text":
+            if TEXT_DTYPE != "object":
+                return values.astype(TEXT_DTYPE)
+            return values.map(lambda v: v if pd.isna(v) else str(v)).astype(
+                object
+            )  # astype(str) writes "nan"
+        if kind == "bool":
+            return values.map(_as_bool).astype("boolean")
+        return pd.to_numeric(values).astype(DTYPES[kind])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"column {name!r}: expected {kind} values ({err})") from None
+
+
+def _as_bool(value: object) -> object:
+    # read_csv leaves a bool column with gaps as object (True/False/NaN); JSON gives real bools.
+    if pd.isna(value):
+        return pd.NA
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"not True/False: {value!r}")
 
 
 PACKAGES = ("torch", "transformers", "datasets", "hydra-core", "pandas", "numpy", "scikit-learn")
@@ -136,51 +176,55 @@ def majority_rate(labels: np.ndarray) -> float:
     return float(np.bincount(np.asarray(labels)).max() / len(labels)) if len(labels) else float("nan")
 
 
-def write_job(job_dir: Path, row: ResultRow, extra: dict, preds: dict[str, np.ndarray]) -> None:
+def write_job(job_dir: Path, row: dict, extra: dict, preds: dict[str, np.ndarray]) -> None:
     """Write result.json (the row's fields + nested extras) and predictions.npz into the job directory."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale(job_dir, ".*.tmp*")  # left by an earlier try of this job that was killed mid-write
-    tmp = job_dir / f".predictions.{os.getpid()}.tmp.npz"
-    np.savez_compressed(tmp, **{k: v.astype(np.int16) for k, v in preds.items()})
-    os.replace(tmp, job_dir / "predictions.npz")
+    with replacing(job_dir / PREDICTIONS) as tmp:
+        np.savez_compressed(tmp, **{k: v.astype(np.int16) for k, v in preds.items()})
     # result.json last: a job folder with a result.json has everything.
-    text = json.dumps({**dataclasses.asdict(row), **extra}, indent=2, sort_keys=True, default=str)
-    write_text(job_dir / "result.json", text)
+    write_text(job_dir / RESULT_JSON, json.dumps({**row, **extra}, indent=2, sort_keys=True, default=str))
 
 
-def update_table(sweep_dir: Path) -> Path:
-    """Rebuild results.csv from every job's result.json under sweep_dir (scalar fields only).
+def _csv_lines(rows: pd.DataFrame, header: bool) -> str:
+    return typed(rows).to_csv(index=False, header=header, lineterminator="\n")
 
-    Under a lock, so jobs finishing at once in parallel workers cannot overwrite each other's rows: the last
-    writer reads every result.json written before it took the lock.
+
+def record_row(table: Path, row: dict) -> None:
+    """Put the job's row into the table (results.csv): appended, or replacing the row of the same job_dir
+    (a job run again). Under the table's lock, so jobs finishing at once in parallel workers keep every row;
+    the other rows' lines are kept as they are."""
+    with lock(table):
+        clean(table)
+        line = _csv_lines(pd.DataFrame([row], columns=list(COLUMNS)), header=False)
+        lines = table.read_text().splitlines(keepends=True) if table.exists() else []
+        if not lines or lines[0].rstrip("\n").split(",") != list(COLUMNS):
+            lines = [",".join(COLUMNS) + "\n"]  # a new table, or one of another schema: started anew
+        at = COLUMNS.index("job_dir")
+        kept = [ln for ln in lines[1:] if ln.endswith("\n") and _field(ln, at) != str(row["job_dir"])]
+        with replacing(table) as tmp:
+            tmp.write_text("".join([lines[0], *kept, line]))
+
+
+def _field(line: str, index: int) -> str | None:
+    fields = next(csv.reader(io.StringIO(line)), [])
+    return fields[index] if index < len(fields) else None
+
+
+def rebuild_table(sweep_dir: Path) -> Path:
+    """Rebuild results.csv from every job's result.json under sweep_dir, in SORT_COLUMNS order.
+
+    Once at the end of a sweep (ablation.callbacks) and on demand: whichever process or node wrote a job's
+    result, the table then holds exactly one row per job folder with a result.json.
     """
-    out = sweep_dir / "results.csv"
+    out = sweep_dir / RESULTS_CSV
     with lock(out):
-        remove_stale(sweep_dir, ".results.csv.*.tmp")
-        df = _table(sweep_dir)
-        tmp = sweep_dir / f".results.csv.{os.getpid()}.tmp"
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, out)
+        clean(out)
+        rows = [
+            json.loads(p.read_text())
+            for p in sorted([*sweep_dir.glob(RESULT_JSON), *sweep_dir.glob(f"*/{RESULT_JSON}")])
+        ]
+        df = typed(pd.DataFrame([{k: r.get(k) for k in COLUMNS} for r in rows], columns=list(COLUMNS)))
+        df = df.sort_values(list(SORT_COLUMNS), na_position="first", kind="stable")
+        with replacing(out) as tmp:
+            tmp.write_text(_csv_lines(df, header=True))
     return out
-
-
-def _table(sweep_dir: Path) -> pd.DataFrame:
-    rows = []
-    for path in sorted([*sweep_dir.glob("result.json"), *sweep_dir.glob("*/result.json")]):
-        record = json.loads(path.read_text())
-        rows.append({k: record.get(k) for k in COLUMNS})
-    df = pd.DataFrame(rows, columns=list(COLUMNS))
-    order = [
-        "study",
-        "task",
-        "model",
-        "method",
-        "k",
-        "variant",
-        "adapter_size",
-        "init_std",
-        "seed",
-        "first",
-        "last",
-    ]
-    return df.sort_values(order, na_position="first")

@@ -7,6 +7,7 @@ python -m ablation.run -m ablate.first=0..11 ablate.last=0..11   # the Figure 6 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import sys
@@ -18,19 +19,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ablation.config import AdapterConfig, ConfigError, RunConfig
+from ablation.config import ConfigError, RunConfig
 from ablation.data import compute_metrics
+from ablation.jobs import RangeError, expand_arguments, planned_cells
+from ablation.keys import config_columns
 from ablation.results import (
-    ADAPTER_COLUMNS,
-    ResultRow,
+    RESULTS_CSV,
+    Outcome,
     majority_rate,
+    make_row,
+    record_row,
     relative_decrease,
-    update_table,
     versions,
     write_job,
 )
-from ablation.session import open_session, resolve
-from ablation.sweeper import RangeError, expand_arguments, planned_cells
+from ablation.session import this_process
 
 log = logging.getLogger("ablation")
 
@@ -45,29 +48,21 @@ def to_run_config(dcfg: DictConfig, job_dir: Path) -> RunConfig:
         raise
 
 
-def adapter_columns(adapter: AdapterConfig | None) -> dict:
-    """The row's adapter fields; all None for a method without adapters."""
-    if adapter is None:
-        return dict.fromkeys(ADAPTER_COLUMNS)
-    values = (adapter.variant(), adapter.size, adapter.init_std, adapter.activation, "+".join(adapter.positions),
-              adapter.norm, adapter.depth, adapter.placement, adapter.combine)  # fmt: skip
-    return dict(zip(ADAPTER_COLUMNS, values, strict=True))
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(dcfg: DictConfig) -> float:
     """Run one job and write its result row."""
     tic = time.perf_counter()
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
-    cfg = resolve(to_run_config(dcfg, job_dir))  # this job's config, device and precisions for this machine
-
     multirun = hc.mode == RunMode.MULTIRUN
-    session = open_session(cfg)  # shared by the jobs of one training key: its cfg is the first job's
+    process = this_process()  # what this process keeps between the jobs Hydra runs in it
+    cfg = process.resolve(to_run_config(dcfg, job_dir))  # device and precisions for this machine
+
+    session = process.open_session(cfg)  # shared by the jobs of one training key: its cfg is the first job's
     trained_now = session.report_training()
     eval_tic = time.perf_counter()
     group = planned_cells(Path(hc.sweep.dir), list(hc.overrides.task)) if multirun else []
-    intact, _ = session.predictions(None, group)
+    intact, _ = session.predictions(dataclasses.replace(cfg.ablate, first=None, last=None))
     ablated, computed = session.predictions(cfg.ablate, group)  # the intact predictions again when no range
     eval_seconds = time.perf_counter() - eval_tic
 
@@ -77,21 +72,10 @@ def main(dcfg: DictConfig) -> float:
         compute_metrics(cfg.task.metric, labels, intact),
     )
     trained = session.train_metrics
-    row = ResultRow(
-        study=hc.runtime.choices.get("study"),
-        task=cfg.task.name,
-        model=cfg.model.name,
-        method=cfg.method.name,
-        k=cfg.method.k,
-        **adapter_columns(cfg.adapter if cfg.method.name == "adapters" else None),
-        seed=cfg.seed,
-        first=cfg.ablate.first,
-        last=cfg.ablate.last,
-        positions=cfg.ablate.positions,
+    outcome = Outcome(
         accuracy=got["accuracy"],
         intact_accuracy=base["accuracy"],
         relative_decrease=relative_decrease(got["accuracy"], base["accuracy"]),
-        metric_name=cfg.task.metric,
         metric=got[cfg.task.metric],
         intact_metric=base[cfg.task.metric],
         majority_rate=majority_rate(labels),
@@ -103,10 +87,6 @@ def main(dcfg: DictConfig) -> float:
         final_loss=trained.get("final_loss"),
         trained_params=session.counts["trainable"],
         total_params=session.counts["total"],
-        lr=cfg.train.lr,
-        train_precision=cfg.train.precision,
-        eval_precision=cfg.eval.precision,
-        device=cfg.device,
         train_key=session.key,
         trained_now=trained_now,
         cell_computed=computed,
@@ -116,6 +96,7 @@ def main(dcfg: DictConfig) -> float:
         job_dir=hc.sweep.subdir if multirun else ".",
         code_version=versions()["code"],
     )
+    row = make_row(hc.runtime.choices.get("study"), config_columns(cfg), outcome)
     extra = {
         "config": OmegaConf.to_container(dcfg, resolve=True),
         "train_metrics": session.train_metrics,
@@ -123,12 +104,12 @@ def main(dcfg: DictConfig) -> float:
         "session_timings": session.timings,
     }
     write_job(job_dir, row, extra, {"labels": labels, "intact": intact, "ablated": ablated})
-    update_table(Path(hc.sweep.dir) if multirun else job_dir)
-    where = "intact" if cfg.ablate.first is None else f"layers {cfg.ablate.first}..{cfg.ablate.last} removed"
-    diverged = f", diverged at step {row.diverged_step}" if row.diverged else ""
+    record_row((Path(hc.sweep.dir) if multirun else job_dir) / RESULTS_CSV, row)
+    where = "intact" if cfg.ablate.cell is None else f"layers {cfg.ablate.first}..{cfg.ablate.last} removed"
+    diverged = f", diverged at step {outcome.diverged_step}" if outcome.diverged else ""
     log.info(
         f"{cfg.task.name}/{cfg.model.name} {cfg.method.name} {where}: accuracy {got['accuracy']:.4f} "
-        f"(intact {base['accuracy']:.4f}, relative decrease {100 * row.relative_decrease:.2f}%{diverged}) "
+        f"(intact {base['accuracy']:.4f}, relative decrease {100 * outcome.relative_decrease:.2f}%{diverged}) "
         f"-> {job_dir / 'result.json'}"
     )
     return got["accuracy"]

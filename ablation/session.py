@@ -1,5 +1,6 @@
-"""What a process keeps between jobs: the pretrained model and tokenized data (Base), and per training key
-the trained model and its evaluator (Session).
+"""What a process keeps between jobs: the pretrained model and tokenized data (Base), per training key the
+trained model and its evaluator (Session), and the `Process` object that holds both and makes the
+process-wide settings once.
 
 Jobs that differ only in the ablation reuse the Session. Jobs that differ in method, adapter, seed or
 training settings reuse the Base: its model is reset to the pretrained weights and a freshly seeded head
@@ -10,7 +11,7 @@ kept on disk beside the trained parameters, so a re-run computes nothing new.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import json
 import os
 import time
@@ -20,26 +21,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
 from ablation.adapters import remove_adapters
-from ablation.atomic import lock, remove_stale, save_array
+from ablation.atomic import clean_folder, lock, save_array
 from ablation.config import AblateConfig, CacheError, ModelConfig, RunConfig, TaskConfig
 from ablation.data import Encoded, encode, load_task
-from ablation.evaluate import Evaluator
+from ablation.evaluate import Evaluator, bound_resident_memory
+from ablation.keys import cell_name, data_key, eval_key, process_spec, training_key, training_spec
 from ablation.methods import prepare
 from ablation.models import Stages, load_model
-from ablation.precision import resolve_device, resolve_precision
+from ablation.precision import resolve, resolve_precision
 from ablation.train import (
+    checkpoint_path,
     load_trained,
+    older_entries,
     save_trained,
     set_seed,
     store_path,
     train,
     train_once,
-    training_key,
 )
 
 
@@ -68,28 +70,24 @@ class Base:
 
     def task_split(self, cfg: TaskConfig, split: str, cache: str, max_length: int) -> Encoded:
         """A split of the task, tokenized once per process."""
-        key = (json.dumps(asdict(cfg), sort_keys=True), split)
+        key = (data_key(cfg), split)
         if key not in self.encoded:
             data = load_task(cfg, cache)
             self.encoded[key] = encode(data[split], self.tokenizer, cfg.text_fields, max_length)
         return self.encoded[key]
 
 
-_BASE: Base | None = None
+def base_spec(model_cfg: ModelConfig, num_labels: int, cache: str) -> str:
+    """What a loaded Base depends on: two jobs with equal specs share it."""
+    return json.dumps({"model": asdict(model_cfg), "num_labels": num_labels, "cache": cache}, sort_keys=True)
 
 
-def open_base(model_cfg: ModelConfig, num_labels: int, cache: str) -> Base:
-    """The process's Base for this model and label count, loaded if it is not the current one."""
-    global _BASE
-    spec = json.dumps({"model": asdict(model_cfg), "num_labels": num_labels, "cache": cache}, sort_keys=True)
-    if _BASE is not None and _BASE.spec == spec:
-        return _BASE
-    _BASE = None  # release the previous model before loading another
+def load_base(model_cfg: ModelConfig, num_labels: int, cache: str) -> Base:
+    """Load the model and tokenizer, and remember the weights and new modules needed to reset it."""
     model, tokenizer, missing = load_model(model_cfg, num_labels, cache)
     new_modules = _initialised_modules(model, missing)
     pristine = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    _BASE = Base(spec, model, tokenizer, pristine, new_modules)
-    return _BASE
+    return Base(base_spec(model_cfg, num_labels, cache), model, tokenizer, pristine, new_modules)
 
 
 def _initialised_modules(model: nn.Module, missing: list[str]) -> list[nn.Module]:
@@ -125,9 +123,9 @@ class Session:
         return first and self.trained_now
 
     def predictions(
-        self, ablate: AblateConfig | None, group: Sequence[tuple[int, int]] = ()
+        self, ablate: AblateConfig, group: Sequence[tuple[int, int]] = ()
     ) -> tuple[np.ndarray, bool]:
-        """Predictions for the intact model (None) or an ablation; True when this process computed them.
+        """Predictions under `ablate` (its `cell` None: the intact model); True when this process computed them.
 
         Cached on disk under a lock per (training key, evaluation): a cell that another process is
         computing is waited for, then read. `group` lists the cells of this job's sweep group (jobs that
@@ -135,27 +133,29 @@ class Session:
         in the order that shares work, so one heatmap's cells cost one process the floor, whichever
         launcher spreads its jobs.
         """
-        positions = "both" if ablate is None else ablate.positions
-        first = None if ablate is None else ablate.first
-        own = None if first is None else (first, ablate.last)
-        path = self._path(own, positions)
+        path = self._path(ablate)
         if not path.exists():
             with lock(self.cell_dir / "cells"):
-                remove_stale(self.cell_dir, ".*.tmp.npy")  # a write killed before its rename
+                clean_folder(self.cell_dir)  # writes killed before their rename (all are under this lock)
                 # the intact pass first (every cell starts from its hidden states), then the group's cells
-                cells = dict.fromkeys([None, *(group if own else ()), own])
-                todo = [c for c in cells if not self._path(c, positions).exists()]
+                cells = dict.fromkeys([None, *(group if ablate.cell else ()), ablate.cell])
+                todo = [c for c in cells if not self._path(self._at(ablate, c)).exists()]
                 bar = tqdm(total=len(todo), desc="eval cells", disable=len(todo) < 2, dynamic_ncols=True)
-                for cell, preds in self.evaluator.predict(todo, positions):
-                    save_array(self._path(cell, positions), preds.astype(np.int16))
-                    self._computed.add((cell, positions))
+                for cell, preds in self.evaluator.predict(todo, ablate.positions):
+                    done = self._at(ablate, cell)
+                    save_array(self._path(done), preds.astype(np.int16))
+                    self._computed.add(cell_name(done))
                     bar.update()
                 bar.close()
-        return read_predictions(path, len(self.evaluator.labels)), (own, positions) in self._computed
+        return read_predictions(path, len(self.evaluator.labels)), cell_name(ablate) in self._computed
 
-    def _path(self, cell: tuple[int, int] | None, positions: str) -> Path:
-        name = "intact" if cell is None else f"cell-{cell[0]}-{cell[1]}-{positions}"
-        return self.cell_dir / f"{name}.npy"
+    @staticmethod
+    def _at(ablate: AblateConfig, cell: tuple[int, int] | None) -> AblateConfig:
+        first, last = cell if cell is not None else (None, None)
+        return dataclasses.replace(ablate, first=first, last=last)
+
+    def _path(self, ablate: AblateConfig) -> Path:
+        return self.cell_dir / f"{cell_name(ablate)}.npy"
 
 
 def read_predictions(path: Path, n: int) -> np.ndarray:
@@ -172,48 +172,6 @@ def read_predictions(path: Path, n: int) -> np.ndarray:
     return preds
 
 
-_CURRENT: Session | None = None
-_RESOLVED: dict[tuple, str] = {}  # (field, requested, device, cache) -> precision, once per process
-_LOGGED: set[str] = set()  # the fields whose precision this process has logged
-
-
-def resolve(cfg: RunConfig) -> RunConfig:
-    """The config with `device` and the precisions resolved for this machine, before any key is formed.
-
-    Logged once per process; the row records the resolved values, and they enter the training key and the
-    evaluation cache key, so cells computed in one precision are never read as the other.
-    """
-    device = resolve_device(cfg.device)
-    if device == "cuda":  # fp32 matmuls on TF32 tensor cores (device keys are apart from CPU keys anyway)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    chosen = {}
-    for name in ("train", "eval"):
-        requested = getattr(cfg, name).precision
-        memo = (name, requested, device, cfg.paths.cache)
-        if memo not in _RESOLVED:
-            _RESOLVED[memo], why = resolve_precision(requested, device, cfg.paths.cache)
-            if name not in _LOGGED:  # resolving a resolved config again says nothing new
-                print(f"[precision] {name}: {_RESOLVED[memo]} on {device} ({why})", flush=True)
-                _LOGGED.add(name)
-        chosen[name] = _RESOLVED[memo]
-    return dataclasses.replace(
-        cfg,
-        device=device,
-        train=dataclasses.replace(cfg.train, precision=chosen["train"]),
-        eval=dataclasses.replace(cfg.eval, precision=chosen["eval"]),
-    )
-
-
-def _session_id(cfg: RunConfig) -> str:
-    spec = {
-        "key": training_key(cfg),
-        "eval": asdict(cfg.eval),
-        "device": cfg.device,
-        "paths": asdict(cfg.paths),
-    }
-    return json.dumps(spec, sort_keys=True)
-
-
 def memory_budget(memory_gb: float | None, device: str) -> float:
     """Bytes the evaluator may hold in hidden states: eval.memory_gb, or a share of the device's memory
     (a quarter of the host's RAM on the CPU; 40% of what is free on the GPU, beside the model)."""
@@ -224,44 +182,22 @@ def memory_budget(memory_gb: float | None, device: str) -> float:
     return 0.25 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def eval_spec(cfg: RunConfig) -> dict:
-    """What evaluation results depend on besides the data and the trained parameters: batch size and
-    precision, and the device when it is not the CPU (so caches made before devices existed stay valid).
-    The memory budget is not in it: sharded and unsharded evaluation give the same predictions."""
-    spec = asdict(cfg.eval)
-    spec.pop("memory_gb")
-    if cfg.device != "cpu":
-        spec["device"] = cfg.device
-    return spec
+def build_session(cfg: RunConfig, base: Base) -> Session:
+    """Reset the shared model, add what the method trains, train or reuse it, and set up evaluation.
 
-
-def open_session(cfg: RunConfig) -> Session:
-    """The current process's session for this config (its `cfg` resolved for this machine), built (and
-    trained, once) if needed."""
-    global _CURRENT
-    cfg = resolve(cfg)
-    if _CURRENT is not None and _session_id(_CURRENT.cfg) == _session_id(cfg):
-        return _CURRENT
-    _CURRENT = None  # release the previous evaluator's cached states before building another
-    _CURRENT = build_session(cfg)
-    return _CURRENT
-
-
-def build_session(cfg: RunConfig) -> Session:
-    """Reset the shared model, add what the method trains, train or reuse it, and set up evaluation."""
+    `cfg` must be resolved for this machine (ablation.precision.resolve).
+    """
     tic = time.perf_counter()
-    cfg = resolve(cfg)  # a no-op for a resolved config
-    base = open_base(cfg.model, cfg.task.num_labels, cfg.paths.cache)
     model = base.fresh_model(cfg.seed)
-    adapter = asdict(cfg.adapter) if cfg.method.name == "adapters" else None
-    counts = prepare(model, cfg.model.family, cfg.method.name, cfg.method.k, adapter)
+    counts = prepare(model, cfg.model.family, cfg.method, cfg.adapter if cfg.trains_adapters else None)
     model.to(cfg.device)  # the shared model stays there; a no-op on the CPU
     kinds = ", ".join(
         f"{kind} {n:,}" for kind, n in counts.items() if kind not in ("total", "trainable") and n
     )
+    share = 100 * counts["trainable"] / counts["total"]
     print(
-        f"[params] {cfg.method.name}: trainable {counts['trainable']:,} of {counts['total']:,} "
-        f"({100 * counts['trainable'] / counts['total']:.2f}%): {kinds}",
+        f"[params] {cfg.method.name}: trainable {counts['trainable']:,} of {counts['total']:,} ({share:.2f}%): "
+        f"{kinds}",
         flush=True,
     )
     key = training_key(cfg)
@@ -271,10 +207,10 @@ def build_session(cfg: RunConfig) -> Session:
     def fit() -> dict:
         train_data = base.task_split(cfg.task, "train", cfg.paths.cache, cfg.model.max_length)
         print(f"[train] training {key} ({len(train_data.labels)} examples)", flush=True)
-        checkpoint = folder.with_name(folder.name + ".partial.pt")
+        checkpoint = checkpoint_path(folder)
         metrics = train(model, train_data, cfg.train, cfg.seed, checkpoint, cfg.device)
         metrics["counts"] = counts
-        save_trained(model, folder, OmegaConf.to_container(OmegaConf.structured(cfg)), metrics)
+        save_trained(model, folder, training_spec(cfg), asdict(cfg), metrics)
         checkpoint.unlink(missing_ok=True)
         print(f"[train] stored in {folder} ({metrics['train_seconds']:.0f} s)", flush=True)
         return metrics
@@ -287,24 +223,88 @@ def build_session(cfg: RunConfig) -> Session:
     metrics, trained_now = train_once(folder, fit, load)
     model.eval()
     val = base.task_split(cfg.task, "validation", cfg.paths.cache, cfg.model.max_length)
-    stages = Stages(model, cfg.model.family)
     budget = memory_budget(cfg.eval.memory_gb, cfg.device)
-    evaluator = Evaluator(stages, val, cfg.eval.batch_size, cfg.eval.precision, cfg.device, budget)
+    evaluator = Evaluator(
+        Stages(model, cfg.model.family), val, cfg.eval.batch_size, cfg.eval.precision, cfg.device, budget
+    )
     if evaluator.sharded:
-        print(f"[eval] states of {len(val.labels)} examples exceed eval.memory_gb={budget / 2**30:.2f}: "
-              f"{len(evaluator.shards)} shards", flush=True)  # fmt: skip
-    spec = json.dumps({"data": val.fingerprint(), **eval_spec(cfg)}, sort_keys=True)
-    cell_dir = folder / "eval" / hashlib.sha256(spec.encode()).hexdigest()[:12]
-    cell_dir.mkdir(parents=True, exist_ok=True)
+        print(
+            f"[eval] states of {len(val.labels)} examples exceed eval.memory_gb={budget / 2**30:.2f}: "
+            f"{len(evaluator.shards)} shards",
+            flush=True,
+        )
+    cell_dir = folder / "eval" / eval_key(cfg, val.fingerprint())
     with lock(cell_dir / "cells"):
         save_array(cell_dir / "labels.npy", val.labels.astype(np.int16))
-    return Session(
-        cfg=cfg,
-        key=key,
-        evaluator=evaluator,
-        counts=counts,
-        train_metrics=metrics,
-        trained_now=trained_now,
-        cell_dir=cell_dir,
-        timings={"load_seconds": load_seconds, "setup_seconds": time.perf_counter() - tic},
-    )
+    timings = {"load_seconds": load_seconds, "setup_seconds": time.perf_counter() - tic}
+    return Session(cfg, key, evaluator, counts, metrics, trained_now, cell_dir, timings)
+
+
+class Process:
+    """What one process keeps between the jobs it runs, and the process-wide settings it makes once.
+
+    The entry point creates one; nothing else in the suite keeps state across jobs or changes the
+    process's settings: the loaded Base, the current Session, the precisions resolved on this machine
+    (each logged once), TF32 matmuls on CUDA, glibc's allocator bound when an evaluation is sharded.
+    """
+
+    def __init__(self) -> None:
+        self.base: Base | None = None
+        self.session: Session | None = None
+        self._precisions: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._logged: set[str] = set()
+        self._stores_checked: set[str] = set()
+        self._memory_bound = False
+
+    def resolve(self, cfg: RunConfig) -> RunConfig:
+        """The config with device and precisions resolved for this machine (measured once per process)."""
+
+        def choose(requested: str, device: str, cache: str) -> tuple[str, str]:
+            memo = (requested, device, cache)
+            if memo not in self._precisions:
+                self._precisions[memo] = resolve_precision(requested, device, cache)
+            return self._precisions[memo]
+
+        resolved, why = resolve(cfg, choose)
+        for name, text in why.items():
+            if name not in self._logged:
+                print(f"[precision] {name}: {text}", flush=True)
+                self._logged.add(name)
+        if resolved.device == "cuda":  # fp32 matmuls on TF32 tensor cores (CUDA keys are apart anyway)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        return resolved
+
+    def open_session(self, cfg: RunConfig) -> Session:
+        """The session for a resolved config: the current one if the config allows, else built (and
+        trained, once) on the process's Base."""
+        if self.session is not None and process_spec(self.session.cfg) == process_spec(cfg):
+            return self.session
+        self.session = None  # release the previous evaluator's cached states before building another
+        spec = base_spec(cfg.model, cfg.task.num_labels, cfg.paths.cache)
+        if self.base is None or self.base.spec != spec:
+            self.base = None  # release the previous model before loading another
+            self.base = load_base(cfg.model, cfg.task.num_labels, cfg.paths.cache)
+        self._notice_older_entries(Path(cfg.paths.store))
+        self.session = build_session(cfg, self.base)
+        if self.session.evaluator.sharded and not self._memory_bound:
+            bound_resident_memory()
+            self._memory_bound = True
+        return self.session
+
+    def _notice_older_entries(self, store: Path) -> None:
+        if str(store) in self._stores_checked:
+            return
+        self._stores_checked.add(str(store))
+        older = older_entries(store)
+        if older:
+            print(
+                f"[train] {store}: {older} entries of an older store version are not reused (cache misses: "
+                "their keys were made by older code); delete them to free the space",
+                flush=True,
+            )
+
+
+@functools.cache
+def this_process() -> Process:
+    """The one Process of this process, made on first use: the entry point asks for it once per job."""
+    return Process()

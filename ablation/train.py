@@ -1,17 +1,13 @@
-"""The training loop and the train-once store (key -> trained parameters + config + metrics)."""
+"""The training loop and the train-once store (key -> trained parameters + key spec + config + metrics)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +16,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ablation.atomic import lock, remove_stale
-from ablation.config import AdapterConfig, CacheError, RunConfig, TrainConfig
+from ablation.atomic import clean, lock, replacing
+from ablation.config import CacheError, TrainConfig
 from ablation.data import Encoded, collate, to_device, train_batches
-from ablation.dropout import use_fast_dropout
 from ablation.methods import trained_state
-from ablation.precision import autocast, resolve_device
-from ablation.sources import sha256_file
+from ablation.precision import autocast
 
-# Bump when a code change alters what training produces, so old stored adapters are not reused.
-STORE_VERSION = 2  # 2: FastDropout
 # An interrupted training run resumes from its last checkpoint, written at most this often.
 CHECKPOINT_SECONDS = 60.0
+ENTRY = "key.json"  # in every store entry: the training spec its key hashes (ablation.keys.training_spec)
 
 
 def set_seed(seed: int) -> None:
@@ -39,45 +32,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-# Adapter fields that joined the key after store version 2: they enter it only when they differ from
-# their defaults, so the plain adapters trained before they existed keep their keys.
-_LATER_ADAPTER_FIELDS = ("norm", "depth", "placement", "combine")
-
-
-def training_key(cfg: RunConfig) -> str:
-    """Hash of everything that affects training: model, task, method (adapter), training config, seed."""
-    spec = {
-        "model": asdict(cfg.model),
-        "task": asdict(cfg.task),
-        "train": asdict(cfg.train),
-        "seed": cfg.seed,
-        "store_version": STORE_VERSION,
-    }
-    spec["model"].pop("num_layers")  # derived from the weights, not a choice
-    if cfg.task.path is None:  # joined the task after store version 2: only in keys of csv tasks
-        spec["task"].pop("path")
-    else:  # a local file: its content, not only its name, decides what is trained
-        spec["task"]["sha256"] = sha256_file(Path(cfg.task.path).expanduser())
-    if cfg.train.precision == "auto":
-        raise ValueError(
-            "train.precision=auto must be resolved for this machine first (ablation.session.resolve)"
-        )
-    device = resolve_device(cfg.device)
-    if device != "cpu":  # other kernels, another RNG: other trained parameters (CPU keys stay as they were)
-        spec["device"] = device
-    if cfg.method.name == "adapters":
-        plain = AdapterConfig()
-        spec["adapter"] = {
-            name: value
-            for name, value in asdict(cfg.adapter).items()
-            if name not in _LATER_ADAPTER_FIELDS or value != getattr(plain, name)
-        }
-    else:  # no adapters: their settings cannot change what is trained
-        spec["method"] = asdict(cfg.method)
-    text = json.dumps(spec, sort_keys=True)
-    return f"{cfg.model.name}-{cfg.task.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
@@ -125,7 +79,6 @@ def train(
     A non-finite loss or gradient norm stops training before that step's update: the parameters
     stay those of the last finite step, and the metrics say `diverged` and at which step.
     """
-    use_fast_dropout(model)  # torch's CPU dropout mask was ~12% of a step; same distribution
     steps_per_epoch = math.ceil(len(data.labels) / cfg.batch_size)
     total = math.ceil(cfg.epochs * steps_per_epoch)
     if cfg.max_steps is not None:
@@ -179,8 +132,8 @@ def train(
                 "losses": losses,
                 "seconds": spent + time.perf_counter() - tic,
             }
-            torch.save(state, checkpoint.with_suffix(".tmp"))
-            os.replace(checkpoint.with_suffix(".tmp"), checkpoint)
+            with replacing(checkpoint) as tmp:
+                torch.save(state, tmp)
             saved = time.perf_counter()
     bar.close()
     model.eval()
@@ -206,7 +159,7 @@ def load_checkpoint(path: Path) -> dict:
         # weights_only=True: torch's restricted unpickler refuses any object that is not plain data, so a
         # file planted where a checkpoint is expected cannot run code on load.
         return torch.load(path, weights_only=True)
-    except Exception as err:  # noqa: BLE001 (truncated zip, foreign pickle, anything: all mean "not ours")
+    except Exception as err:  # a truncated zip, a foreign pickle, anything: all mean "not ours"
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise CacheError(
             f"{path}: not a readable training checkpoint ({reason}); delete it to restart this training "
@@ -219,6 +172,11 @@ def store_path(store: str | Path, key: str) -> Path:
     return Path(store) / key
 
 
+def checkpoint_path(folder: Path) -> Path:
+    """Where a training of this store entry keeps its resume checkpoint while it runs."""
+    return folder.with_name(folder.name + ".partial.pt")
+
+
 def train_once(folder: Path, fit: Callable[[], dict], load: Callable[[], dict]) -> tuple[dict, bool]:
     """fit() (which stores into folder) unless the store has the key, else load(); True if fit ran.
 
@@ -227,27 +185,32 @@ def train_once(folder: Path, fit: Callable[[], dict], load: Callable[[], dict]) 
     Temporary files of a training that was killed are removed first; its resume checkpoint is kept.
     """
     with lock(folder):
-        remove_stale(folder.parent, f".{folder.name}-*")  # save_trained's temporary folders
-        remove_stale(folder.parent, f"{folder.name}.partial.tmp")  # a checkpoint being written
+        clean(folder)  # save_trained's temporary folders
+        clean(checkpoint_path(folder))  # a checkpoint being written
         if (folder / "trained.safetensors").exists():
             return load(), False
         return fit(), True
 
 
-def save_trained(model: nn.Module, folder: Path, config: dict, metrics: dict) -> None:
-    """Write trained parameters (safetensors), config and metrics; atomic via a rename."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+def save_trained(model: nn.Module, folder: Path, spec: dict, config: dict, metrics: dict) -> None:
+    """Write trained parameters (safetensors), the key's spec, config and metrics; atomic via a rename.
+
+    Replaces what the folder held: without trained parameters it can only hold stale evaluation caches.
+    """
+    with replacing(folder, folder=True) as tmp:
         state = {k: v.contiguous() for k, v in trained_state(model).items()}
         save_file(state, str(tmp / "trained.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        # A folder without trained parameters holds only stale evaluation caches of an older run.
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for name, content in ((ENTRY, spec), ("config.json", config), ("metrics.json", metrics)):
+            (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True, default=str))
+
+
+def older_entries(store: Path) -> int:
+    """Store entries written by an older store version (no key.json): never read, they are cache misses."""
+    if not store.is_dir():
+        return 0
+    return sum(
+        1 for p in store.iterdir() if (p / "trained.safetensors").exists() and not (p / ENTRY).exists()
+    )
 
 
 def load_trained(model: nn.Module, folder: Path) -> dict:
@@ -255,7 +218,7 @@ def load_trained(model: nn.Module, folder: Path) -> dict:
     file = folder / "trained.safetensors"
     try:
         state = load_file(str(file))
-    except Exception as err:  # noqa: BLE001 (safetensors raises its own error types for a bad header)
+    except Exception as err:  # safetensors raises its own error types for a bad header
         raise CacheError(f"{file}: unreadable ({err}); delete {folder} to retrain this key") from None
     expected = trained_state(model)
     if set(state) != set(expected):

@@ -1,11 +1,15 @@
-"""Reading side of the adapter studies: load sweep results, aggregate seeds, draw the figures.
+"""Reading side of the adapter studies, in three layers: selection (`analysis.select`: which rows a figure or
+claim reads), statistics (`analysis.stats`: every interval, one bootstrap path) and drawing
+(`analysis.plots`); `analysis.claims` judges the paper's claims from the first two, `analysis.report`
+puts everything on one page.
 
-Never imports torch, transformers or hydra, so results can be opened on a laptop without them.
-Plotting lives in `analysis.plots` (not re-exported, so `import analysis` stays free of matplotlib).
+Never imports torch or transformers, so results can be opened where the models cannot run. Plotting is not
+re-exported, so `import analysis` (and `import analysis.claims`) stays free of matplotlib.
 """
 
 from analysis.collect import conform, load_predictions, load_results
-from analysis.stats import layer_matrix, mean_sem, paired_bootstrap_ci, split_panels, summarize_seeds
+from analysis.select import split_panels
+from analysis.stats import layer_matrix, mean_sem, paired_bootstrap_ci, summarize_seeds
 
 __all__ = [
     "conform",

@@ -1,4 +1,4 @@
-"""Command line: `python -m analysis report|compare|figures|heatmap|table|ci ...` (see --help)."""
+"""Command line: `python -m analysis report|compare|figures|heatmap|table|ci|rebuild ...` (see --help)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.collect import load_predictions, load_results
-from analysis.stats import PANEL_COLUMNS, layer_matrix, paired_bootstrap_ci, split_panels
+from analysis.collect import load_results, load_runs
+from analysis.select import PANEL_COLUMNS, split_panels
+from analysis.stats import cell_intervals, layer_matrix
 
 PROG = "python -m analysis"
 
@@ -24,11 +25,17 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "rebuild":
+            from ablation.results import rebuild_table
+
+            print(rebuild_table(args.sweep_dir))
+            return 0
+        if args.command == "ci":
+            print(format_intervals(load_runs([args.sweep_dir]).table, args.level).to_string(index=False))
+            return 0
         df = load_results(args.sweep_dir)
         if args.command == "heatmap":
             _heatmap(df, args)
-        elif args.command == "ci":
-            print(format_intervals(df, args.sweep_dir, args.level).to_string(index=False))
         else:
             print(format_table(df, args.value))
     except (FileNotFoundError, KeyError, ValueError) as err:
@@ -48,7 +55,7 @@ def _figures(args: argparse.Namespace) -> int:
             f"figures: {len(dirs)} sweeps given; say where their joint figures go with --out DIR"
         )
     out = args.out if args.out is not None else (dirs[0] if dirs[0].is_dir() else dirs[0].parent)
-    df = load_results(dirs[0] if len(dirs) == 1 else dirs)
+    df = load_runs(dirs).table  # with where each row's predictions are: the heatmap hatches as in the report
     paths = study_figures(df, out, selection="best" if args.best_of_n else "mean")
     if not paths:
         raise ValueError(
@@ -68,9 +75,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from analysis.claims import difference_intervals
-    from analysis.collect import load_runs
     from analysis.plots import difference_figure
+    from analysis.stats import difference_intervals
 
     panels = []
     for path in (args.a, args.b):
@@ -109,15 +115,17 @@ def format_table(df: pd.DataFrame, value: str = "relative_decrease") -> str:
     return "\n\n".join(blocks)
 
 
-def format_intervals(df: pd.DataFrame, sweep_dir: Path, level: float = 0.95) -> pd.DataFrame:
-    """Per cell: accuracy and its drop from the intact model (percentage points), paired bootstrap interval."""
-    rows = []
-    for _, row in df.sort_values(["first", "last"]).iterrows():
-        pred = load_predictions(sweep_dir, str(row["job_dir"]))
-        diff, lo, hi = paired_bootstrap_ci(pred["labels"], pred["intact"], pred["ablated"], level=level)
-        rows.append({"first": row["first"], "last": row["last"], "accuracy": 100 * row["accuracy"],
-                     "drop_points": 100 * diff, "lo": 100 * lo, "hi": 100 * hi})  # fmt: skip
-    return pd.DataFrame(rows).round(2)
+def format_intervals(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Per cell of each panel: accuracy, its drop from the intact model (points) and the relative decrease
+    (%), each with its 95% interval: `analysis.stats.cell_intervals`, the report's intervals."""
+    cells = df.dropna(subset=["first", "last"])
+    if cells.empty:
+        raise ValueError("ci: no layer-ablation cells in these rows")
+    tables = []
+    for panel in split_panels(cells):
+        names = {c: panel[c].iloc[0] for c in PANEL_COLUMNS if cells[c].nunique() > 1}
+        tables.append(cell_intervals(panel, level).drop(columns="includes_zero").assign(**names))
+    return pd.concat(tables, ignore_index=True).round(2)
 
 
 def _heatmap(df: pd.DataFrame, args: argparse.Namespace) -> None:
@@ -155,9 +163,15 @@ def _parser() -> argparse.ArgumentParser:
     heat.add_argument("--out", type=Path, default=None, help="output stem (default: SWEEP_DIR/heatmap)")
     table = commands.add_parser("table", help="print the first x last matrix in percent")
     table.add_argument("sweep_dir", type=Path, help="sweep directory (or its results.csv)")
-    ci = commands.add_parser("ci", help="accuracy drop per cell with a paired bootstrap interval")
+    ci = commands.add_parser(
+        "ci", help="accuracy drop and relative decrease per cell, with the report's intervals"
+    )
     ci.add_argument("sweep_dir", type=Path, help="sweep directory (with its job folders)")
     ci.add_argument("--level", type=float, default=0.95, help="interval level (default: %(default)s)")
+    rebuild = commands.add_parser(
+        "rebuild", help="rebuild results.csv from the job folders' result.json files"
+    )
+    rebuild.add_argument("sweep_dir", type=Path, help="sweep directory")
     figures = commands.add_parser("figures", help="write every study figure the results allow (PNG and PDF)")
     figures.add_argument("sweep_dirs", type=Path, nargs="+", metavar="DIR", help="sweep directories")
     figures.add_argument("--out", type=Path, default=None, help="output dir (default: the one DIR given)")

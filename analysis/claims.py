@@ -1,6 +1,6 @@
 """The paper's claims (../shared/PAPER.md) as rules evaluated on the result table, each with its interval.
 
-Every claim reads the rows of one figure (`analysis.plots.figure_plan`), one panel per model x task, and
+Every claim reads the rows of one figure (`analysis.select.figure_plan`), one panel per model x task, and
 turns them into a statistic with a 95% bootstrap interval that resamples the validation examples and the
 seeds together (`analysis.stats.bootstrap_replicates`). Its verdict follows from where the interval lies
 against the claim's region: inside it, reproduced; outside it, not reproduced; across its edge,
@@ -15,15 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.collect import correctness, load_predictions
-from analysis.stats import Group, bootstrap_replicates, interval
+from analysis.select import PAPER_SIZES, figure_plan, method_rows
+from analysis.stats import LEVEL, Group, cell_groups, group, interval, relative_decrease, replicates
+from analysis.stats import mean_accuracy as _accuracy
 
-VERDICTS = ("reproduced", "not reproduced", "inconclusive", "no data")
-LEVEL = 0.95
-N_BOOT = 2000
 INF = float("inf")
 SMALL_INIT = 1e-2  # the paper: robust for init std <= 1e-2
-PAPER_SIZES = (8, 64, 256)
 FEW_PERCENT = 0.05  # "a few percent of the parameters": at most 5% of full fine-tuning's
 
 
@@ -80,8 +77,6 @@ def evaluate_claims(df: pd.DataFrame) -> pd.DataFrame:
 
     `df` comes from `analysis.collect.load_runs` (its `sweep` column locates the per-example predictions).
     """
-    from analysis.plots import figure_plan  # plots needs matplotlib; the rest of this module does not
-
     plan = figure_plan(df)
     rows = []
     for claim in CLAIMS:
@@ -112,21 +107,24 @@ def evaluate_claims(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _row(claim: Claim, panel: str, measured: str, value: float, lo: float, hi: float, result: str) -> dict:
-    return {"claim": claim.name, "paper": claim.paper, "panel": panel, "measured": measured,
-            "estimate": value, "lo": lo, "hi": hi, "unit": claim.unit, "verdict": result,
-            "rule": claim.rule}  # fmt: skip
+    return {
+        "claim": claim.name,
+        "paper": claim.paper,
+        "panel": panel,
+        "measured": measured,
+        "estimate": value,
+        "lo": lo,
+        "hi": hi,
+        "unit": claim.unit,
+        "verdict": result,
+        "rule": claim.rule,
+    }
 
 
-def _replicates(groups: list[Group]) -> np.ndarray:
-    return bootstrap_replicates(groups, n_boot=N_BOOT, seed=0)
-
-
-def _accuracy(group: Group) -> float:
-    return float(group.correct.mean(axis=1).mean())
-
-
-COLLAPSED = ("every model compared scores at most 1 point above the majority-class rate: the comparison "
-             "cannot test the claim")  # fmt: skip
+COLLAPSED = (
+    "every model compared scores at most 1 point above the majority-class rate: the comparison "
+    "cannot test the claim"
+)
 
 
 def _collapsed(panel: pd.DataFrame, groups: list[Group]) -> bool:
@@ -138,33 +136,8 @@ def _collapsed(panel: pd.DataFrame, groups: list[Group]) -> bool:
 # --- layer ablation ---------------------------------------------------------------------------------
 
 
-def _cells(
-    panel: pd.DataFrame, examples: str | None = None, runs: str = "runs"
-) -> tuple[int, Group, dict[tuple[int, int], Group]] | None:
-    """Layer count, the intact model and every ablated span, over the seeds that every span has."""
-    cells = panel.dropna(subset=["first", "last"])
-    if cells.empty:
-        return None
-    by_cell = {(int(f), int(la)): g for (f, la), g in cells.groupby(["first", "last"])}
-    seeds = set.intersection(*(set(g["seed"]) for g in by_cell.values()))
-    if not seeds:
-        return None
-    key = (runs, tuple(sorted(seeds)))
-    pick = {
-        c: g[g["seed"].isin(seeds)].drop_duplicates("seed").sort_values("seed") for c, g in by_cell.items()
-    }
-    task = examples or str(cells["task"].iloc[0])
-    intact = Group(correctness(next(iter(pick.values())), "intact"), examples=task, seeds=key)
-    groups = {c: Group(correctness(g), examples=task, seeds=key) for c, g in pick.items()}
-    return int(cells["last"].max()) + 1, intact, groups
-
-
-def _relative_decrease(intact: float | np.ndarray, ablated: float | np.ndarray) -> float | np.ndarray:
-    return 100.0 * (1.0 - np.asarray(ablated) / np.asarray(intact))
-
-
 def _single_layer(panel: pd.DataFrame):
-    found = _cells(panel)
+    found = cell_groups(panel)
     if found is None:
         return None
     n_layers, intact, cells = found
@@ -174,18 +147,20 @@ def _single_layer(panel: pd.DataFrame):
     groups = [intact, *(cells[(layer, layer)] for layer in layers)]
     if _collapsed(panel, [intact]):
         return f"intact model {100 * _accuracy(intact):.1f}%; {COLLAPSED}", []
-    reps = _replicates(groups)
-    values = _relative_decrease(_accuracy(intact), np.array([_accuracy(g) for g in groups[1:]]))
-    stats = _relative_decrease(reps[:, :1], reps[:, 1:])
-    text = (f"single-layer relative decrease {values.min():.2f}% to {values.max():.2f}% over "
-            f"{len(layers)} of {n_layers} layers, {intact.correct.shape[0]} seed(s)")  # fmt: skip
+    reps = replicates(groups)
+    values = relative_decrease(_accuracy(intact), np.array([_accuracy(g) for g in groups[1:]]))
+    stats = relative_decrease(reps[:, :1], reps[:, 1:])
+    text = (
+        f"single-layer relative decrease {values.min():.2f}% to {values.max():.2f}% over "
+        f"{len(layers)} of {n_layers} layers, {intact.correct.shape[0]} seed(s)"
+    )
     return text, [
         (f"layer {la}", float(v), stats[:, i]) for i, (la, v) in enumerate(zip(layers, values, strict=True))
     ]
 
 
 def _all_removed(panel: pd.DataFrame):
-    found = _cells(panel)
+    found = cell_groups(panel)
     if found is None:
         return None
     n_layers, intact, cells = found
@@ -195,10 +170,12 @@ def _all_removed(panel: pd.DataFrame):
     majority = 100.0 * float(panel["majority_rate"].mean())
     if not np.isfinite(majority):
         return None
-    reps = 100.0 * _replicates([whole])[:, 0] - majority
+    reps = 100.0 * replicates([whole])[:, 0] - majority
     acc = 100.0 * _accuracy(whole)
-    text = (f"all {n_layers} layers removed: {acc:.1f}% vs majority class {majority:.1f}% "
-            f"(intact {100 * _accuracy(intact):.1f}%)")  # fmt: skip
+    text = (
+        f"all {n_layers} layers removed: {acc:.1f}% vs majority class {majority:.1f}% "
+        f"(intact {100 * _accuracy(intact):.1f}%)"
+    )
     return text, [("all removed", acc - majority, reps)]
 
 
@@ -208,7 +185,7 @@ def lower_block(n_layers: int) -> int:
 
 
 def _lower_vs_upper(panel: pd.DataFrame):
-    found = _cells(panel)
+    found = cell_groups(panel)
     if found is None:
         return None
     n_layers, intact, cells = found
@@ -218,12 +195,14 @@ def _lower_vs_upper(panel: pd.DataFrame):
         return None
     if _collapsed(panel, [intact]):
         return f"intact model {100 * _accuracy(intact):.1f}%; {COLLAPSED}", []
-    reps = _replicates([intact, low, high])
+    reps = replicates([intact, low, high])
     i, lo_acc, hi_acc = (_accuracy(g) for g in (intact, low, high))
-    d_low, d_high = _relative_decrease(i, lo_acc), _relative_decrease(i, hi_acc)
-    text = (f"layers {n_layers - j}..{n_layers - 1} removed: {d_high:.2f}%, layers 0..{j - 1} removed: "
-            f"{d_low:.2f}% (relative decrease)")  # fmt: skip
-    stat = _relative_decrease(reps[:, 0], reps[:, 2]) - _relative_decrease(reps[:, 0], reps[:, 1])
+    d_low, d_high = relative_decrease(i, lo_acc), relative_decrease(i, hi_acc)
+    text = (
+        f"layers {n_layers - j}..{n_layers - 1} removed: {d_high:.2f}%, layers 0..{j - 1} removed: "
+        f"{d_low:.2f}% (relative decrease)"
+    )
+    stat = relative_decrease(reps[:, 0], reps[:, 2]) - relative_decrease(reps[:, 0], reps[:, 1])
     return text, [("top block minus bottom block", float(d_high - d_low), stat)]
 
 
@@ -234,7 +213,7 @@ def _settings(rows: pd.DataFrame, column: str) -> dict:
     """{value of column: Group of its seeds' correctness} for the intact rows of one panel."""
     rows = rows[rows["first"].isna()].dropna(subset=[column])
     task = str(rows["task"].iloc[0]) if len(rows) else ""
-    return {v: Group(correctness(g.sort_values("seed")), examples=task) for v, g in rows.groupby(column)}
+    return {v: group(g, examples=task) for v, g in rows.groupby(column)}
 
 
 def _pairs(groups: dict, label: Callable[[object], str]):
@@ -244,11 +223,14 @@ def _pairs(groups: dict, label: Callable[[object], str]):
     maximum is biased upwards, the interval of a difference is not.
     """
     keys = list(groups)
-    reps = 100.0 * _replicates([groups[k] for k in keys])
+    reps = 100.0 * replicates([groups[k] for k in keys])
     means = np.array([100.0 * _accuracy(groups[k]) for k in keys])
     parts = ", ".join(f"{label(k)}: {m:.1f}" for k, m in zip(keys, means, strict=True))
-    pairs = [(f"{label(keys[i])} minus {label(keys[j])}", float(means[i] - means[j]), reps[:, i] - reps[:, j])
-             for i in range(len(keys)) for j in range(i + 1, len(keys))]  # fmt: skip
+    pairs = [
+        (f"{label(keys[i])} minus {label(keys[j])}", float(means[i] - means[j]), reps[:, i] - reps[:, j])
+        for i in range(len(keys))
+        for j in range(i + 1, len(keys))
+    ]
     return parts, pairs
 
 
@@ -272,7 +254,7 @@ def _init_degrades(panel: pd.DataFrame):
     keys = [*small, top]
     if _collapsed(panel, [groups[k] for k in keys]):
         return COLLAPSED, []
-    reps = 100.0 * _replicates([groups[k] for k in keys])
+    reps = 100.0 * replicates([groups[k] for k in keys])
     base = np.mean([100.0 * _accuracy(groups[s]) for s in small])
     at_top = 100.0 * _accuracy(groups[top])
     text = f"mean over σ ≤ 1e-2: {base:.1f}%, σ={top:g}: {at_top:.1f}%"
@@ -292,13 +274,9 @@ def _sizes_alike(panel: pd.DataFrame):
     return f"{parts}%", pairs
 
 
-def _method_rows(panel: pd.DataFrame, method: str) -> pd.DataFrame:
-    return panel[(panel["method"] == method) & panel["first"].isna()]
-
-
 def _near_full(panel: pd.DataFrame):
-    full = _method_rows(panel, "full")
-    adapters = _method_rows(panel, "adapters")
+    full = method_rows(panel, "full")
+    adapters = method_rows(panel, "adapters")
     if full.empty or adapters.empty:
         return None
     budget = FEW_PERCENT * float(full["trained_params"].iloc[0])
@@ -308,25 +286,27 @@ def _near_full(panel: pd.DataFrame):
     size = within.loc[within["trained_params"].idxmax(), "adapter_size"]
     chosen = adapters[adapters["adapter_size"] == size]
     task = str(panel["task"].iloc[0])
-    f, a = (Group(correctness(r.sort_values("seed")), examples=task) for r in (full, chosen))
+    f, a = (group(r, examples=task) for r in (full, chosen))
     if _collapsed(panel, [f, a]):
         return f"adapters m={int(size)} and full fine-tuning: {COLLAPSED}", []
-    reps = 100.0 * _replicates([f, a])
+    reps = 100.0 * replicates([f, a])
     share = 100.0 * float(chosen["trained_params"].iloc[0]) / float(full["trained_params"].iloc[0])
-    text = (f"adapters m={int(size)} ({share:.1f}% of full's trained parameters): {100 * _accuracy(a):.1f}%, "
-            f"full fine-tuning {100 * _accuracy(f):.1f}%")  # fmt: skip
+    text = (
+        f"adapters m={int(size)} ({share:.1f}% of full's trained parameters): {100 * _accuracy(a):.1f}%, "
+        f"full fine-tuning {100 * _accuracy(f):.1f}%"
+    )
     return text, [("full minus adapters", 100.0 * (_accuracy(f) - _accuracy(a)), reps[:, 0] - reps[:, 1])]
 
 
 def _layernorm_cost(panel: pd.DataFrame):
-    full, norm = _method_rows(panel, "full"), _method_rows(panel, "layernorm")
+    full, norm = method_rows(panel, "full"), method_rows(panel, "layernorm")
     if full.empty or norm.empty:
         return None
     task = str(panel["task"].iloc[0])
-    f, n = (Group(correctness(r.sort_values("seed")), examples=task) for r in (full, norm))
+    f, n = (group(r, examples=task) for r in (full, norm))
     if _collapsed(panel, [f, n]):
         return f"LayerNorm-only and full fine-tuning: {COLLAPSED}", []
-    reps = 100.0 * _replicates([f, n])
+    reps = 100.0 * replicates([f, n])
     text = f"LayerNorm only {100 * _accuracy(n):.1f}%, full fine-tuning {100 * _accuracy(f):.1f}%"
     return text, [
         ("full minus LayerNorm-only", 100.0 * (_accuracy(f) - _accuracy(n)), reps[:, 0] - reps[:, 1])
@@ -340,7 +320,7 @@ def _no_variant_better(panel: pd.DataFrame):
     names = ["plain", *sorted(v for v in groups if v != "plain")]
     if _collapsed(panel, [groups[v] for v in names]):
         return COLLAPSED, []
-    reps = 100.0 * _replicates([groups[v] for v in names])
+    reps = 100.0 * replicates([groups[v] for v in names])
     gains = np.array([100.0 * (_accuracy(groups[v]) - _accuracy(groups["plain"])) for v in names[1:]])
     text = f"plain {100 * _accuracy(groups['plain']):.1f}%; {len(names) - 1} variants, gains {gains.min():+.2f} to {gains.max():+.2f}"
     stats = reps[:, 1:] - reps[:, :1]
@@ -356,124 +336,88 @@ CLAIMS = (
         paper="removing any single layer's adapters costs at most ~2%",
         rule="relative decrease removing one layer's adapters; reproduced if every layer's interval lies "
         "below 2%, not reproduced if any lies above",
-        unit="%", region=(-INF, 2.0), figure="heatmap", measure=_single_layer,
+        unit="%",
+        region=(-INF, 2.0),
+        figure="heatmap",
+        measure=_single_layer,
     ),
     Claim(
         name="all adapters removed: majority class",
         paper="removing all adapters falls to the majority class (MNLI 37%, CoLA 69%)",
         rule="accuracy with every layer's adapters removed minus the majority-class rate; reproduced if its "
         "interval lies below +2 points, not reproduced if above",
-        unit="points", region=(-INF, 2.0), figure="heatmap", measure=_all_removed,
+        unit="points",
+        region=(-INF, 2.0),
+        figure="heatmap",
+        measure=_all_removed,
     ),
     Claim(
         name="lower layers matter less",
         paper="adapters in lower layers (0-4) matter less than those in higher layers",
         rule="relative decrease removing the top block minus removing the bottom block, blocks of 5 of 12 "
         "layers (⌊5L/12⌋ of L); reproduced if its interval lies above 0, not reproduced if below",
-        unit="%", region=(0.0, INF), figure="heatmap", measure=_lower_vs_upper,
+        unit="%",
+        region=(0.0, INF),
+        figure="heatmap",
+        measure=_lower_vs_upper,
     ),
     Claim(
         name="init std ≤ 1e-2 is robust",
         paper="robust for init std below 1e-2 (Figure 6, right)",
         rule="difference in mean accuracy between every pair of σ ≤ 1e-2 in the grid; reproduced if every "
         "pair's interval lies within ±1 point, not reproduced if any lies outside",
-        unit="points", region=(-1.0, 1.0), figure="init_scale", measure=_init_robust,
+        unit="points",
+        region=(-1.0, 1.0),
+        figure="init_scale",
+        measure=_init_robust,
     ),
     Claim(
         name="larger init std degrades",
         paper="larger inits degrade performance (Figure 6, right)",
         rule="mean accuracy over σ ≤ 1e-2 minus accuracy at the largest σ of the grid; reproduced if its "
         "interval lies above 0, not reproduced if below",
-        unit="points", region=(0.0, INF), figure="init_scale", measure=_init_degrades,
+        unit="points",
+        region=(0.0, INF),
+        figure="init_scale",
+        measure=_init_degrades,
     ),
     Claim(
         name="sizes 8/64/256 perform alike",
         paper="adapter sizes 8, 64, 256: 86.2 / 85.8 / 85.7 mean GLUE accuracy",
         rule="difference in mean accuracy between every pair of sizes 8, 64, 256; reproduced if every pair's "
         "interval lies within ±0.5 point, not reproduced if any lies outside",
-        unit="points", region=(-0.5, 0.5), figure="bottleneck", measure=_sizes_alike,
+        unit="points",
+        region=(-0.5, 0.5),
+        figure="bottleneck",
+        measure=_sizes_alike,
     ),
     Claim(
         name="adapters close to full fine-tuning",
         paper="adapters come within ~0.4 point of full fine-tuning with 3.6% of its parameters",
         rule="full fine-tuning minus the largest adapter with ≤ 5% of full's trained parameters; reproduced "
         "if its interval lies below 1 point, not reproduced if above",
-        unit="points", region=(-INF, 1.0), figure="tradeoff", measure=_near_full,
+        unit="points",
+        region=(-INF, 1.0),
+        figure="tradeoff",
+        measure=_near_full,
     ),
     Claim(
         name="LayerNorm-only costs a few points",
         paper="LayerNorm-only tuning costs ~4% on MNLI, ~3.5% on CoLA",
         rule="full fine-tuning minus LayerNorm-only; reproduced if its interval lies within [1, 8] points",
-        unit="points", region=(1.0, 8.0), figure="tradeoff", measure=_layernorm_cost,
+        unit="points",
+        region=(1.0, 8.0),
+        figure="tradeoff",
+        measure=_layernorm_cost,
     ),
     Claim(
         name="no variant beats the plain adapter",
         paper="none of the extensions tried beat the plain adapter",
         rule="each variant's accuracy minus the plain adapter's; reproduced if every variant's interval lies "
         "below +0.5 point, not reproduced if any lies above",
-        unit="points", region=(-INF, 0.5), figure="variants", measure=_no_variant_better,
+        unit="points",
+        region=(-INF, 0.5),
+        figure="variants",
+        measure=_no_variant_better,
     ),
-)  # fmt: skip
-
-
-def cell_intervals(panel: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
-    """Per ablated span of one heatmap panel: relative decrease (%) and its interval over examples and seeds.
-
-    Columns first, last, relative_decrease, lo, hi, seeds; `includes_zero` marks spans whose drop the
-    validation set and the seeds cannot tell from no drop.
-    """
-    columns = ["first", "last", "relative_decrease", "lo", "hi", "seeds", "includes_zero"]
-    found = _cells(panel)
-    if found is None:
-        return pd.DataFrame(columns=columns)
-    _, intact, cells = found
-    spans = sorted(cells)
-    reps = _replicates([intact, *(cells[s] for s in spans)])
-    rows = []
-    for j, (first, last) in enumerate(spans, start=1):
-        value = float(_relative_decrease(_accuracy(intact), _accuracy(cells[(first, last)])))
-        _, lo, hi = interval(value, _relative_decrease(reps[:, 0], reps[:, j]), level)
-        rows.append([first, last, value, lo, hi, intact.correct.shape[0], lo <= 0.0 <= hi])
-    return pd.DataFrame(rows, columns=columns)
-
-
-def uncertain_cells(panel: pd.DataFrame) -> pd.DataFrame:
-    """first x last boolean matrix (as layer_matrix lays it out): True where the 95% interval includes 0."""
-    table = cell_intervals(panel)
-    n_layers = int(panel["last"].max()) + 1
-    layers = pd.RangeIndex(n_layers)
-    matrix = table.pivot_table(index="first", columns="last", values="includes_zero", aggfunc="max")
-    return matrix.reindex(index=layers, columns=layers).fillna(False).astype(bool)
-
-
-def difference_intervals(a: pd.DataFrame, b: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
-    """Per span both panels have: relative decrease in A minus in B (percentage points), with its interval.
-
-    A and B are resampled as independent training runs; their validation examples are resampled together
-    when both were scored on the same examples (same labels in the same order), independently otherwise.
-    """
-    same = (a["task"].iloc[0] == b["task"].iloc[0]) and np.array_equal(_labels(a), _labels(b))
-    found_a = _cells(a, examples="shared" if same else "A", runs="A")
-    found_b = _cells(b, examples="shared" if same else "B", runs="B")
-    if found_a is None or found_b is None:
-        raise ValueError("compare: both runs need layer-ablation cells")
-    (_, ia, ca), (_, ib, cb) = found_a, found_b
-    spans = sorted(set(ca) & set(cb))
-    if not spans:
-        raise ValueError("compare: the two runs have no ablated span in common")
-    reps = _replicates([ia, ib, *(ca[s] for s in spans), *(cb[s] for s in spans)])
-    rows, n = [], len(spans)
-    for j, (first, last) in enumerate(spans):
-        value = float(_relative_decrease(_accuracy(ia), _accuracy(ca[(first, last)]))
-                      - _relative_decrease(_accuracy(ib), _accuracy(cb[(first, last)])))  # fmt: skip
-        stat = _relative_decrease(reps[:, 0], reps[:, 2 + j]) - _relative_decrease(
-            reps[:, 1], reps[:, 2 + n + j]
-        )
-        _, lo, hi = interval(value, stat, level)
-        rows.append([first, last, value, lo, hi, lo <= 0.0 <= hi])
-    return pd.DataFrame(rows, columns=["first", "last", "difference", "lo", "hi", "includes_zero"])
-
-
-def _labels(rows: pd.DataFrame) -> np.ndarray:
-    first = rows.iloc[0]
-    return load_predictions(str(first["sweep"]), str(first["job_dir"]))["labels"]
+)

@@ -24,29 +24,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablation.results import COLUMNS, column_kinds
+from ablation.results import COLUMNS, KINDS, PREDICTIONS, RESULT_JSON, RESULTS_CSV, TEXT_DTYPE, typed
 
-RESULTS_CSV = "results.csv"
-RESULT_JSON = "result.json"
-PREDICTIONS = "predictions.npz"
 PREDICTION_KEYS = ("labels", "intact", "ablated")
-
-KINDS = column_kinds()
 # job_dir looks numeric ("0", "17") but is a path: text columns are read as text so "007" or "a/3" survive.
 TEXT_COLUMNS = tuple(c for c in COLUMNS if KINDS[c] == "text")
+__all__ = ["TEXT_DTYPE", "conform", "correctness", "load_predictions", "load_results", "load_runs"]
 
 PathLike = str | Path
-
-
-def _text_dtype() -> pd.StringDtype | str:
-    try:
-        return pd.StringDtype(na_value=np.nan)  # pandas >= 2.3: the `str` dtype of pandas 3
-    except TypeError:
-        return "object"
-
-
-TEXT_DTYPE = _text_dtype()
-DTYPES = {"text": TEXT_DTYPE, "int": "Int64", "float": "float64", "bool": "boolean"}
 
 
 def load_results(path: PathLike | Sequence[PathLike]) -> pd.DataFrame:
@@ -130,12 +115,7 @@ def _cached_predictions(sweep: str, job: str, mtime_ns: int) -> dict[str, np.nda
 
 def conform(df: pd.DataFrame) -> pd.DataFrame:
     """Return a copy with every schema column present and typed as the module docstring says."""
-    out = df.copy()
-    for col in COLUMNS:
-        source = out[col] if col in out.columns else pd.Series(None, index=out.index, dtype=object)
-        out[col] = _as_kind(source, KINDS[col], col)
-    extras = [c for c in out.columns if c not in KINDS]
-    return out[[*COLUMNS, *extras]]
+    return typed(df)
 
 
 def load_predictions(sweep_dir: PathLike, job_dir: PathLike) -> dict[str, np.ndarray]:
@@ -178,7 +158,7 @@ def _read_csv(file: Path) -> pd.DataFrame:
 def _json_row(file: Path, sweep_dir: Path) -> dict:
     try:
         record = json.loads(file.read_text())
-    except ValueError as err:  # a job killed mid-write before writes were atomic, or an edited file
+    except ValueError as err:  # an edited or foreign file: writes are atomic
         raise ValueError(f"{file}: malformed JSON ({err}); re-run that job or delete its folder") from None
     if not isinstance(record, dict):
         raise ValueError(f"{file}: expected one JSON object per job, got {type(record).__name__}")
@@ -204,40 +184,7 @@ def _flatten(record: dict) -> dict:
 
 
 def _tidy(df: pd.DataFrame, origin: Path) -> pd.DataFrame:
-    # Tables from before the column existed: derive it rather than leave every reader to.
-    if "relative_decrease" not in df.columns and {"accuracy", "intact_accuracy"} <= set(df.columns):
-        df = df.assign(relative_decrease=1.0 - df["accuracy"] / df["intact_accuracy"])
     try:
         return conform(df)
     except ValueError as err:
         raise ValueError(f"{origin}: {err}") from None
-
-
-def _as_kind(values: pd.Series, kind: str, name: str) -> pd.Series:
-    """Cast one column to its kind's dtype; ValueError naming the column if a value does not fit."""
-    try:
-        if kind == "text":
-            return _as_text(values)
-        if kind == "bool":
-            return values.map(_as_bool).astype("boolean")
-        return pd.to_numeric(values).astype(DTYPES[kind])
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"column {name!r}: expected {kind} values ({err})") from None
-
-
-def _as_text(values: pd.Series) -> pd.Series:
-    if TEXT_DTYPE != "object":
-        return values.astype(TEXT_DTYPE)
-    # Older pandas: astype(str) would turn NaN into the string "nan".
-    return values.map(lambda v: v if pd.isna(v) else str(v)).astype(object)
-
-
-def _as_bool(value: object) -> object:
-    # read_csv leaves a bool column with gaps as object (True/False/NaN); JSON gives real bools.
-    if pd.isna(value):
-        return pd.NA
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise ValueError(f"not True/False: {value!r}")

@@ -1,8 +1,9 @@
 """Figures of Houlsby et al. 2019: the layer-ablation heatmap (Figure 6), init scale, bottleneck size,
 parameter/accuracy trade-off (Figures 3/4) and adapter variants.
 
-Every `*_plot(df, ax, selection)` draws one panel on a given Axes and returns the table it plotted;
-`study_figures` decides which figures a result table allows and saves them as PNG and PDF.
+Every `*_plot(df, ax, selection)` draws one panel on a given Axes and returns the table it plotted; each
+figure is one `Drawing` (its panel function, title, caption and panel size) beside the rows
+`analysis.select` gives it; `study_figures` draws every figure a result table allows, as PNG and PDF.
 """
 
 from __future__ import annotations
@@ -22,13 +23,18 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from analysis.collect import conform
-from analysis.stats import best_seed_rows, layer_matrix, mixed_settings, split_panels, summarize_seeds
+from analysis.select import FIGURES, PAPER_SIZES, best_seed_rows, figure_plan, panel_rows, split_panels
+from analysis.stats import layer_matrix, summarize_seeds, uncertain_cells
 
+__all__ = [
+    "figure_plan",
+    "heatmap",
+    "heatmap_figure",
+    "study_figures",
+]  # figure_plan: re-exported from select
 MAX_COLUMNS = 3
 # A heatmap panel's rows -> its first x last matrix of cells to hatch (interval includes zero).
 Uncertain = Callable[[pd.DataFrame], pd.DataFrame]
-PAPER_SIZES = (8, 64, 256)  # the adapter sizes of the paper's GLUE grid
 METHOD_ORDER = ("adapters", "top_k", "layernorm")
 METHOD_LABELS = {
     "adapters": "adapters (size m)",
@@ -66,16 +72,13 @@ def difference_figure(table: pd.DataFrame, out_stem: str | Path, title: str) -> 
 
     `table` has columns first, last, difference, includes_zero (see `analysis.claims.difference_intervals`).
     """
-    n_layers = int(table["last"].max()) + 1
-    layers = pd.RangeIndex(n_layers)
-    pivot = {c: table.pivot_table(index="first", columns="last", values=c, aggfunc="first")
-             .reindex(index=layers, columns=layers) for c in ("difference", "includes_zero")}  # fmt: skip
-    matrix = pivot["difference"].astype(float) / 100  # _draw_matrix shows fractions in percent
-    matrix.index.name, matrix.columns.name = "first", "last"
-    side = 0.45 * n_layers + 2.0
+    matrix = layer_matrix(table, "difference") / 100  # _draw_matrix shows fractions in percent
+    uncertain = layer_matrix(table, "includes_zero").fillna(0.0) > 0.5
+    side = 0.45 * len(matrix) + 2.0
     fig, axes = _figure(1, 1, (1.2 * side, side + 0.6))
-    note = _draw_matrix(matrix, axes[0], "difference in relative decrease (points of %)", True,
-                        pivot["includes_zero"].fillna(False).astype(bool), None)  # fmt: skip
+    note = _draw_matrix(
+        matrix, axes[0], "difference in relative decrease (points of %)", True, uncertain, None
+    )
     axes[0].set_title(f"{title}\n{note}", fontsize=10)
     return _save(fig, out_stem)
 
@@ -115,8 +118,11 @@ def _draw_matrix(
     if uncertain is not None:
         hatch = uncertain.reindex(index=matrix.index, columns=matrix.columns).fillna(False).to_numpy(bool)
         for first, last in zip(*np.nonzero(hatch & matrix.notna().to_numpy()), strict=True):
-            ax.add_patch(Rectangle((last, first), 1, 1, fill=False, hatch="////", edgecolor="0.55",
-                                   linewidth=0, zorder=2))  # fmt: skip
+            ax.add_patch(
+                Rectangle(
+                    (last, first), 1, 1, fill=False, hatch="////", edgecolor="0.55", linewidth=0, zorder=2
+                )
+            )
         note = "\n".join(filter(None, [note, "hatched: 95% interval (examples × seeds) includes 0"]))
     ax.set_xlabel("last ablated layer")
     ax.set_ylabel("first ablated layer")
@@ -175,7 +181,7 @@ def bottleneck_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.D
 
 def tradeoff_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
     """Accuracy against trained parameters (log x) per method, full fine-tuning as a line (Figures 3/4)."""
-    rows = _panel_rows(df, "tradeoff")
+    rows = panel_rows(df, "tradeoff")
     table = _summarize(rows, ["method", "adapter_size", "k", "trained_params"], selection)
     colors = dict(zip(METHOD_ORDER, sns.color_palette("colorblind", len(METHOD_ORDER)), strict=True))
     known = [m for m in METHOD_ORDER if m in set(table["method"])]
@@ -198,7 +204,7 @@ def tradeoff_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.Dat
 
 def variants_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
     """One point per adapter variant with its interval, the plain adapter as a reference line."""
-    rows = _panel_rows(df, "variants")
+    rows = panel_rows(df, "variants")
     table = _summarize(rows, ["variant"], selection)
     order = sorted(table["variant"], key=lambda v: (v != "plain", str(v)))
     table = table.set_index("variant").loc[order].reset_index()
@@ -226,146 +232,85 @@ def variants_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.Dat
     return table
 
 
+def heatmap_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """One heatmap panel of a sweep's cells: the seeds' mean, or (selection="best") the seed whose intact
+    model scored best (the paper's protocol); cells hatched whose interval includes zero when the rows
+    carry where their predictions are (the `sweep` column of `analysis.collect.load_runs`)."""
+    note = None
+    if selection == "best":
+        note = _aggregation(int(df["seed"].nunique()), "best")
+        df = best_seed_rows(df, ["task", "model"])
+    uncertain = uncertain_cells(df) if "sweep" in df.columns else None
+    return heatmap(df, ax, note=note, uncertain=uncertain)
+
+
 @dataclass(frozen=True)
-class _Spec:
-    """How one figure selects, checks and lays out its rows."""
+class Drawing:
+    """How one figure draws the rows `analysis.select.FIGURES` gives it, and what the report says of it."""
 
-    draw: Callable[[pd.DataFrame, Axes, str], pd.DataFrame]
-    select: Callable[[pd.DataFrame], pd.DataFrame]
-    point: tuple[str, ...]  # with model and task, the columns that make one plotted point
-    panel: tuple[str, ...]  # one panel per distinct value of these
-    sweeps: Callable[[pd.DataFrame], bool]  # for rows without a study: does the data vary this factor?
-    title: str
-    panel_size: tuple[float, float] = (6.8, 4.2)
+    draw: Callable[[pd.DataFrame, Axes, str], pd.DataFrame]  # one panel
+    caption: str
+    title: str | None = None  # above all panels; None: each panel titles itself
+    panel_size: Callable[[pd.DataFrame], tuple[float, float]] = lambda rows: (6.8, 4.2)
 
 
-def _plain_adapters(df: pd.DataFrame) -> pd.DataFrame:
-    rows = _intact(df)
-    plain = rows["variant"].isna() | (rows["variant"] == "plain")
-    return rows[(rows["method"] == "adapters") & plain]
+def _heatmap_size(rows: pd.DataFrame) -> tuple[float, float]:
+    side = 0.45 * (int(rows["last"].max()) + 1) + 2.0
+    return 1.2 * side, side + 0.3
 
 
-def _all_methods(df: pd.DataFrame) -> pd.DataFrame:
-    rows = _intact(df)
-    plain = rows["variant"].isna() | (rows["variant"] == "plain")
-    return rows[rows["method"].isin(METHOD_LABELS) & ((rows["method"] != "adapters") | plain)]
-
-
-def _variant_rows(df: pd.DataFrame) -> pd.DataFrame:
-    rows = _intact(df)
-    return rows[(rows["method"] == "adapters") & rows["variant"].notna()]
-
-
-def _only_adapters(df: pd.DataFrame) -> bool:
-    return set(_intact(df)["method"].dropna()) == {"adapters"}
-
-
-SPECS: dict[str, _Spec] = {
-    "init_scale": _Spec(
-        draw=init_scale_plot,
-        select=_plain_adapters,
-        point=("init_std",),
-        panel=("model",),
-        sweeps=lambda df: _plain_adapters(df)["init_std"].nunique() > 1,
-        title="Adapter init scale (Houlsby et al. 2019, Fig. 6 right)",
+DRAWINGS: dict[str, Drawing] = {
+    "heatmap": Drawing(
+        heatmap_plot,
+        "Layer ablation (Figure 6): relative decrease in validation accuracy when the adapters of layers "
+        "first..last are removed from the trained model, no retraining. Red is a loss, blue a gain; hatched "
+        "cells: the 95% interval (validation examples and seeds resampled together) includes zero.",
+        panel_size=_heatmap_size,
     ),
-    "bottleneck": _Spec(
-        draw=bottleneck_plot,
-        select=_plain_adapters,
-        point=("adapter_size",),
-        panel=("model",),
-        sweeps=lambda df: _only_adapters(df) and _plain_adapters(df)["adapter_size"].nunique() > 1,
-        title="Adapter bottleneck size (Houlsby et al. 2019, Sec. 3.6)",
+    "init_scale": Drawing(
+        init_scale_plot,
+        "Init scale (Figure 6, right): accuracy against the adapters' init std, mean ± 1 s.e.m. over seeds; "
+        "dashed: the majority-class rate; red crosses: diverged runs.",
+        "Adapter init scale (Houlsby et al. 2019, Fig. 6 right)",
     ),
-    "tradeoff": _Spec(
-        draw=tradeoff_plot,
-        select=_all_methods,
-        point=("method", "adapter_size", "k", "trained_params"),
-        panel=("model", "task"),
-        sweeps=lambda df: _intact(df)["method"].nunique() > 1,
-        title="Trained parameters vs accuracy (Houlsby et al. 2019, Figs. 3/4)",
+    "bottleneck": Drawing(
+        bottleneck_plot,
+        "Bottleneck size: accuracy against the adapter size m, mean ± 1 s.e.m. over seeds; the paper's sizes "
+        "8, 64, 256 shaded.",
+        "Adapter bottleneck size (Houlsby et al. 2019, Sec. 3.6)",
     ),
-    "variants": _Spec(
-        draw=variants_plot,
-        select=_variant_rows,
-        point=("variant",),
-        panel=("model", "task"),
-        sweeps=lambda df: _variant_rows(df)["variant"].nunique() > 1,
-        title="Adapter variants (Houlsby et al. 2019, Sec. 3.6)",
-        panel_size=(6.8, 4.8),  # room for the slanted variant names
+    "tradeoff": Drawing(
+        tradeoff_plot,
+        "Trade-off (Figures 3/4): accuracy against the number of trained parameters, ±1 s.e.m. error bars; "
+        "full fine-tuning as the horizontal line.",
+        "Trained parameters vs accuracy (Houlsby et al. 2019, Figs. 3/4)",
+    ),
+    "variants": Drawing(
+        variants_plot,
+        "Adapter variants: each seed (grey) and the mean ± 1 s.e.m.; the plain adapter as the line.",
+        "Adapter variants (Houlsby et al. 2019, Sec. 3.6)",
+        # one slot per variant, each wide enough for a slanted name
+        panel_size=lambda rows: (max(6.8, 0.6 * rows["variant"].nunique() + 3.5), 4.8),
     ),
 }
-STUDY_FIGURES = {"layer_ablation": "heatmap", **{name: name for name in SPECS}}
 
 
-def figure_plan(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Which figures the rows allow, with the rows each draws: {"heatmap" | "init_scale" | ...: rows}.
-
-    Rows of a known study go to that study's figure. Rows without one (ad-hoc runs, older tables) are
-    inferred: ablation rows give the heatmap; intact rows give each figure whose factor they vary
-    (several init_std, several sizes of adapters alone, several methods, several variants), provided
-    every plotted point is one setting. A figure a study already draws is not inferred again.
-    """
-    df = conform(df)
-    study = df["study"].where(df["study"] != "")
-    plan = {}
-    for name, figure in STUDY_FIGURES.items():
-        rows = df[study == name]
-        if figure == "heatmap":
-            rows = rows.dropna(subset=["first", "last"])
-        if not rows.empty:
-            plan[figure] = rows
-    loose = df[~study.isin(STUDY_FIGURES).to_numpy()]
-    ablated = loose.dropna(subset=["first", "last"])
-    if "heatmap" not in plan and not ablated.empty:
-        plan["heatmap"] = ablated
-    for name, spec in SPECS.items():
-        rows = spec.select(loose)
-        one_setting = not mixed_settings(rows, ["model", "task", *spec.point])
-        if name not in plan and not rows.empty and spec.sweeps(loose) and one_setting:
-            plan[name] = rows
-    return {name: plan[name] for name in STUDY_FIGURES.values() if name in plan}
-
-
-def study_figures(
-    df: pd.DataFrame, out_dir: str | Path, selection: str = "mean", uncertain: Uncertain | None = None
-) -> list[Path]:
-    """Draw every figure the rows allow (see `figure_plan`) into out_dir as <name>[_best_of_n].png/.pdf.
-
-    `uncertain` hatches heatmap cells (see `heatmap_figure`); it needs the rows' predictions.
-    """
+def study_figures(df: pd.DataFrame, out_dir: str | Path, selection: str = "mean") -> list[Path]:
+    """Draw every figure the rows allow (see `analysis.select.figure_plan`) into out_dir as
+    <name>[_best_of_n].png/.pdf, one panel per `FIGURES[name].panel` value."""
     out_dir = Path(out_dir)
     suffix = "" if selection == "mean" else "_best_of_n"
     paths = []
     for name, rows in figure_plan(df).items():
-        stem = out_dir / f"{name}{suffix}"
-        if name == "heatmap":
-            paths += _heatmap_figure(rows, stem, selection, uncertain)
-        else:
-            paths += _study_figure(SPECS[name], rows, stem, selection)
+        drawing = DRAWINGS[name]
+        panels = split_panels(rows, FIGURES[name].panel)
+        fig, axes = _figure(len(panels), min(len(panels), MAX_COLUMNS), drawing.panel_size(rows))
+        for ax, panel in zip(axes, panels, strict=False):
+            drawing.draw(panel, ax, selection)
+        if drawing.title:
+            fig.suptitle(drawing.title, fontsize=11)
+        paths += _save(fig, out_dir / f"{name}{suffix}")
     return paths
-
-
-def _heatmap_figure(
-    rows: pd.DataFrame, stem: Path, selection: str, uncertain: Uncertain | None
-) -> list[Path]:
-    if selection == "mean":
-        return heatmap_figure(rows, stem, uncertain=uncertain)
-    # The paper's protocol: ablate the training run whose intact model scored best on validation.
-    note = _aggregation(int(rows["seed"].nunique()), "best")
-    return heatmap_figure(best_seed_rows(rows, ["task", "model"]), stem, note=note, uncertain=uncertain)
-
-
-def _study_figure(spec: _Spec, rows: pd.DataFrame, stem: Path, selection: str) -> list[Path]:
-    panels = [panel for _, panel in rows.groupby(list(spec.panel), sort=True, dropna=False)]
-    width, height = spec.panel_size
-    if spec.draw is variants_plot:  # one slot per variant, each wide enough for a slanted name
-        width = max(width, 0.6 * rows["variant"].nunique() + 3.5)
-    fig, axes = _figure(len(panels), min(len(panels), MAX_COLUMNS), (width, height))
-    for ax, panel in zip(axes, panels, strict=False):
-        spec.draw(panel, ax, selection)
-    fig.suptitle(spec.title, fontsize=11)
-    return _save(fig, stem)
 
 
 def _figure(n_panels: int, n_cols: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Axes]]:
@@ -391,28 +336,6 @@ def _save(fig: Figure, out_stem: str | Path) -> list[Path]:
     return paths
 
 
-def _intact(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["first"].isna() & df["last"].isna()]
-
-
-def _panel_rows(df: pd.DataFrame, name: str) -> pd.DataFrame:
-    """The rows one panel of figure `name` draws; ValueError if there are none or they mix settings."""
-    spec = SPECS[name]
-    rows = spec.select(conform(df))
-    who = spec.draw.__name__
-    if rows.empty:
-        raise ValueError(f"{who}: no rows to plot (needs intact rows; got {len(df)} rows)")
-    several = {c: sorted(map(str, rows[c].unique())) for c in spec.panel if rows[c].nunique(dropna=False) > 1}
-    if several:
-        raise ValueError(f"{who}: one panel expected, but the rows mix {several}; draw one panel each")
-    mixed = mixed_settings(rows, ["model", "task", *spec.point])
-    if mixed:
-        raise ValueError(
-            f"{who}: the seeds of one point differ in {mixed}; select one setting per point first"
-        )
-    return rows
-
-
 def _summarize(rows: pd.DataFrame, by: list[str], selection: str) -> pd.DataFrame:
     """summarize_seeds plus what is drawn: `y` and `yerr` in percent (yerr NaN for best-of-n)."""
     table = summarize_seeds(rows, by, "accuracy", selection)
@@ -428,7 +351,7 @@ def _err(table: pd.DataFrame) -> np.ndarray | None:
 
 def _task_lines(df: pd.DataFrame, ax: Axes, name: str, x: str, selection: str) -> tuple:
     """One line per task of accuracy against column x: the rows, the plotted table, the task colours."""
-    rows = _panel_rows(df, name)
+    rows = panel_rows(df, name)
     table = _summarize(rows, ["task", x], selection)
     colors = _task_colors(rows)
     for task, line in table.groupby("task", sort=True):

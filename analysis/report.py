@@ -15,24 +15,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.claims import CLAIMS, cell_intervals, evaluate_claims, uncertain_cells
-from analysis.collect import RESULT_JSON, Runs, load_runs
-from analysis.plots import figure_plan, study_figures
-from analysis.stats import split_panels
+from ablation.atomic import write_text
+from ablation.results import RESULT_JSON
+from analysis.claims import CLAIMS, evaluate_claims
+from analysis.collect import Runs, load_runs
+from analysis.plots import DRAWINGS, study_figures
+from analysis.select import figure_plan, split_panels
+from analysis.stats import cell_intervals
 
-VERDICT_COLORS = {"reproduced": "#1a7f37", "not reproduced": "#b42318", "inconclusive": "#9a6700",
-                  "no data": "#6e7781"}  # fmt: skip
-CAPTIONS = {
-    "heatmap": "Layer ablation (Figure 6): relative decrease in validation accuracy when the adapters of "
-    "layers first..last are removed from the trained model, no retraining. Red is a loss, blue a gain; "
-    "hatched cells: the 95% interval (validation examples and seeds resampled together) includes zero.",
-    "init_scale": "Init scale (Figure 6, right): accuracy against the adapters' init std, mean ± 1 s.e.m. "
-    "over seeds; dashed: the majority-class rate; red crosses: diverged runs.",
-    "bottleneck": "Bottleneck size: accuracy against the adapter size m, mean ± 1 s.e.m. over seeds; the "
-    "paper's sizes 8, 64, 256 shaded.",
-    "tradeoff": "Trade-off (Figures 3/4): accuracy against the number of trained parameters, ±1 s.e.m. error "
-    "bars; full fine-tuning as the horizontal line.",
-    "variants": "Adapter variants: each seed (grey) and the mean ± 1 s.e.m.; the plain adapter as the line.",
+VERDICT_COLORS = {
+    "reproduced": "#1a7f37",
+    "not reproduced": "#b42318",
+    "inconclusive": "#9a6700",
+    "no data": "#6e7781",
 }
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1200px; margin: 2em auto;
@@ -59,10 +54,16 @@ def build_report(paths: list[Path], out: Path, figures_dir: Path | None = None) 
     else:
         page = render(runs, Path(figures_dir))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(page, encoding="utf-8")
-    tmp_out.replace(out)
+    write_text(out, page)
     return out
+
+
+def sweep_report(sweep_dir: Path) -> list[str]:
+    """The end of a sweep (ablation.callbacks): its figures and report.html in the sweep folder; returns the
+    lines to log, one per figure, the report last."""
+    report = build_report([sweep_dir], sweep_dir / "report.html", figures_dir=sweep_dir)
+    figures = [f"Figure: {sweep_dir / name}.png" for name in figure_plan(load_runs([sweep_dir]).table)]
+    return [*figures, f"Report: {report}"]
 
 
 def render(runs: Runs, figures_dir: Path) -> str:
@@ -76,8 +77,10 @@ def render(runs: Runs, figures_dir: Path) -> str:
         _section("The runs behind this page", _runs(runs)),
     ]
     body = "\n".join(sections)
-    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>Adapter studies report"
-            f"</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")  # fmt: skip
+    return (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>Adapter studies report"
+        f"</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
+    )
 
 
 def _section(title: str, content: str) -> str:
@@ -90,23 +93,31 @@ def _header(runs: Runs) -> str:
     studies = sorted({str(s) for s in df["study"].dropna()}) or ["(none)"]
     facts = [
         ("sources", "<br>".join(html.escape(str(p)) for p in runs.sources)),
-        ("rows", f"{len(df)} ({int(df['first'].notna().sum())} ablation cells, "
-                 f"{int(df['first'].isna().sum())} intact models)"),
+        (
+            "rows",
+            f"{len(df)} ({int(df['first'].notna().sum())} ablation cells, "
+            f"{int(df['first'].isna().sum())} intact models)",
+        ),
         ("diverged rows", f"{diverged} (kept: scored with what the training left)"),
         ("failed jobs", f"{len(runs.failed)} (job folders without a result; listed below)"),
         ("studies", ", ".join(studies)),
-        ("models / tasks", f"{', '.join(sorted(map(str, df['model'].unique())))} / "
-                           f"{', '.join(sorted(map(str, df['task'].unique())))}"),
+        (
+            "models / tasks",
+            f"{', '.join(sorted(map(str, df['model'].unique())))} / "
+            f"{', '.join(sorted(map(str, df['task'].unique())))}",
+        ),
         ("generated", time.strftime("%Y-%m-%d %H:%M:%S %Z")),
-    ]  # fmt: skip
+    ]
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
     return f"<h1>Adapter studies: Houlsby et al. 2019 reproduced</h1>\n<table>{rows}</table>"
 
 
 def _claims(df: pd.DataFrame) -> str:
     table = evaluate_claims(df)
-    head = ("<tr><th>claim</th><th>paper</th><th>model · task</th><th>measured</th><th>statistic</th>"
-            "<th>95% interval</th><th>verdict</th></tr>")  # fmt: skip
+    head = (
+        "<tr><th>claim</th><th>paper</th><th>model · task</th><th>measured</th><th>statistic</th>"
+        "<th>95% interval</th><th>verdict</th></tr>"
+    )
     rows = []
     for _, r in table.iterrows():
         color = VERDICT_COLORS[r["verdict"]]
@@ -118,16 +129,18 @@ def _claims(df: pd.DataFrame) -> str:
             f"<td>{html.escape(r['measured'])}</td><td class='num'>{value}</td><td class='num'>{ci}</td>"
             f"<td><span class='verdict' style='background:{color}'>{r['verdict']}</span></td></tr>"
         )
-    note = (f"<p class='muted'>{len(CLAIMS)} claims of the paper, each judged per model and task by where its "
-            "95% bootstrap interval (validation examples and seeds resampled together, 2,000 replicates) lies "
-            "against the claim's region: inside, reproduced; outside, not reproduced; across the edge, "
-            "inconclusive. Computed from the rows on this page.</p>")  # fmt: skip
+    note = (
+        f"<p class='muted'>{len(CLAIMS)} claims of the paper, each judged per model and task by where its "
+        "95% bootstrap interval (validation examples and seeds resampled together, 2,000 replicates) lies "
+        "against the claim's region: inside, reproduced; outside, not reproduced; across the edge, "
+        "inconclusive. Computed from the rows on this page.</p>"
+    )
     return f"{note}<table>{head}{''.join(rows)}</table>"
 
 
 def _figures(df: pd.DataFrame, figures_dir: Path) -> str:
     try:
-        paths = study_figures(df, figures_dir, uncertain=uncertain_cells)
+        paths = study_figures(df, figures_dir)
     except ValueError as err:  # rows a figure cannot average: say so on the page, keep the rest
         return f"<p>No figures: {html.escape(str(err))}</p>"
     pngs = [p for p in paths if p.suffix == ".png"]
@@ -136,9 +149,11 @@ def _figures(df: pd.DataFrame, figures_dir: Path) -> str:
     parts = []
     for path in pngs:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        caption = CAPTIONS.get(path.stem, path.stem)
-        parts.append(f"<figure><img alt='{path.stem}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{html.escape(caption)} ({html.escape(path.name)})</figcaption></figure>")  # fmt: skip
+        caption = DRAWINGS[path.stem].caption if path.stem in DRAWINGS else path.stem
+        parts.append(
+            f"<figure><img alt='{path.stem}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(caption)} ({html.escape(path.name)})</figcaption></figure>"
+        )
     return "\n".join(parts)
 
 
@@ -154,11 +169,26 @@ def _cells(df: pd.DataFrame) -> str:
         shown = table.assign(
             span=[f"{f}..{la}" for f, la in zip(table["first"], table["last"], strict=True)],
             interval=[f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(table["lo"], table["hi"], strict=True)],
-        )[["span", "relative_decrease", "interval", "seeds", "includes_zero"]]
+            drop_interval=[
+                f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(table["drop_lo"], table["drop_hi"], strict=True)
+            ],
+        )[
+            [
+                "span",
+                "accuracy",
+                "drop_points",
+                "drop_interval",
+                "relative_decrease",
+                "interval",
+                "seeds",
+                "includes_zero",
+            ]
+        ]
         listing = shown.to_html(index=False, float_format=lambda v: f"{v:.2f}", border=0)
         parts.append(
             f"<p><b>{html.escape(name)}</b>: {len(real)} of {len(table)} spans change accuracy beyond their 95% "
-            f"interval (relative decrease in %, negative = gain).</p>"
+            f"interval (accuracy in %; drop from the intact model in points; relative decrease in %, negative = "
+            f"gain; the same intervals as <code>python -m analysis ci</code>).</p>"
             f"<details><summary>all {len(table)} spans</summary>{listing}</details>"
         )
     return "\n".join(parts)
@@ -169,24 +199,26 @@ def _runs(runs: Runs) -> str:
     summary = []
     for sweep, rows in df.groupby("sweep", sort=True):
         steps = sorted({int(s) for s in rows["train_steps"].dropna()})
-        summary.append({
-            "directory": sweep,
-            "study": _join(rows["study"]) or "-",
-            "models": _join(rows["model"]),
-            "tasks": _join(rows["task"]),
-            "methods": _join(rows["method"]),
-            "seeds": _join(rows["seed"]),
-            "jobs": len(rows),
-            "trained here": int(rows["trained_now"].fillna(False).sum()),
-            "diverged": int(rows["diverged"].fillna(False).sum()),
-            "lr": _join(rows["lr"], "{:g}"),
-            "steps": ", ".join(map(str, steps)) if len(steps) <= 4 else f"{steps[0]}..{steps[-1]}",
-            "validation n": _join(rows["n_eval"]),
-            "precision train/eval": f"{_join(rows['train_precision'])} / {_join(rows['eval_precision'])}",
-            "code": _join(rows["code_version"]),
-            "wall time (jobs)": _duration(float(rows["job_seconds"].sum())),
-            "packages": _packages(Path(str(sweep)), rows),
-        })  # fmt: skip
+        summary.append(
+            {
+                "directory": sweep,
+                "study": _join(rows["study"]) or "-",
+                "models": _join(rows["model"]),
+                "tasks": _join(rows["task"]),
+                "methods": _join(rows["method"]),
+                "seeds": _join(rows["seed"]),
+                "jobs": len(rows),
+                "trained here": int(rows["trained_now"].fillna(False).sum()),
+                "diverged": int(rows["diverged"].fillna(False).sum()),
+                "lr": _join(rows["lr"], "{:g}"),
+                "steps": ", ".join(map(str, steps)) if len(steps) <= 4 else f"{steps[0]}..{steps[-1]}",
+                "validation n": _join(rows["n_eval"]),
+                "precision train/eval": f"{_join(rows['train_precision'])} / {_join(rows['eval_precision'])}",
+                "code": _join(rows["code_version"]),
+                "wall time (jobs)": _duration(float(rows["job_seconds"].sum())),
+                "packages": _packages(Path(str(sweep)), rows),
+            }
+        )
     # One column per directory: the fields are many and long (code versions, packages), the sources few.
     table = pd.DataFrame(summary).set_index("directory").T.to_html(border=0, escape=True)
     failed = "<p>No failed jobs.</p>"
@@ -195,8 +227,21 @@ def _runs(runs: Runs) -> str:
     diverged = df[df["diverged"].fillna(False).astype(bool)]
     div = "<p>No diverged runs.</p>"
     if len(diverged):
-        cols = ["sweep", "job_dir", "model", "task", "method", "variant", "init_std", "adapter_size", "lr",
-                "seed", "diverged_step", "planned_steps", "accuracy"]  # fmt: skip
+        cols = [
+            "sweep",
+            "job_dir",
+            "model",
+            "task",
+            "method",
+            "variant",
+            "init_std",
+            "adapter_size",
+            "lr",
+            "seed",
+            "diverged_step",
+            "planned_steps",
+            "accuracy",
+        ]
         div = f"<p>Diverged runs ({len(diverged)}):</p>" + diverged[cols].to_html(index=False, border=0)
     return table + failed + div
 

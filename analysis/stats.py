@@ -1,4 +1,10 @@
-"""Statistics on the result table: paired bootstrap intervals, seed aggregation, the layer x layer matrix."""
+"""Statistics on the result table: every interval (one bootstrap path), seed aggregation, the first x last
+matrix, and the per-cell intervals of a layer-ablation panel.
+
+Every interval here comes from `bootstrap_replicates`, which resamples the validation examples and the seeds
+together, so the report, the claims and `python -m analysis ci` give the same interval for the same cell.
+No plotting here.
+"""
 
 from __future__ import annotations
 
@@ -8,57 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-# Rows that differ in these columns belong to different heatmaps; everything else (seeds) is averaged.
-PANEL_COLUMNS = ("task", "model", "positions")
-# What defines one training setting. Rows of one plotted point must agree on all of them, or a figure
-# would average different settings as if they were seeds.
-SETTING_COLUMNS = (
-    "method",
-    "k",
-    "variant",
-    "adapter_size",
-    "init_std",
-    "adapter_activation",
-    "adapter_positions",
-    "adapter_norm",
-    "adapter_depth",
-    "adapter_placement",
-    "adapter_combine",
-    "lr",
-    "train_precision",
-)
+from analysis.collect import correctness, load_predictions
+from analysis.select import PANEL_COLUMNS, ablated
+
 SELECTIONS = ("mean", "best")
-
-
-def paired_bootstrap_ci(
-    labels: np.ndarray,
-    a: np.ndarray,
-    b: np.ndarray,
-    n_boot: int = 2000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float, float]:
-    """Accuracy(a) - accuracy(b) and its percentile bootstrap interval, resampling examples jointly."""
-    labels, a, b = np.asarray(labels), np.asarray(a), np.asarray(b)
-    if not (labels.shape == a.shape == b.shape) or labels.ndim != 1:
-        raise ValueError(
-            f"labels, a, b must be 1-D and equal in length, got {labels.shape}, {a.shape}, {b.shape}"
-        )
-    n = len(labels)
-    if n == 0:
-        raise ValueError("paired_bootstrap_ci: no examples")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie in (0, 1), got {level}")
-    # Per example the paired difference is +1 (only a right), -1 (only b right) or 0. Resampling n
-    # examples with replacement therefore only changes how many of each kind are drawn, which is a
-    # multinomial draw: exact, and no n_boot x n index matrix (QQP has 40k validation examples).
-    per_example = (a == labels).astype(int) - (b == labels).astype(int)
-    counts = np.array([(per_example == 1).sum(), (per_example == -1).sum(), (per_example == 0).sum()])
-    draws = np.random.default_rng(seed).multinomial(n, counts / n, size=n_boot)
-    boot = (draws[:, 0] - draws[:, 1]) / n
-    tail = (1.0 - level) / 2.0
-    lo, hi = np.quantile(boot, [tail, 1.0 - tail])
-    return float(per_example.mean()), float(lo), float(hi)
+LEVEL = 0.95
+N_BOOT = 2000
 
 
 def mean_sem(df: pd.DataFrame, by: str | list[str], value: str) -> pd.DataFrame:
@@ -124,65 +85,6 @@ def _finite(values: pd.Series) -> pd.Series:
     return numbers.where(np.isfinite(numbers))
 
 
-def best_seed_rows(df: pd.DataFrame, by: list[str], score: str = "intact_accuracy") -> pd.DataFrame:
-    """All rows of the seed with the highest mean `score` in each group of `by` (ties: the lowest seed).
-
-    For the layer ablation under the paper's protocol: keep the training run whose intact model scored
-    best on validation, and show its ablations. Optimistic, as every best-of-n selection.
-    """
-    per_seed = df.groupby([*by, "seed"], dropna=False)[score].mean().reset_index()
-    ranked = per_seed.sort_values([score, "seed"], ascending=[False, True], na_position="last")
-    best = ranked.drop_duplicates(by)[[*by, "seed"]]
-    keep = pd.MultiIndex.from_frame(df[[*by, "seed"]]).isin(pd.MultiIndex.from_frame(best))
-    return df[keep]
-
-
-def mixed_settings(df: pd.DataFrame, by: list[str], settings: tuple[str, ...] = SETTING_COLUMNS) -> dict:
-    """Settings (other than `by`) on which the rows of one group of `by` differ: {column: sorted values}."""
-    mixed = {}
-    for col in settings:
-        if col in by or col not in df.columns:
-            continue
-        counts = df.groupby(by, dropna=False)[col].nunique(dropna=False)
-        if (counts > 1).any():
-            mixed[col] = sorted(map(str, df[col].unique()))
-    return mixed
-
-
-def split_panels(df: pd.DataFrame) -> list[pd.DataFrame]:
-    """Split the table into one frame per heatmap panel (per distinct task x model x positions)."""
-    keys = [c for c in PANEL_COLUMNS if c in df.columns and df[c].nunique(dropna=False) > 1]
-    if not keys:
-        return [df]
-    return [panel for _, panel in df.groupby(keys, sort=True, dropna=False)]
-
-
-def layer_matrix(df: pd.DataFrame, value: str = "relative_decrease") -> pd.DataFrame:
-    """Pivot one panel to a layers x layers matrix: index = first, columns = last, seeds averaged.
-
-    Covers layers 0..L-1 with L = max(last) + 1; the lower triangle (first > last) and spans with no
-    result are NaN. Values stay in the units of `value` (fractions, not percent).
-    """
-    if df.empty:
-        raise ValueError("layer_matrix: the result table is empty")
-    if value not in df.columns:
-        raise KeyError(f"layer_matrix: no column {value!r} (columns: {list(df.columns)})")
-    mixed = {
-        c: sorted(map(str, df[c].unique())) for c in PANEL_COLUMNS if c in df.columns and df[c].nunique() > 1
-    }
-    if mixed:
-        raise ValueError(
-            f"layer_matrix: one panel expected, but the table mixes {mixed}; use split_panels first"
-        )
-    n_layers = int(df["last"].max()) + 1
-    layers = pd.RangeIndex(n_layers)
-    matrix = df.pivot_table(index="first", columns="last", values=value, aggfunc="mean")
-    matrix = matrix.reindex(index=layers, columns=layers).astype(float)
-    matrix.index.name, matrix.columns.name = "first", "last"
-    upper = np.triu(np.ones((n_layers, n_layers), dtype=bool))
-    return matrix.where(upper)
-
-
 @dataclass(frozen=True)
 class Group:
     """Per-example correctness of one setting: a (seeds x examples) 0/1 matrix, and what it shares.
@@ -238,9 +140,8 @@ def bootstrap_replicates(
         shared = {k: rng.integers(s, size=(m, s)) for k, s in runs.items()}
         for j, g in enumerate(groups):
             n = sizes[g.examples]
-            per_seed = (g.correct @ counts[g.examples]).astype(
-                np.float64
-            ) / n  # (seeds, m): each run's accuracy
+            # (seeds, m): each run's accuracy in each replicate
+            per_seed = (g.correct @ counts[g.examples]).astype(np.float64) / n
             s = per_seed.shape[0]
             pick = shared[g.seeds] if g.seeds is not None else rng.integers(s, size=(m, s))
             out[start : start + m, j] = np.take_along_axis(per_seed.T, pick, axis=1).mean(axis=1)
@@ -254,3 +155,195 @@ def interval(estimate: float, replicates: np.ndarray, level: float = 0.95) -> tu
     tail = (1.0 - level) / 2.0
     lo, hi = np.nanquantile(np.asarray(replicates, dtype=float), [tail, 1.0 - tail])
     return float(estimate), float(lo), float(hi)
+
+
+def replicates(groups: list[Group]) -> np.ndarray:
+    """bootstrap_replicates with the suite's fixed settings (N_BOOT replicates, seed 0)."""
+    return bootstrap_replicates(groups, n_boot=N_BOOT, seed=0)
+
+
+def mean_accuracy(group: Group) -> float:
+    """A group's accuracy: the mean over its seeds of each seed's accuracy."""
+    return float(group.correct.mean(axis=1).mean())
+
+
+def group(
+    rows: pd.DataFrame, which: str = "ablated", examples: Hashable = None, seeds: Hashable = None
+) -> Group:
+    """The per-example correctness of these rows' predictions (one row per seed, in seed order)."""
+    rows = rows.sort_values("seed", kind="stable")
+    return Group(correctness(rows, which), examples=examples or str(rows["task"].iloc[0]), seeds=seeds)
+
+
+def paired_bootstrap_ci(
+    labels: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> tuple[float, float, float]:
+    """Accuracy(a) - accuracy(b) and its percentile bootstrap interval, resampling examples jointly."""
+    labels, a, b = np.asarray(labels), np.asarray(a), np.asarray(b)
+    if not (labels.shape == a.shape == b.shape) or labels.ndim != 1:
+        raise ValueError(
+            f"labels, a, b must be 1-D and equal in length, got {labels.shape}, {a.shape}, {b.shape}"
+        )
+    if len(labels) == 0:
+        raise ValueError("paired_bootstrap_ci: no examples")
+    ga, gb = (Group((x == labels)[None], examples="paired") for x in (a, b))
+    reps = bootstrap_replicates([ga, gb], n_boot=n_boot, seed=seed)
+    return interval(mean_accuracy(ga) - mean_accuracy(gb), reps[:, 0] - reps[:, 1], level)
+
+
+def layer_matrix(
+    df: pd.DataFrame, value: str = "relative_decrease", n_layers: int | None = None
+) -> pd.DataFrame:
+    """Pivot rows with `first`, `last` and `value` to a layers x layers matrix (index first, columns last),
+    averaging repeats (seeds). Covers layers 0..L-1 with L = n_layers or max(last) + 1; the lower triangle
+    (first > last) and spans with no row are NaN. Values stay in the units of `value`.
+    """
+    if df.empty:
+        raise ValueError("layer_matrix: the result table is empty")
+    if value not in df.columns:
+        raise KeyError(f"layer_matrix: no column {value!r} (columns: {list(df.columns)})")
+    mixed = {
+        c: sorted(map(str, df[c].unique())) for c in PANEL_COLUMNS if c in df.columns and df[c].nunique() > 1
+    }
+    if mixed:
+        raise ValueError(
+            f"layer_matrix: one panel expected, but the table mixes {mixed}; use split_panels first"
+        )
+    n_layers = n_layers if n_layers is not None else int(df["last"].max()) + 1
+    layers = pd.RangeIndex(n_layers)
+    numbers = df.assign(**{value: df[value].astype(float)})
+    matrix = numbers.pivot_table(index="first", columns="last", values=value, aggfunc="mean")
+    matrix = matrix.reindex(index=layers, columns=layers).astype(float)
+    matrix.index.name, matrix.columns.name = "first", "last"
+    return matrix.where(np.triu(np.ones((n_layers, n_layers), dtype=bool)))
+
+
+# --- layer-ablation cells ------------------------------------------------------------------------------
+
+
+def cell_groups(
+    panel: pd.DataFrame, examples: str | None = None, runs: str = "runs"
+) -> tuple[int, Group, dict[tuple[int, int], Group]] | None:
+    """Layer count, the intact model and every ablated span of one panel, over the seeds every span has.
+
+    The intact model and the spans share their seeds (a run's intact and ablated predictions) and their
+    examples; `examples` and `runs` name what other panels they are resampled with (see Group).
+    """
+    cells = ablated(panel)
+    if cells.empty:
+        return None
+    by_cell = {(int(f), int(la)): g for (f, la), g in cells.groupby(["first", "last"])}
+    seeds = set.intersection(*(set(g["seed"]) for g in by_cell.values()))
+    if not seeds:
+        return None
+    key = (runs, tuple(sorted(seeds)))
+    pick = {c: g[g["seed"].isin(seeds)].drop_duplicates("seed") for c, g in by_cell.items()}
+    task = examples or str(cells["task"].iloc[0])
+    intact = group(next(iter(pick.values())), "intact", examples=task, seeds=key)
+    return (
+        int(cells["last"].max()) + 1,
+        intact,
+        {c: group(g, examples=task, seeds=key) for c, g in pick.items()},
+    )
+
+
+def relative_decrease(intact: float | np.ndarray, ablated: float | np.ndarray) -> float | np.ndarray:
+    """100 (1 - ablated / intact): the relative decrease in percent."""
+    return 100.0 * (1.0 - np.asarray(ablated) / np.asarray(intact))
+
+
+CELL_COLUMNS = [
+    "first",
+    "last",
+    "accuracy",
+    "drop_points",
+    "drop_lo",
+    "drop_hi",
+    "relative_decrease",
+    "lo",
+    "hi",
+    "seeds",
+    "includes_zero",
+]
+
+
+def cell_intervals(panel: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """Per ablated span of one heatmap panel, with 95% intervals over examples and seeds (one set of
+    replicates): accuracy (%), its drop from the intact model (points, drop_lo..drop_hi), the relative
+    decrease (%, lo..hi); `includes_zero` marks spans whose change the data cannot tell from none."""
+    found = cell_groups(panel)
+    if found is None:
+        return pd.DataFrame(columns=CELL_COLUMNS)
+    _, intact, cells = found
+    spans = sorted(cells)
+    reps = replicates([intact, *(cells[s] for s in spans)])
+    base = mean_accuracy(intact)
+    rows = []
+    for j, (first, last) in enumerate(spans, start=1):
+        acc = mean_accuracy(cells[(first, last)])
+        _, d_lo, d_hi = interval(100 * (base - acc), 100 * (reps[:, 0] - reps[:, j]), level)
+        value, lo, hi = interval(
+            float(relative_decrease(base, acc)), relative_decrease(reps[:, 0], reps[:, j]), level
+        )
+        rows.append(
+            [
+                first,
+                last,
+                100 * acc,
+                100 * (base - acc),
+                d_lo,
+                d_hi,
+                value,
+                lo,
+                hi,
+                intact.correct.shape[0],
+                lo <= 0.0 <= hi,
+            ]
+        )
+    return pd.DataFrame(rows, columns=CELL_COLUMNS)
+
+
+def uncertain_cells(panel: pd.DataFrame) -> pd.DataFrame:
+    """first x last boolean matrix (as layer_matrix lays it out): True where the 95% interval includes 0."""
+    table = cell_intervals(panel)
+    return layer_matrix(table, "includes_zero", int(panel["last"].max()) + 1).fillna(0.0) > 0.5
+
+
+def difference_intervals(a: pd.DataFrame, b: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """Per span both panels have: relative decrease in A minus in B (percentage points), with its interval.
+
+    A and B are resampled as independent training runs; their validation examples are resampled together
+    when both were scored on the same examples (same labels in the same order), independently otherwise.
+    """
+    same = (a["task"].iloc[0] == b["task"].iloc[0]) and np.array_equal(_labels(a), _labels(b))
+    found_a = cell_groups(a, examples="shared" if same else "A", runs="A")
+    found_b = cell_groups(b, examples="shared" if same else "B", runs="B")
+    if found_a is None or found_b is None:
+        raise ValueError("compare: both runs need layer-ablation cells")
+    (_, ia, ca), (_, ib, cb) = found_a, found_b
+    spans = sorted(set(ca) & set(cb))
+    if not spans:
+        raise ValueError("compare: the two runs have no ablated span in common")
+    reps = replicates([ia, ib, *(ca[s] for s in spans), *(cb[s] for s in spans)])
+    rows, n = [], len(spans)
+    for j, span in enumerate(spans):
+        value = float(
+            relative_decrease(mean_accuracy(ia), mean_accuracy(ca[span]))
+            - relative_decrease(mean_accuracy(ib), mean_accuracy(cb[span]))
+        )
+        stat = relative_decrease(reps[:, 0], reps[:, 2 + j]) - relative_decrease(
+            reps[:, 1], reps[:, 2 + n + j]
+        )
+        _, lo, hi = interval(value, stat, level)
+        rows.append([*span, value, lo, hi, lo <= 0.0 <= hi])
+    return pd.DataFrame(rows, columns=["first", "last", "difference", "lo", "hi", "includes_zero"])
+
+
+def _labels(rows: pd.DataFrame) -> np.ndarray:
+    first = rows.iloc[0]
+    return load_predictions(str(first["sweep"]), str(first["job_dir"]))["labels"]

@@ -14,8 +14,6 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from ablation.adapters import (
-    INPUT_PATHS,
-    POSITION_PATHS,
     Adapter,
     AdapterLayer,
     InputTap,
@@ -25,7 +23,9 @@ from ablation.adapters import (
     remove_adapters,
     set_ablation,
 )
-from ablation.config import ModelConfig
+from ablation.config import AdapterConfig, ModelConfig
+from ablation.dropout import FastDropout
+from ablation.families import FAMILIES
 from ablation.methods import count_parameters, freeze
 from ablation.models import Stages, load_model
 
@@ -41,7 +41,7 @@ def logits(model: nn.Module, batch: dict) -> torch.Tensor:
 def adapter_model(family: str, init_std: float = 0.5, size: int = SIZE) -> nn.Module:
     model = tiny_model(family, num_layers=L)
     perturb_layernorms_and_head(model)
-    inject_adapters(model, family, size, init_std=init_std)
+    inject_adapters(model, family, AdapterConfig(size=size, init_std=init_std))
     return model
 
 
@@ -67,7 +67,7 @@ def test_zero_up_projection_is_identity(family, variant):
     model = tiny_model(family, num_layers=L)
     batch = padded_batch(family)
     before = logits(model, batch)
-    slots = inject_adapters(model, family, SIZE, init_std=1.0, **variant)
+    slots = inject_adapters(model, family, AdapterConfig(size=SIZE, init_std=1.0, **variant))
     assert not torch.equal(logits(model, batch), before)  # big adapters do change the output
     with torch.no_grad():
         for slot in slots.values():
@@ -82,7 +82,9 @@ def test_parallel_adapter_reads_the_sub_layer_input(family, position):
     the attention block's output for the feed-forward)."""
     model = adapter_model(family, init_std=0.1)
     remove_adapters(model)
-    slots = inject_adapters(model, family, SIZE, init_std=0.1, positions=[position], placement="parallel")
+    slots = inject_adapters(
+        model, family, AdapterConfig(size=SIZE, init_std=0.1, positions=[position], placement="parallel")
+    )
     batch = padded_batch(family)
     stages = Stages(model, family)
     seen = []
@@ -109,9 +111,9 @@ def test_parallel_adapter_reads_the_sub_layer_input(family, position):
 
 def test_parallel_taps_sit_at_the_sub_layer_inputs(family):
     model = tiny_model(family, num_layers=L)
-    slots = inject_adapters(model, family, SIZE, placement="parallel")
+    slots = inject_adapters(model, family, AdapterConfig(size=SIZE, placement="parallel"))
     for (i, position), slot in slots.items():
-        tap = encoder_layers(model)[i].get_submodule(INPUT_PATHS[family][position])
+        tap = encoder_layers(model)[i].get_submodule(FAMILIES[family].inputs[position])
         assert isinstance(tap, InputTap) and tap._slot[0] is slot and slot.parallel
     assert sum(isinstance(m, InputTap) for m in model.modules()) == 2 * L
     # the slot is registered once: its adapter's parameters are not duplicated under the tap
@@ -126,12 +128,12 @@ def test_remove_adapters_restores_the_model(family, variant):
     before = logits(model, batch)
     modules = [type(m) for m in model.modules()]
     names = [n for n, _ in model.named_parameters()]
-    inject_adapters(model, family, SIZE, init_std=1.0, **variant)
+    inject_adapters(model, family, AdapterConfig(size=SIZE, init_std=1.0, **variant))
     remove_adapters(model)
     assert [type(m) for m in model.modules()] == modules
     assert [n for n, _ in model.named_parameters()] == names
     assert torch.equal(logits(model, batch), before)
-    inject_adapters(model, family, SIZE, **variant)  # and adapters can go in again
+    inject_adapters(model, family, AdapterConfig(size=SIZE, **variant))  # and adapters can go in again
 
 
 def test_ablating_every_layer_gives_the_base_model(family):
@@ -139,7 +141,7 @@ def test_ablating_every_layer_gives_the_base_model(family):
     perturb_layernorms_and_head(model)  # "same trained LayerNorms and head" must mean something
     base = copy.deepcopy(model)
     batch = padded_batch(family)
-    inject_adapters(model, family, SIZE, init_std=0.5)
+    inject_adapters(model, family, AdapterConfig(size=SIZE, init_std=0.5))
     assert not torch.equal(logits(model, batch), logits(base, batch))
     set_ablation(model, range(L))
     assert all(not slot.active for slot in adapter_slots(model).values())
@@ -162,7 +164,7 @@ def test_ablating_one_position_switches_only_that_slot(family, position):
 
 def test_adapter_parameter_count():
     for d, m in [(32, 8), (768, 64), (5, 1)]:
-        adapter = Adapter(d, m)
+        adapter = Adapter(d, AdapterConfig(size=m))
         assert sum(p.numel() for p in adapter.parameters()) == 2 * m * d + d + m
 
 
@@ -170,29 +172,32 @@ def test_adapter_formulas():
     """s + delta(s); s * (1 + delta(x)); delta = up(act(hidden(act(down(norm(x))))))."""
     torch.manual_seed(0)
     s, x = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
-    plain = Adapter(16, 4, init_std=0.5)
+    plain = Adapter(16, AdapterConfig(size=4, init_std=0.5))
     assert torch.allclose(plain(s), s + plain.up(nn.functional.gelu(plain.down(s))))
-    deep = Adapter(16, 4, init_std=0.5, activation="tanh", norm="layernorm", depth=2, combine="multiply")
+    deep = Adapter(
+        16,
+        AdapterConfig(size=4, init_std=0.5, activation="tanh", norm="layernorm", depth=2, combine="multiply"),
+    )
     z = torch.tanh(deep.hidden[0](torch.tanh(deep.down(nn.functional.layer_norm(x, (16,))))))
     assert torch.allclose(deep(s, x), s * (1 + deep.up(z)), atol=1e-6)
-    bn = Adapter(16, 4, init_std=0.5, norm="batchnorm").train()
+    bn = Adapter(16, AdapterConfig(size=4, init_std=0.5, norm="batchnorm")).train()
     flat = x.reshape(-1, 16)
     normed = (flat - flat.mean(0)) / torch.sqrt(flat.var(0, unbiased=False) + 1e-5)
     assert torch.allclose(bn.delta(x), bn.up(nn.functional.gelu(bn.down(normed.reshape(x.shape)))), atol=1e-5)
 
 
 def test_two_adapters_per_layer_at_documented_paths(family):
-    assert POSITION_PATHS["bert"] == {"attention": "attention.output.dropout", "output": "output.dropout"}
-    assert POSITION_PATHS["mpnet"] == {"attention": "attention.dropout", "output": "output.dropout"}
+    assert FAMILIES["bert"].slots == {"attention": "attention.output.dropout", "output": "output.dropout"}
+    assert FAMILIES["mpnet"].slots == {"attention": "attention.dropout", "output": "output.dropout"}
     model = tiny_model(family, num_layers=L)
-    paths = POSITION_PATHS[family]
+    paths = FAMILIES[family].slots
     originals = {
         (i, pos): layer.get_submodule(path)
         for i, layer in enumerate(encoder_layers(model))
         for pos, path in paths.items()
     }
     assert all(type(m) is nn.Dropout for m in originals.values())
-    slots = inject_adapters(model, family, SIZE)
+    slots = inject_adapters(model, family, AdapterConfig(size=SIZE))
     assert set(slots) == {(i, pos) for i in range(L) for pos in ("attention", "output")}
     assert sum(isinstance(m, AdapterLayer) for m in model.modules()) == 2 * L
     prefix = model.base_model_prefix
@@ -205,13 +210,13 @@ def test_two_adapters_per_layer_at_documented_paths(family):
         assert isinstance(module.adapter, Adapter)
     assert adapter_slots(model) == slots
     with pytest.raises(RuntimeError, match="already injected"):
-        inject_adapters(model, family, SIZE)
+        inject_adapters(model, family, AdapterConfig(size=SIZE))
 
 
 def test_init_is_truncated_normal_with_zero_biases():
     std = 1e-2
     torch.manual_seed(0)
-    adapter = Adapter(256, 256, init_std=std)
+    adapter = Adapter(256, AdapterConfig(size=256, init_std=std))
     # std of N(0, 1) truncated at +-2: sqrt(1 - 2 a phi(a) / (Phi(a) - Phi(-a))) with a = 2
     phi = math.exp(-2.0) / math.sqrt(2 * math.pi)
     mass = math.erf(2 / math.sqrt(2))
@@ -231,7 +236,7 @@ def test_init_is_truncated_normal_with_zero_biases():
 def test_stages_forward_equals_model_forward(family, precision, placement):
     model = tiny_model(family, num_layers=L)
     perturb_layernorms_and_head(model)
-    inject_adapters(model, family, SIZE, init_std=0.1, placement=placement)
+    inject_adapters(model, family, AdapterConfig(size=SIZE, init_std=0.1, placement=placement))
     set_ablation(model, [1], "attention")  # a mixed state: some slots on, one off
     batch = padded_batch(family)
     stages = Stages(model, family)
@@ -255,9 +260,9 @@ def test_real_model_with_adapters_stage_forward(name):
     model, tokenizer, _ = load_model(cfg, num_labels=2, cache=cache)
     model.eval()
     assert len(encoder_layers(model)) == cfg.num_layers
-    slots = inject_adapters(model, cfg.family, 64, init_std=1e-2)
+    slots = inject_adapters(model, cfg.family, AdapterConfig(size=64, init_std=1e-2))
     assert len(slots) == 2 * cfg.num_layers
-    assert all(type(slot.base_layer) is nn.Dropout for slot in slots.values())
+    assert all(type(slot.base_layer) is FastDropout for slot in slots.values())  # installed at load
     freeze(model, "adapters")
     counts = count_parameters(model)
     d = model.config.hidden_size
@@ -273,7 +278,7 @@ def test_first_token_only_last_layer_matches_the_full_layer(family, placement):
     """The evaluator's last layer: feed-forward at position 0 only, the position every head reads."""
     model = tiny_model(family, num_layers=L)
     perturb_layernorms_and_head(model)
-    inject_adapters(model, family, SIZE, init_std=0.1, placement=placement)
+    inject_adapters(model, family, AdapterConfig(size=SIZE, init_std=0.1, placement=placement))
     batch = padded_batch(family)
     stages = Stages(model, family)
     with torch.no_grad():

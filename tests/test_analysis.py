@@ -14,9 +14,10 @@ from matplotlib.figure import Figure
 
 from ablation.results import COLUMNS, column_kinds
 from analysis.__main__ import format_table, main
-from analysis.collect import TEXT_DTYPE, load_predictions, load_results
+from analysis.collect import TEXT_DTYPE, load_predictions, load_results, load_runs
 from analysis.plots import heatmap, heatmap_figure
-from analysis.stats import layer_matrix, mean_sem, paired_bootstrap_ci, split_panels
+from analysis.select import split_panels
+from analysis.stats import layer_matrix, mean_sem, paired_bootstrap_ci
 
 REPO = Path(__file__).resolve().parents[1]
 N_LAYERS = 4
@@ -226,19 +227,23 @@ def test_result_json_of_the_new_writer_and_bad_values(tmp_path):
 
 
 def test_reads_what_the_writer_writes(tmp_path):
-    """ResultRow -> write_job -> update_table -> load_results keeps every field, typed by its kind."""
-    from ablation.results import ResultRow, update_table, write_job
+    """row -> write_job -> record_row / rebuild_table -> load_results keeps every field, typed by its kind."""
+    from ablation.results import rebuild_table, record_row, write_job
 
     intact = full_row(seed=0, job_dir="0", study=None)
     failed = full_row(seed=1, job_dir="1", method="top_k", k=3, variant=None, diverged=True, diverged_step=4,
                       accuracy=float("nan"), trained_now=True)  # fmt: skip
-    rows = [ResultRow(**intact), ResultRow(**failed)]
+    rows = [intact, failed]
     preds = {"labels": np.zeros(3), "intact": np.zeros(3), "ablated": np.zeros(3)}
     for row in rows:
-        write_job(tmp_path / row.job_dir, row, {"versions": {"python": "3"}}, preds)
+        write_job(tmp_path / row["job_dir"], row, {"versions": {"python": "3"}}, preds)
     from_json = load_results(tmp_path)
-    update_table(tmp_path)
+    for row in rows:
+        record_row(tmp_path / "results.csv", row)
+    from_rows = load_results(tmp_path)
+    rebuild_table(tmp_path)
     from_csv = load_results(tmp_path)
+    pd.testing.assert_frame_equal(from_rows, from_csv)
     pd.testing.assert_frame_equal(from_csv, from_json[list(COLUMNS)])
     assert pd.isna(from_csv.loc[0, "study"]) and from_csv.loc[1, "k"] == 3 and pd.isna(from_csv.loc[0, "k"])
     assert from_csv["diverged"].tolist() == [False, True] and np.isnan(from_csv.loc[1, "accuracy"])
@@ -318,28 +323,58 @@ def test_cli_table_and_missing_dir(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "missing" in err and "Traceback" not in err
 
 
-def test_cli_ci_gives_the_paired_drop_per_cell(tmp_path):
+def test_cli_ci_gives_the_reports_intervals_per_cell(tmp_path, capsys):
     from analysis.__main__ import format_intervals
+    from analysis.stats import cell_intervals
 
-    rows = []
     labels = np.array([0, 1] * 50)
+    rows = []
     for job, (first, last, wrong) in enumerate([(0, 0, 0), (0, 1, 10)]):
         ablated = labels.copy()
         ablated[:wrong] = 1 - ablated[:wrong]  # `wrong` more mistakes than the intact model
         (tmp_path / str(job)).mkdir()
         np.savez(tmp_path / str(job) / "predictions.npz", labels=labels, intact=labels, ablated=ablated)
-        rows.append({"first": first, "last": last, "accuracy": 1 - wrong / 100, "job_dir": str(job)})
-    table = format_intervals(pd.DataFrame(rows), tmp_path)
+        rows.append(
+            full_row(first=first, last=last, accuracy=1 - wrong / 100, intact_accuracy=1.0, job_dir=str(job))
+        )
+    pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(tmp_path / "results.csv", index=False)
+    runs = load_runs([tmp_path]).table
+    table = format_intervals(runs)
     assert table["drop_points"].tolist() == [0.0, 10.0]
-    assert table.loc[0, ["lo", "hi"]].tolist() == [0.0, 0.0]
-    assert table.loc[1, "lo"] < 10.0 < table.loc[1, "hi"]
+    assert table.loc[0, ["drop_lo", "drop_hi"]].tolist() == [0.0, 0.0]
+    assert table.loc[1, "drop_lo"] < 10.0 < table.loc[1, "drop_hi"]
+    # the same intervals the report shows for the same cells: one bootstrap path
+    report = cell_intervals(runs).round(2)
+    pd.testing.assert_frame_equal(table, report.drop(columns="includes_zero"), check_dtype=False)
+    assert main(["ci", str(tmp_path)]) == 0
+    assert "relative_decrease" in capsys.readouterr().out
+
+
+def _loaded(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of `modules` a fresh interpreter has imported after running `code`."""
+    code += f"\nimport sys; print(sorted(m for m in {modules!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return eval(done.stdout.strip().splitlines()[-1])
 
 
 def test_analysis_never_imports_torch():
     code = (
-        "import sys, analysis, analysis.collect, analysis.stats, analysis.plots, analysis.__main__\n"
-        "print(sorted(m for m in ('torch', 'transformers', 'hydra') if m in sys.modules))"
+        "import analysis, analysis.collect, analysis.select, analysis.stats, analysis.claims, analysis.plots"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert _loaded(code + ", analysis.report, analysis.__main__", ("torch", "transformers")) == []
+
+
+def test_judging_claims_loads_no_plotting_library():
+    assert _loaded("import analysis.claims", ("matplotlib", "seaborn", "torch")) == []
+
+
+def test_the_experiment_side_never_imports_the_reading_side():
+    modules = sorted(p.stem for p in (REPO / "ablation").glob("*.py") if p.stem != "__init__")
+    code = "import importlib\n" + "\n".join(f"importlib.import_module('ablation.{m}')" for m in modules)
+    assert _loaded(code, ("analysis",)) == []
+    sources = "\n".join(p.read_text() for p in (REPO / "ablation").glob("*.py"))
+    assert "import analysis" not in sources and "from analysis" not in sources
+    assert "hydra._internal" not in sources + "\n".join(
+        p.read_text() for p in (REPO / "analysis").glob("*.py")
+    )

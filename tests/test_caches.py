@@ -11,6 +11,7 @@ import torch
 from conftest import tiny_model
 
 from ablation.adapters import inject_adapters
+from ablation.config import AdapterConfig
 from ablation.methods import freeze
 from ablation.train import CacheError, load_checkpoint, load_trained, save_trained
 
@@ -27,7 +28,7 @@ class _Payload:
 
 def _model(size: int = 8) -> torch.nn.Module:
     model = tiny_model("bert", num_layers=2, seed=0)
-    inject_adapters(model, "bert", size, init_std=1e-2)
+    inject_adapters(model, "bert", AdapterConfig(size=size, init_std=1e-2))
     freeze(model, "adapters")
     return model
 
@@ -59,7 +60,7 @@ def test_a_truncated_checkpoint_is_named(tmp_path):
 def test_a_truncated_or_foreign_store_entry_is_named(tmp_path):
     model = _model()
     folder = tmp_path / "store" / "key"
-    save_trained(model, folder, {"k": 1}, {"train_seconds": 1.0})
+    save_trained(model, folder, {}, {"k": 1}, {"train_seconds": 1.0})
     assert load_trained(_model(), folder) == {"train_seconds": 1.0}
 
     other = _model(size=4)  # same names, other shapes: trained for another adapter size
@@ -76,7 +77,8 @@ def test_a_truncated_or_foreign_store_entry_is_named(tmp_path):
 def test_a_malformed_cell_cache_is_named(tmp_path):
     import numpy as np
 
-    from ablation.session import read_predictions, save_array
+    from ablation.atomic import save_array
+    from ablation.session import read_predictions
 
     path = tmp_path / "cell-0-1-both.npy"
     save_array(path, np.arange(5, dtype=np.int16))

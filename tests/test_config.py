@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 import ablation.config  # noqa: F401  (registers the schema and the sweeper)
 from ablation.config import AdapterConfig, ConfigError, RunConfig
-from ablation.sweeper import expand_range
+from ablation.jobs import expand_range
+from ablation.keys import variant
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -177,11 +178,11 @@ def test_every_study_composes_with_every_preset(study, preset):
 
 
 def test_variant_names_what_differs_from_the_plain_adapter():
-    assert AdapterConfig().variant() == "plain"
-    assert AdapterConfig(size=8, init_std=1.0).variant() == "plain"  # size and std have their own studies
-    assert AdapterConfig(positions=["output"]).variant() == "positions=output"
+    assert variant(AdapterConfig()) == "plain"
+    assert variant(AdapterConfig(size=8, init_std=1.0)) == "plain"  # size and std have their own studies
+    assert variant(AdapterConfig(positions=["output"])) == "positions=output"
     both = AdapterConfig(placement="parallel", combine="multiply", activation="tanh")
-    assert both.variant() == "activation=tanh,placement=parallel,combine=multiply"
+    assert variant(both) == "activation=tanh,placement=parallel,combine=multiply"
 
 
 def test_unknown_method_lists_available_options():
@@ -264,6 +265,9 @@ CLI_CASES = {
     "seed_negative_sweep": ["-m", "model=minilm_l6", "seed=-1..1", "hydra.sweep.dir={out}"],
     "seed_negative_run": ["seed=-3", "hydra.run.dir={out}"],
     "unknown_task": ["task=imdb", "hydra.run.dir={out}"],
+    # nothing left to run: every job in the lower triangle, or a grid with no point
+    "sweep_all_dropped": ["-m", "ablate.first=5", "ablate.last=2", "hydra.sweep.dir={out}"],
+    "sweep_empty_grid": ["-m", "model=minilm_l6", "seed=range(3,3)", "hydra.sweep.dir={out}"],
     "dry_run": [
         "-m",
         "study=tradeoff",
@@ -337,6 +341,11 @@ BAD_CLI = [
     ("seed_negative_sweep", ["seed=-1 is not allowed", "integer >= 0"]),
     ("seed_negative_run", ["seed=-3 is not allowed", "integer >= 0"]),
     ("unknown_task", ["task/imdb", "rotten_tomatoes"]),
+    (
+        "sweep_all_dropped",
+        ["the sweep has no job to run", "each of its 1 jobs has ablate.first > ablate.last"],
+    ),
+    ("sweep_empty_grid", ["the sweep has no job to run", "its grid is empty"]),
 ]
 
 

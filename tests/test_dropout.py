@@ -8,6 +8,7 @@ from conftest import padded_batch, tiny_model
 from torch import nn
 
 from ablation.adapters import AdapterLayer, inject_adapters
+from ablation.config import AdapterConfig
 from ablation.dropout import FastDropout, use_fast_dropout
 
 
@@ -60,7 +61,7 @@ def test_bad_p_names_the_value(p):
 
 def test_use_fast_dropout_replaces_every_dropout_wrapped_ones_included(family):
     model = tiny_model(family)
-    inject_adapters(model, family, 4)
+    inject_adapters(model, family, AdapterConfig(size=4))
     before = sum(type(m) is nn.Dropout for m in model.modules())
     assert before > 0
     assert use_fast_dropout(model) == before

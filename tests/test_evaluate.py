@@ -9,6 +9,7 @@ import pytest
 from conftest import perturb_layernorms_and_head, random_encoded, tiny_model
 
 from ablation.adapters import inject_adapters
+from ablation.config import AdapterConfig
 from ablation.evaluate import Evaluator
 from ablation.models import Stages
 
@@ -26,10 +27,12 @@ def make_evaluator(
     inject_adapters(
         model,
         family,
-        16,
-        init_std=2.0,
-        placement=placement,
-        combine="multiply" if placement == "parallel" else "add",
+        AdapterConfig(
+            size=16,
+            init_std=2.0,
+            placement=placement,
+            combine="multiply" if placement == "parallel" else "add",
+        ),
     )
     data = random_encoded(family, n=40, seed=1)
     assert len(set(data.lengths.tolist())) > 5  # varying lengths, so batches are padded

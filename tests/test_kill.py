@@ -81,7 +81,7 @@ STAGES = {
     # a cell's predictions are written under a temporary name, not yet renamed
     "cell cache write": (kill_at_replace('dst.name.startswith("cell-")'), "store/*/eval/*/.cell-*.tmp.npy"),
     # the sweep table is written under a temporary name, not yet renamed
-    "results table write": (kill_at_replace('dst.name == "results.csv"'), "sweep/.results.csv.*.tmp"),
+    "results table write": (kill_at_replace('dst.name == "results.csv"'), "sweep/.results.csv.*.tmp*"),
 }
 
 

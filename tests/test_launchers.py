@@ -56,3 +56,24 @@ def test_two_seeds_under_joblib_train_side_by_side(toy, tmp_path):
     (a0, a1), (b0, b1) = ((m["started_at"], m["finished_at"]) for m in metrics)
     assert max(a0, b0) < min(a1, b1), metrics  # the two training intervals overlap
     assert pd.read_csv(tmp_path / "sweep" / "results.csv")["trained_now"].sum() == 2
+
+
+def test_the_end_of_sweep_is_a_callback_that_can_be_switched_off(toy, tmp_path):
+    """The table is rebuilt and the report written by the callback; without its report part, only the table."""
+    conf, cache, sequential = toy
+    args = command(
+        conf,
+        tmp_path / "sweep",
+        tmp_path / "store",
+        cache,
+        *CELLS,
+        "hydra.callbacks.end_of_sweep.report=null",
+    )
+    done = run(args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Table: " in done.stdout + done.stderr and "Report: " not in done.stdout + done.stderr
+    assert_frame_equal(table(tmp_path / "sweep"), table(sequential), check_exact=True)
+    assert (
+        not (tmp_path / "sweep" / "report.html").exists()
+        and not (tmp_path / "sweep" / "heatmap.png").exists()
+    )

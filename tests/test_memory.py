@@ -28,7 +28,8 @@ SCRIPT = textwrap.dedent(
     from conftest import random_encoded
     from transformers import BertConfig, BertForSequenceClassification
     from ablation.adapters import inject_adapters
-    from ablation.evaluate import Evaluator
+    from ablation.config import AdapterConfig
+    from ablation.evaluate import Evaluator, bound_resident_memory
     from ablation.models import Stages
 
     torch.set_num_threads(1)
@@ -43,9 +44,11 @@ SCRIPT = textwrap.dedent(
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                         intermediate_size=64, num_labels=3)
     model = BertForSequenceClassification(config).eval()
-    inject_adapters(model, "bert", 8, init_std=1e-2)
+    inject_adapters(model, "bert", AdapterConfig(size=8, init_std=1e-2))
     data = random_encoded("bert", n=40_000, seed=0, min_len=6, max_len=10)
     ev = Evaluator(Stages(model, "bert"), data, batch_size=256, precision="fp32", memory_bytes=budget)
+    if ev.sharded:
+        bound_resident_memory()  # as the process that runs a sharded evaluation does (ablation.session.Process)
     need = sum(ev.state_bytes(b) for b in range(len(ev.batches)))
     with torch.inference_mode():  # one batch first: the kernels' one-time workspaces belong to the baseline
         model(**{k: v for k, v in ev.batches[-1].items() if k != "labels"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import HIDDEN, NUM_LABELS, tiny_model
 
+from ablation.config import AdapterConfig, MethodConfig
 from ablation.methods import count_parameters, freeze, prepare, trained_names, trained_state
 
 L = 3
@@ -63,7 +64,7 @@ VARIANTS = [
 def test_adapter_counts_equal_the_formula(family, changes):
     adapter = {**PLAIN, **changes}
     model = tiny_model(family, num_layers=L)
-    counts = prepare(model, family, "adapters", None, adapter)
+    counts = prepare(model, family, MethodConfig(), AdapterConfig(**adapter))
     n_adapters = L * len(adapter["positions"])
     assert counts["adapters"] == n_adapters * adapter_params(adapter)
     assert counts["layernorm"] == layernorm_params()
@@ -77,7 +78,7 @@ def test_adapter_counts_equal_the_formula(family, changes):
 @pytest.mark.parametrize("k", range(1, L + 1))
 def test_top_k_counts_equal_the_formula(family, k):
     model = tiny_model(family, num_layers=L)
-    counts = prepare(model, family, "top_k", k, None)
+    counts = prepare(model, family, MethodConfig("top_k", k), None)
     expected = k * layer_params() + pooler_params(family) + head_params(family)
     assert counts["trainable"] == expected
     assert counts["layers"] + counts["layernorm"] == k * layer_params()
@@ -90,11 +91,11 @@ def test_top_k_counts_equal_the_formula(family, k):
 
 def test_layernorm_and_full_counts(family):
     model = tiny_model(family, num_layers=L)
-    counts = prepare(model, family, "layernorm", None, None)
+    counts = prepare(model, family, MethodConfig("layernorm"), None)
     assert counts["trainable"] == layernorm_params() + head_params(family)
     assert counts["trainable"] == counts["layernorm"] + counts["head"]
     model = tiny_model(family, num_layers=L)
-    counts = prepare(model, family, "full", None, None)
+    counts = prepare(model, family, MethodConfig("full"), None)
     assert counts["trainable"] == counts["total"] == sum(p.numel() for p in model.parameters())
     embeddings = counts["total"] - L * layer_params() - head_params(family) - pooler_params(family)
     assert counts["embeddings"] + 2 * D == embeddings  # the embeddings' LayerNorm counts as layernorm
@@ -102,7 +103,7 @@ def test_layernorm_and_full_counts(family):
 
 def test_adapters_method_trains_adapters_layernorms_and_head_only(family):
     model = tiny_model(family, num_layers=L)
-    prepare(model, family, "adapters", None, PLAIN)
+    prepare(model, family, MethodConfig(), AdapterConfig(**PLAIN))
     names = [n for n, _ in model.named_parameters()]
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     expected = {
@@ -131,7 +132,7 @@ def test_bad_k_is_rejected(family):
 
 def test_trained_state_holds_batchnorm_statistics(family):
     model = tiny_model(family, num_layers=L)
-    prepare(model, family, "adapters", None, {**PLAIN, "norm": "batchnorm"})
+    prepare(model, family, MethodConfig(), AdapterConfig(**{**PLAIN, "norm": "batchnorm"}))
     state = trained_state(model)
     buffers = [n for n in state if n.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert len(buffers) == 3 * 2 * L

@@ -17,15 +17,9 @@ from matplotlib.figure import Figure
 from ablation.results import COLUMNS
 from analysis.__main__ import main
 from analysis.collect import conform
-from analysis.plots import (
-    bottleneck_plot,
-    figure_plan,
-    init_scale_plot,
-    study_figures,
-    tradeoff_plot,
-    variants_plot,
-)
-from analysis.stats import best_seed_rows, summarize_seeds
+from analysis.plots import bottleneck_plot, init_scale_plot, study_figures, tradeoff_plot, variants_plot
+from analysis.select import best_seed_rows, figure_plan
+from analysis.stats import summarize_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)

@@ -12,9 +12,13 @@ from e2e import CELLS, command, run
 
 from ablation import precision
 from ablation.config import ConfigError, EvalConfig, ModelConfig, RunConfig, TaskConfig, TrainConfig
+from ablation.keys import eval_key, training_key
 from ablation.precision import BF16_SPEEDUP, resolve_device, resolve_precision
-from ablation.session import eval_spec, resolve
-from ablation.train import training_key
+from ablation.precision import resolve as resolve_with
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    return resolve_with(cfg)[0]
 
 
 class Probe:
@@ -75,7 +79,8 @@ def test_device_auto_is_the_cpu_here_and_cuda_without_one_is_named():
 
 
 def _cfg(tmp_path=None, **changes) -> RunConfig:
-    cfg = RunConfig(model=ModelConfig(name="tiny", artifact="m"), task=TaskConfig(name="demo", artifact="d"))
+    cfg = RunConfig(model=ModelConfig(name="tiny", artifact="all-minilm-l6-v2"),
+                    task=TaskConfig(name="demo", artifact="rotten-tomatoes"))  # fmt: skip
     if tmp_path is not None:
         cfg.paths.cache = str(tmp_path)
     return dataclasses.replace(cfg, **changes)
@@ -88,12 +93,14 @@ def test_resolution_enters_the_keys(tmp_path, monkeypatch):
     assert auto.eval.precision == "bf16" and auto.device == "cpu"
     fp32 = resolve(_cfg(tmp_path, eval=EvalConfig(precision="fp32")))
     bf16 = resolve(_cfg(tmp_path, eval=EvalConfig(precision="bf16")))
-    assert eval_spec(auto) == eval_spec(bf16) != eval_spec(fp32)
-    assert "device" not in eval_spec(fp32)  # the CPU keeps the keys caches had before devices existed
+    assert eval_key(auto, "data") == eval_key(bf16, "data") != eval_key(fp32, "data")
+    assert eval_key(fp32, "data") != eval_key(fp32, "other data")  # the evaluated data is in the key too
     # training: fp32 by default whatever the machine; auto opts in and keys as what it resolves to
     trained = resolve(_cfg(tmp_path, train=TrainConfig(precision="auto")))
     assert trained.train.precision == "bf16"
-    assert training_key(trained) == training_key(_cfg(tmp_path, train=TrainConfig(precision="bf16")))
+    assert training_key(trained) == training_key(
+        _cfg(tmp_path, train=TrainConfig(precision="bf16"), device="cpu")
+    )
     assert training_key(resolve(_cfg(tmp_path))) != training_key(trained)
     with pytest.raises(ValueError, match="must be resolved"):
         training_key(_cfg(tmp_path, train=TrainConfig(precision="auto")))

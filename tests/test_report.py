@@ -17,18 +17,11 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from analysis.claims import (
-    CLAIMS,
-    cell_intervals,
-    difference_intervals,
-    evaluate_claims,
-    lower_block,
-    verdict,
-)
+from analysis.claims import CLAIMS, evaluate_claims, lower_block, verdict
 from analysis.collect import load_runs
 from analysis.plots import heatmap
 from analysis.report import build_report
-from analysis.stats import Group, bootstrap_replicates, interval
+from analysis.stats import Group, bootstrap_replicates, cell_intervals, difference_intervals, interval
 
 N = 1000
 MAJORITY = 0.6
@@ -277,7 +270,7 @@ def test_cell_intervals_exclude_zero_only_for_real_drops(tmp_path):
 def test_heatmap_centres_colours_on_zero_and_hatches_uncertain_cells(tmp_path):
     ablation_sweep(tmp_path / "s", lambda f, la: 0.1 if (f, la) == (2, 3) else 0.0, n_layers=4)
     rows = load_runs([tmp_path / "s"]).table
-    from analysis.claims import uncertain_cells
+    from analysis.stats import uncertain_cells
 
     ax = Figure().subplots()
     heatmap(rows, ax, uncertain=uncertain_cells(rows))

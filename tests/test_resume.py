@@ -8,13 +8,13 @@ from conftest import random_encoded, tiny_model
 
 from ablation import train as train_mod
 from ablation.adapters import inject_adapters
-from ablation.config import TrainConfig
+from ablation.config import AdapterConfig, TrainConfig
 from ablation.methods import freeze, trained_state
 
 
 def _model(family: str) -> torch.nn.Module:
     model = tiny_model(family, num_layers=2, seed=0)
-    inject_adapters(model, family, 8, init_std=1e-2)
+    inject_adapters(model, family, AdapterConfig(size=8, init_std=1e-2))
     freeze(model, "adapters")
     return model
 

@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_model
 
 from ablation.adapters import AdapterLayer, InputTap
-from ablation.config import AblateConfig
+from ablation.config import AblateConfig, AdapterConfig, MethodConfig
 from ablation.methods import freeze, prepare
 from ablation.session import Base, Session, _initialised_modules
 
@@ -52,7 +52,9 @@ def test_predictions_are_computed_once_and_reused_from_disk(tmp_path):
     preds, computed = first.predictions(AblateConfig(2, 4))
     assert computed and preds.tolist() == [2, 4, 0]
     assert first.evaluator.calls == [("intact",), (2, 4, "both")]  # the intact pass comes first, once
-    assert first.predictions(None)[1] and (tmp_path / "intact.npy").exists()  # computed by this process
+    assert (
+        first.predictions(AblateConfig())[1] and (tmp_path / "intact.npy").exists()
+    )  # computed by this process
     again = _session(tmp_path, trained_now=False)  # a re-run in a new process
     preds, computed = again.predictions(AblateConfig(2, 4))
     assert not computed and preds.tolist() == [2, 4, 0]
@@ -103,7 +105,7 @@ def test_fresh_model_is_the_pretrained_model_with_a_seeded_head(family):
             assert torch.equal(rng, heads[seed][1])
         heads[seed] = head, rng
         # what a job leaves behind: adapters injected, every parameter trained
-        prepare(model, family, "adapters", None, {"size": 4, "placement": "parallel"})
+        prepare(model, family, MethodConfig(), AdapterConfig(size=4, placement="parallel"))
         freeze(model, "full")
         with torch.no_grad():
             for p in model.parameters():
@@ -125,7 +127,7 @@ def test_fresh_model_equals_loading_anew():
     """The real 6-layer model: reset + seeded head equals from_pretrained after set_seed, RNG included."""
     from ablation.config import ModelConfig
     from ablation.models import load_model
-    from ablation.session import open_base
+    from ablation.session import load_base
     from ablation.train import set_seed
 
     cfg = ModelConfig(name="minilm_l6", family="bert", artifact="all-minilm-l6-v2", num_layers=6)
@@ -133,8 +135,8 @@ def test_fresh_model_equals_loading_anew():
     set_seed(3)
     reference, _, _ = load_model(cfg, 3, cache)
     rng = torch.get_rng_state()
-    base = open_base(cfg, 3, cache)
-    prepare(base.fresh_model(7), "bert", "full", None, None)
+    base = load_base(cfg, 3, cache)
+    prepare(base.fresh_model(7), "bert", MethodConfig("full"), None)
     model = base.fresh_model(3)
     assert torch.equal(torch.get_rng_state(), rng)
     ref = dict(reference.named_parameters())

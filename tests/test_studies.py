@@ -103,7 +103,7 @@ def test_a_diverging_job_is_a_row_and_the_sweep_goes_on(tmp_path):
 
 def test_training_does_not_depend_on_what_the_process_ran_before(tmp_path):
     """The shared base model is reset between keys: a key trained after others equals one trained alone."""
-    from ablation import session as session_mod
+    from ablation.session import Process
 
     def config(seed: int, store: Path, method: str = "adapters"):
         overrides = [
@@ -116,10 +116,10 @@ def test_training_does_not_depend_on_what_the_process_ran_before(tmp_path):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             return OmegaConf.to_object(compose("config", overrides=overrides))
 
-    session_mod._BASE = None
-    alone = session_mod.build_session(config(1, tmp_path / "a"))
-    session_mod.build_session(config(0, tmp_path / "b", "full"))
-    after = session_mod.build_session(config(1, tmp_path / "b"))
+    process = Process()  # one model, loaded once: reset between the three keys
+    alone = process.open_session(process.resolve(config(1, tmp_path / "a")))
+    process.open_session(process.resolve(config(0, tmp_path / "b", "full")))
+    after = process.open_session(process.resolve(config(1, tmp_path / "b")))
     assert alone.key == after.key
     a = load_file(tmp_path / "a" / alone.key / "trained.safetensors")
     b = load_file(tmp_path / "b" / after.key / "trained.safetensors")

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from ablation.sweeper import (
+from ablation.jobs import (
     RangeError,
     build_jobs,
     drop_lower_triangle,
@@ -19,14 +18,14 @@ from ablation.sweeper import (
     expand_range,
     layer_range,
 )
+from ablation.jobs import product as jobs_product
 
 KEY = "ablate.first"
 
 
 def product(*arguments: str) -> list[list[str]]:
     """The cartesian product of sweep overrides, as Hydra's basic sweeper builds it."""
-    overrides = OverridesParser.create().parse_overrides(expand_arguments(list(arguments)))
-    return BasicSweeper.split_arguments(overrides, None)[0]
+    return jobs_product(OverridesParser.create().parse_overrides(expand_arguments(list(arguments))))
 
 
 def upper_triangle(n: int) -> list[tuple[int, int]]:
@@ -201,6 +200,7 @@ def test_tradeoff_study_covers_every_method_and_k_up_to_L(model, L):
 
 def test_variants_study_has_eleven_distinct_variants():
     from ablation.config import RunConfig
+    from ablation.keys import variant
 
     jobs = study_jobs("variants", "seed=0", "task=rotten_tomatoes")
     assert len(jobs) == 11
@@ -210,7 +210,7 @@ def test_variants_study_has_eleven_distinct_variants():
             overrides = [f"{k}={v}" for k, v in job.items() if k != "study"]
             cfg = OmegaConf.to_object(compose("config", overrides=overrides))
             assert isinstance(cfg, RunConfig)
-            labels.add(cfg.adapter.variant())
+            labels.add(variant(cfg.adapter))
     assert labels == {
         "plain", "norm=layernorm", "norm=batchnorm", "depth=2", "activation=relu", "activation=tanh",
         "activation=swish", "positions=attention", "positions=output", "placement=parallel",

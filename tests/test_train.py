@@ -22,8 +22,9 @@ from ablation.config import (
     TaskConfig,
     TrainConfig,
 )
+from ablation.keys import training_key
 from ablation.methods import freeze
-from ablation.train import load_trained, make_optimizer, save_trained, store_path, train, training_key
+from ablation.train import ENTRY, load_trained, make_optimizer, older_entries, save_trained, store_path, train
 
 L = 3
 METHOD_CONFIGS = [
@@ -37,7 +38,7 @@ METHOD_CONFIGS = [
 def adapter_model(family: str, adapter_seed: int = 0) -> nn.Module:
     model = tiny_model(family, num_layers=L, seed=0)
     torch.manual_seed(adapter_seed)
-    inject_adapters(model, family, 8, init_std=1e-2)
+    inject_adapters(model, family, AdapterConfig(size=8, init_std=1e-2))
     freeze(model, "adapters")
     return model
 
@@ -87,7 +88,7 @@ def test_divergence_stops_training_and_is_recorded(family):
     """std 1 adapters and lr 1e8: the loss or its gradient turns non-finite within a few steps."""
     torch.manual_seed(0)
     model = tiny_model(family, num_layers=L, seed=0)
-    inject_adapters(model, family, 8, init_std=1.0)
+    inject_adapters(model, family, AdapterConfig(size=8, init_std=1.0))
     freeze(model, "adapters")
     data = random_encoded(family, n=80, seed=4)
     metrics = train(model, data, TrainConfig(lr=1e8, max_steps=10, batch_size=8, max_grad_norm=1e30), seed=0)
@@ -121,9 +122,14 @@ def test_save_and_load_trained_round_trip(family, tmp_path):
     batch = padded_batch(family)
     trained = logits(model, batch)
     folder = store_path(tmp_path / "store", "key-abc")
-    save_trained(model, folder, {"seed": 0}, {"steps": 3, "train_seconds": 1.5})
+    save_trained(model, folder, {"store_version": 0}, {"seed": 0}, {"steps": 3, "train_seconds": 1.5})
     assert folder == tmp_path / "store" / "key-abc"
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "metrics.json", "trained.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        ENTRY,
+        "metrics.json",
+        "trained.safetensors",
+    ]
     assert json.loads((folder / "config.json").read_text()) == {"seed": 0}
     assert [p.name for p in folder.parent.iterdir()] == ["key-abc"]  # no temp folder left
 
@@ -139,9 +145,9 @@ def test_save_and_load_trained_round_trip(family, tmp_path):
 def test_load_trained_rejects_another_layout(family, tmp_path):
     model = adapter_model(family)
     folder = tmp_path / "k"
-    save_trained(model, folder, {}, {})
+    save_trained(model, folder, {}, {}, {})
     other = tiny_model(family, num_layers=L)
-    inject_adapters(other, family, 8, positions=("output",))
+    inject_adapters(other, family, AdapterConfig(size=8, positions=("output",)))
     freeze(other, "adapters")
     with pytest.raises(RuntimeError, match="do not match"):
         load_trained(other, folder)
@@ -149,8 +155,9 @@ def test_load_trained_rejects_another_layout(family, tmp_path):
 
 def run_config(**changes) -> RunConfig:
     base = RunConfig(
-        model=ModelConfig(name="tiny", family="bert", artifact="some-model", num_layers=12),
-        task=TaskConfig(name="demo", artifact="some-data"),
+        model=ModelConfig(name="tiny", family="bert", artifact="all-minilm-l6-v2", num_layers=12),
+        task=TaskConfig(name="demo", artifact="rotten-tomatoes"),
+        device="cpu",  # as resolved: keys are formed from resolved configs only
     )
     return dataclasses.replace(base, **changes)
 
@@ -167,10 +174,13 @@ def test_training_key_tracks_what_training_depends_on():
         run_config(adapter=AdapterConfig(positions=["output"])),
         run_config(train=TrainConfig(lr=3e-4)),
         run_config(train=TrainConfig(epochs=2.0)),
-        run_config(task=TaskConfig(name="demo", artifact="other-data")),
-        run_config(task=TaskConfig(name="demo", artifact="some-data", split_seed=1)),
-        run_config(task=TaskConfig(name="other", artifact="some-data")),
-        run_config(model=ModelConfig(name="tiny", family="bert", artifact="other-model", num_layers=12)),
+        run_config(task=TaskConfig(name="demo", artifact="tweets")),
+        run_config(task=TaskConfig(name="demo", artifact="rotten-tomatoes", split_seed=1)),
+        run_config(task=TaskConfig(name="other", artifact="rotten-tomatoes")),
+        run_config(
+            model=ModelConfig(name="tiny", family="bert", artifact="all-mpnet-base-v2", num_layers=12)
+        ),
+        run_config(device="cuda"),
     ]
     keys = [training_key(cfg) for cfg in changed]
     assert key not in keys
@@ -189,14 +199,31 @@ def test_training_key_tracks_what_training_depends_on():
     assert all(training_key(cfg) == key for cfg in same)
 
 
-def test_plain_adapter_keys_are_those_of_store_version_2():
-    """Fields added later enter the key only away from their defaults: stored adapters stay valid.
+def test_every_declared_training_field_enters_the_key():
+    """The key is derived from the declarations alone: each TRAIN field, the task's metric not."""
+    key = training_key(run_config())
+    assert (
+        training_key(run_config(task=TaskConfig(name="demo", artifact="rotten-tomatoes", metric="f1"))) == key
+    )
+    assert training_key(run_config(model=ModelConfig(name="tiny", family="bert", artifact="all-minilm-l6-v2",
+                                                     num_layers=6))) == key  # fmt: skip
+    for section, cfg_type in (("train", TrainConfig), ("adapter", AdapterConfig)):
+        for f in dataclasses.fields(cfg_type):
+            value = getattr(cfg_type(), f.name)
+            other = {int: value + 1 if isinstance(value, int) else value, float: 2 * (value or 0.5)}.get(
+                type(value), value
+            )
+            if other != value:
+                changed = dataclasses.replace(getattr(run_config(), section), **{f.name: other})
+                assert training_key(run_config(**{section: changed})) != key, f"{section}.{f.name}"
 
-    The two keys were computed by the code before the adapter variants and methods existed.
-    """
-    assert training_key(run_config()) == "tiny-demo-8e9f7a97cdef"
-    other = AdapterConfig(size=32, init_std=1e-2, positions=["output"])
-    assert training_key(run_config(adapter=other)) == "tiny-demo-819e0d65f714"
+
+def test_older_store_entries_are_counted_as_misses(family, tmp_path):
+    store = tmp_path / "store"
+    save_trained(adapter_model(family), store / "new", {"store_version": 3}, {}, {})
+    (store / "old").mkdir()
+    (store / "old" / "trained.safetensors").write_bytes(b"")  # an entry of an older version: no key.json
+    assert older_entries(store) == 1 and older_entries(tmp_path / "none") == 0
 
 
 def test_adapter_settings_do_not_key_methods_without_adapters():
@@ -264,8 +291,13 @@ def test_save_trained_replaces_a_folder_without_trained_parameters(family, tmp_p
     folder = store_path(tmp_path / "store", "key-stale")
     (folder / "eval" / "old").mkdir(parents=True)
     (folder / "eval" / "old" / "cell-0-0-both.npy").write_bytes(b"stale")
-    save_trained(model, folder, {"seed": 0}, {"steps": 0, "train_seconds": 0.0})
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "metrics.json", "trained.safetensors"]
+    save_trained(model, folder, {}, {"seed": 0}, {"steps": 0, "train_seconds": 0.0})
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        ENTRY,
+        "metrics.json",
+        "trained.safetensors",
+    ]
 
 
 def test_the_same_seed_twice_gives_identical_parameters_metrics_and_predictions(family):

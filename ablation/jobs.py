@@ -1,0 +1,190 @@
+"""Planning a sweep, as functions of override lists: `a..b` ranges (also `a..L`, `a..L-1` up to the model's
+layer count L), the product of a grid, the union of grids, the lower-triangle filter, the order that shares
+work, and the cell plan (which cells each group of jobs computes together).
+
+Uses Hydra's public override parser only; the sweeper (ablation.sweeper) calls these, then validates and
+launches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+
+from ablation.atomic import write_text
+from ablation.config import ConfigError
+
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+# `a..L` and `a..L-1`: up to the model's number of layers, resolved per job once the model is known.
+_LAYER_RANGE = re.compile(r"^(-?\d+)\.\.L(?:-(\d+))?$")
+ABLATE_KEYS = ("ablate.first", "ablate.last")
+# Jobs sharing these run back to back: switching the model or task reloads the model.
+GROUPING_KEYS = ("preset", "model", "task")
+
+
+class RangeError(ConfigError):
+    """A sweep value written with `..` that is not an integer range a..b with a <= b."""
+
+
+def expand_range(key: str, value: str) -> str:
+    """Rewrite an inclusive `a..b` value as Hydra's `range(a,b+1)`; other values pass through."""
+    text = value.strip()
+    if ".." not in text or set(text) == {"."} or "/" in text or "\\" in text or text.startswith(("'", '"')):
+        return value
+    if _LAYER_RANGE.match(text):
+        return text  # expanded per job by the sweeper, once the model's L is known
+    match = _RANGE.match(text)
+    if match is None:
+        raise RangeError(
+            f"{key}={value}: a range is written a..b with integers, or a..L / a..L-1 up to the model's "
+            f"layer count L, e.g. {key}=0..11 or {key}=0..L-1"
+        )
+    lo, hi = int(match.group(1)), int(match.group(2))
+    if lo > hi:
+        raise RangeError(f"{key}={value}: empty range, a..b needs a <= b (e.g. {key}={hi}..{lo})")
+    return f"range({lo},{hi + 1})"
+
+
+def expand_arguments(arguments: list[str]) -> list[str]:
+    """Apply expand_range to every `key=value` override."""
+    out = []
+    for arg in arguments:
+        key, sep, value = arg.partition("=")
+        out.append(f"{key}={expand_range(key, value)}" if sep else arg)
+    return out
+
+
+def _job_dict(job: list[str]) -> dict[str, str]:
+    return dict(arg.split("=", 1) for arg in job)
+
+
+def layer_range(value: str, num_layers: int) -> list[int] | None:
+    """The integers of an `a..L` / `a..L-c` value for a model with num_layers layers; None for other values."""
+    match = _LAYER_RANGE.match(value.strip())
+    if match is None:
+        return None
+    lo, hi = int(match.group(1)), num_layers - int(match.group(2) or 0)
+    if lo > hi:
+        raise RangeError(f"{value}: empty for a model with L={num_layers} layers")
+    return list(range(lo, hi + 1))
+
+
+def _value_order(value: str) -> tuple:
+    """Numbers in numeric order (seed 2 before 10, size 8 before 64), other values as text."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def drop_lower_triangle(jobs: list[list[str]]) -> tuple[list[list[str]], int]:
+    """Drop jobs whose ablate.first > ablate.last; order the rest by (other overrides, first, last)."""
+    kept = []
+    for job in jobs:
+        values = _job_dict(job)
+        first, last = (values.get(k) for k in ABLATE_KEYS)
+        if first is not None and last is not None and int(first) > int(last):
+            continue
+        kept.append(job)
+
+    # Jobs of one model and task run together (no reloads); cells that share `first` run back to back,
+    # in increasing `last`, so the evaluator can extend one ablated chain instead of recomputing it.
+    def order(job: list[str]) -> tuple:
+        values = _job_dict(job)
+        grouping = tuple(_value_order(values.get(k, "")) for k in GROUPING_KEYS)
+        rest = tuple(
+            (k, _value_order(v)) for k, v in sorted(values.items()) if k not in (*ABLATE_KEYS, *GROUPING_KEYS)
+        )
+        return grouping, rest, *(int(values.get(k, -1)) for k in ABLATE_KEYS)
+
+    kept.sort(key=order)
+    return kept, len(jobs) - len(kept)
+
+
+def product(overrides: list[Override]) -> list[list[str]]:
+    """Every combination of the overrides' values (a sweep override's values, others as given), the
+    earlier keys outer; a key given twice keeps its last value, as Hydra's basic sweeper does."""
+    choices: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                raise ConfigError(
+                    f"{override.input_line}: only discrete sweeps (a,b,c / range / a..b) are allowed"
+                )
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*choices.values())]
+
+
+def build_jobs(
+    params: dict[str, Any], grids: list[dict[str, Any]], arguments: list[str], parser: OverridesParser
+) -> list[list[str]]:
+    """The product of params and the command line with each grid, grids in order, duplicates dropped."""
+    common = [f"{k}={v}" for k, v in params.items()] + list(arguments)
+    jobs: list[list[str]] = []
+    for grid in grids or [{}]:
+        # The command line comes last, so it wins over a grid's value for the same key.
+        overrides = expand_arguments([f"{k}={v}" for k, v in grid.items()] + common)
+        for job in product(parser.parse_overrides(overrides)):
+            if job not in jobs:
+                jobs.append(job)
+    return jobs
+
+
+def expand_layer_ranges(
+    jobs: list[list[str]], num_layers: Callable[[tuple[str, ...]], int]
+) -> list[list[str]]:
+    """Replace `a..L(-c)` values by one job per integer; num_layers(the job's other overrides) gives L."""
+    out = []
+    for job in jobs:
+        ranged = [arg for arg in job if _LAYER_RANGE.match(arg.split("=", 1)[1].strip())]
+        if not ranged:
+            out.append(job)
+            continue
+        rest = [arg for arg in job if arg not in ranged]
+        L = num_layers(tuple(rest))
+        choices = [
+            [f"{k}={v}" for v in layer_range(value, L)] for k, value in (a.split("=", 1) for a in ranged)
+        ]
+        out += [rest + list(combo) for combo in itertools.product(*choices)]
+    return out
+
+
+PLAN = "cell_plan.json"
+
+
+def group_key(job: list[str]) -> str:
+    """What identifies a job's group: its overrides other than ablate.first/last, in a fixed order."""
+    return " ".join(sorted(arg for arg in job if arg.split("=", 1)[0] not in ABLATE_KEYS))
+
+
+def write_cell_plan(sweep_dir: Path, jobs: list[list[str]]) -> None:
+    """Record each group's cells in sweep order, so whichever job of a group runs first computes them all."""
+    plan: dict[str, list[list[int]]] = defaultdict(list)
+    for job in jobs:
+        values = _job_dict(job)
+        if all(k in values for k in ABLATE_KEYS):
+            plan[group_key(job)].append([int(values[k]) for k in ABLATE_KEYS])
+    write_text(sweep_dir / PLAN, json.dumps(plan, indent=1, sort_keys=True))
+
+
+def planned_cells(sweep_dir: Path, overrides: list[str]) -> list[tuple[int, int]]:
+    """The cells (first, last) of the group of the job with these overrides; [] outside a planned sweep."""
+    path = sweep_dir / PLAN
+    if not path.exists():
+        return []
+    try:
+        plan = json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"{path}: malformed sweep plan; delete it and run the sweep again") from None
+    return [tuple(cell) for cell in plan.get(group_key(list(overrides)), [])]
