@@ -42,7 +42,7 @@ def _norm(kind: str, d: int) -> nn.Module:
 
 
 class Adapter(nn.Module):
-    """Bottleneck delta(x) = up(act(... act(down(norm(x))))), combined with the sub-layer output s.
+    """Bottleneck delta(x) = scaling * up(act(... act(down(norm(x))))), combined with the sub-layer output s.
 
     combine="add": s + delta(x); combine="multiply": s * (1 + delta(x)). Serial adapters have x = s
     (the Houlsby adapter s + up(act(down(s))), 2md + d + m parameters); parallel ones get the
@@ -57,6 +57,7 @@ class Adapter(nn.Module):
         self.act = _ACTIVATIONS[cfg.activation]()
         self.up = nn.Linear(cfg.size, d)
         self.combine = cfg.combine
+        self.scaling = cfg.scaling
         self.reset_parameters(cfg.init_std)
 
     def reset_parameters(self, init_std: float) -> None:
@@ -66,11 +67,11 @@ class Adapter(nn.Module):
             nn.init.zeros_(linear.bias)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """The bottleneck's output for input x."""
+        """The bottleneck's output for input x, times the scaling."""
         z = self.act(self.down(self.norm(x)))
         for linear in self.hidden:
             z = self.act(linear(z))
-        return self.up(z)
+        return self.up(z) * self.scaling
 
     def forward(self, s: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Combine the sub-layer output s with delta(x); x defaults to s (a serial adapter)."""

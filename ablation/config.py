@@ -204,6 +204,8 @@ class AdapterConfig:
     placement: str = param("serial", keys=(TRAIN,), column="adapter_placement", variant=True)
     # add: s + delta; multiply: s * (1 + delta)
     combine: str = param("add", keys=(TRAIN,), column="adapter_combine", variant=True)
+    # delta = scaling * up(...): AdapterHub's `scaling` (1.0 in its Houlsby and Pfeiffer configs)
+    scaling: float = param(1.0, keys=(TRAIN,), column="adapter_scaling", variant=True)
 
     def __post_init__(self) -> None:
         _positive("adapter.size", self.size, "a positive integer (bottleneck size m)")
@@ -219,6 +221,7 @@ class AdapterConfig:
         _check(self.depth >= 1, "adapter.depth", self.depth, "a positive integer (hidden layers)")
         _one_of("adapter.placement", self.placement, PLACEMENTS)
         _one_of("adapter.combine", self.combine, COMBINES)
+        _positive("adapter.scaling", self.scaling, "a positive float")
 
 
 @dataclass

@@ -58,6 +58,7 @@ VARIANTS = [
     {"placement": "parallel"},
     {"placement": "parallel", "combine": "multiply"},
     {"combine": "multiply"},
+    {"scaling": 0.5},
 ]
 VARIANT_IDS = [",".join(f"{k}={v}" for k, v in c.items()) or "plain" for c in VARIANTS]
 
@@ -290,3 +291,20 @@ def test_first_token_only_last_layer_matches_the_full_layer(family, placement):
         assert first.shape == (4, 1, model.config.hidden_size)
         assert torch.allclose(first, full[:, :1], atol=1e-6, rtol=1e-5)
         assert torch.allclose(stages.head(first), model(**batch).logits, atol=1e-6, rtol=1e-5)
+
+
+def test_scaling_multiplies_the_bottleneck_output_and_names_a_variant():
+    from ablation.keys import CONFIG_COLUMNS, variant
+
+    torch.manual_seed(0)
+    plain = Adapter(16, AdapterConfig(size=4, init_std=0.5))
+    scaled = Adapter(16, AdapterConfig(size=4, init_std=0.5, scaling=0.25))
+    scaled.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 5, 16)
+    assert torch.allclose(scaled.delta(x), 0.25 * plain.delta(x)) and torch.equal(
+        scaled(x), x + scaled.delta(x)
+    )
+    assert variant(AdapterConfig(scaling=0.25)) == "scaling=0.25" and variant(AdapterConfig()) == "plain"
+    with pytest.raises(ValueError, match="adapter.scaling=0"):
+        AdapterConfig(scaling=0)
+    assert CONFIG_COLUMNS["adapter_scaling"] == "float"  # a result column, from the declaration alone
