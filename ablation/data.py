@@ -41,8 +41,27 @@ def read_tweets(path: str | Path) -> pd.DataFrame:
 READERS = {"rotten-tomatoes": read_rotten_tomatoes, "tweets": read_tweets}
 
 
+def deduplicate(df: pd.DataFrame, text_fields: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """One row per distinct text (all text fields equal): a repeated text with one label is kept once (its
+    first row), a text with conflicting labels is dropped. Returns the rows and what was removed."""
+    text = df[text_fields].astype(str).agg("\x1f".join, axis=1)  # a separator no text field holds
+    labels = df.groupby(text)["label"].nunique()
+    conflicting = text.isin(labels.index[labels > 1])
+    kept = ~conflicting & ~text.duplicated()
+    counts = {
+        "rows": len(df),
+        "repeats_removed": int((~conflicting & text.duplicated()).sum()),
+        "conflicting_texts": int((labels > 1).sum()),
+        "conflicting_rows": int(conflicting.sum()),
+        "kept": int(kept.sum()),
+    }
+    return df[kept.to_numpy()].reset_index(drop=True), counts
+
+
 def split_frame(df: pd.DataFrame, validation_size: int, seed: int, train_limit: int | None) -> DatasetDict:
-    """Fixed split: a seeded permutation; the first `validation_size` rows validate, the rest train."""
+    """Fixed split: a seeded permutation; the first `validation_size` rows validate, the rest train.
+
+    The rows must be distinct texts (deduplicate), or a text could land in both splits."""
     if validation_size >= len(df):
         raise ValueError(f"task.validation_size={validation_size} must be below the {len(df)} examples")
     order = np.random.default_rng(seed).permutation(len(df))
@@ -99,18 +118,29 @@ def load_task(cfg: TaskConfig, cache: str | Path) -> DatasetDict:
         clean(path)
         if path.exists():
             return _read_cached(path, text)
-        if cfg.source == "glue":
+        counts = None
+        if cfg.source == "glue":  # the official splits, as they are
             dsd = _load_glue(cfg)
-        elif cfg.source == "csv":
-            dsd = split_frame(read_csv_task(cfg), cfg.validation_size, cfg.split_seed, cfg.train_limit)
         else:
-            if cfg.artifact not in READERS:
+            if cfg.source == "csv":
+                df = read_csv_task(cfg)
+            elif cfg.artifact in READERS:
+                df = READERS[cfg.artifact](artifact_path(cfg.artifact, cache))
+            else:
                 raise ValueError(f"task.artifact={cfg.artifact!r}: readers exist for {sorted(READERS)}")
-            df = READERS[cfg.artifact](artifact_path(cfg.artifact, cache))
+            df, counts = deduplicate(df, cfg.text_fields)
+            print(
+                f"[data] {cfg.name}: {counts['rows']:,} rows, {counts['repeats_removed']:,} repeats of a text "
+                f"removed, {counts['conflicting_texts']:,} texts with conflicting labels dropped "
+                f"({counts['conflicting_rows']:,} rows): {counts['kept']:,} examples",
+                flush=True,
+            )
             dsd = split_frame(df, cfg.validation_size, cfg.split_seed, cfg.train_limit)
         with replacing(path, folder=True) as tmp:
             dsd.save_to_disk(str(tmp))
             (tmp / "spec.json").write_text(text)
+            if counts is not None:
+                (tmp / "deduplication.json").write_text(json.dumps(counts, indent=1))
     return dsd
 
 

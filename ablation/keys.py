@@ -28,7 +28,7 @@ from ablation.sources import ARTIFACTS, sha256_file
 # Bump when a code change alters what training produces, so stored parameters of older code are not reused.
 STORE_VERSION = 3  # 3: keys derived from the config declarations
 # Bump when reading or splitting a task changes: the dataset cache and every training key follow it.
-DATA_VERSION = 2
+DATA_VERSION = 3  # 3: repeated texts removed before the split (ablation.data.deduplicate)
 VARIANT = "variant"  # the column naming an adapter variant: "plain", or the variant fields that differ
 REPLICATE = "seed"  # the column whose values are replicates of one setting
 AXES = ("task", "model")  # sections whose columns split figures and claims into panels

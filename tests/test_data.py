@@ -25,6 +25,7 @@ from ablation.data import (
     Encoded,
     collate,
     compute_metrics,
+    deduplicate,
     encode,
     eval_batches,
     load_task,
@@ -114,6 +115,41 @@ def test_split_frame_train_limit_and_bad_size():
     assert limited["validation"]["text"] == full["validation"]["text"]
     with pytest.raises(ValueError, match="validation_size"):
         split_frame(df, validation_size=50, seed=0, train_limit=None)
+
+
+def test_deduplicate_keeps_a_repeated_text_once_and_drops_conflicting_labels():
+    df = pd.DataFrame(
+        {
+            "a": ["x", "y", "x", "z", "z", "w", "y"],
+            "b": ["1", "1", "1", "1", "2", "1", "1"],
+            "label": [0, 1, 0, 1, 0, 1, 0],
+        }
+    )
+    out, counts = deduplicate(df, ["a", "b"])
+    # x/1 twice with one label: kept once; y/1 with labels 1 and 0: dropped; z/1 and z/2 are two texts
+    assert out[["a", "b"]].values.tolist() == [["x", "1"], ["z", "1"], ["z", "2"], ["w", "1"]]
+    assert counts == {
+        "rows": 7,
+        "repeats_removed": 1,
+        "conflicting_texts": 1,
+        "conflicting_rows": 2,
+        "kept": 4,
+    }
+    split = split_frame(out, validation_size=2, seed=0, train_limit=None)
+    pairs = {s: {(r["a"], r["b"]) for r in split[s]} for s in ("train", "validation")}
+    assert pairs["train"].isdisjoint(pairs["validation"])
+
+
+def test_csv_tasks_are_deduplicated_before_the_split(tmp_path, capsys):
+    from ablation.config import TaskConfig
+
+    path = tmp_path / "dups.csv"
+    texts = [f"s{i % 20}" for i in range(40)]  # every text twice, with the same label
+    pd.DataFrame({"text": texts, "label": [int(t[1:]) % 2 for t in texts]}).to_csv(path)
+    data = load_task(TaskConfig(name="dups", source="csv", path=str(path), validation_size=5), tmp_path / "c")
+    assert (len(data["train"]), len(data["validation"])) == (15, 5)
+    assert set(data["train"]["text"]).isdisjoint(data["validation"]["text"])
+    assert "dups: 40 rows, 20 repeats of a text removed" in capsys.readouterr().out
 
 
 # --- tokenization and batching ---
@@ -377,9 +413,9 @@ def label_shares(dsd) -> tuple[int, np.ndarray]:
 def test_load_task_rotten_tomatoes():
     cfg = task_config("rotten_tomatoes")
     dsd = load_task(cfg, REAL_CACHE)
-    assert (len(dsd["train"]), len(dsd["validation"])) == (11808, 1000)
+    assert (len(dsd["train"]), len(dsd["validation"])) == (11752, 1000)  # 12,808 rows, 56 repeats removed
     n, shares = label_shares(dsd)
-    assert n == 12808
+    assert n == 12752
     assert shares[1] == pytest.approx(0.578, abs=5e-4)  # fresh is the majority
     assert sorted(dsd["train"].column_names) == ["label", "text"]
 
@@ -388,12 +424,23 @@ def test_load_task_rotten_tomatoes():
 def test_load_task_tweets():
     cfg = task_config("tweets")
     dsd = load_task(cfg, REAL_CACHE)
-    assert (len(dsd["train"]), len(dsd["validation"])) == (36158, 2000)
+    # 38,158 rows: 356 repeats removed, 46 texts with conflicting labels (605 rows) dropped
+    assert (len(dsd["train"]), len(dsd["validation"])) == (35197, 2000)
     n, shares = label_shares(dsd)
-    assert n == 38158
+    assert n == 37197
     assert len(shares) == 3
     assert shares.argmax() == 0  # negative is the majority
-    assert shares[0] == pytest.approx(0.424, abs=5e-4)
+    assert shares[0] == pytest.approx(0.429, abs=5e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["rotten_tomatoes", "tweets"])
+def test_no_validation_text_is_in_train_or_twice_in_validation(name):
+    dsd = load_task(task_config(name), REAL_CACHE)
+    validation, train = list(dsd["validation"]["text"]), set(dsd["train"]["text"])
+    assert not [t for t in validation if t in train]
+    assert len(set(validation)) == len(validation)
+    assert len(train) == len(dsd["train"])  # nor twice in train
 
 
 def test_csv_task_is_split_like_the_offline_tasks_and_bad_labels_are_named(tmp_path):
