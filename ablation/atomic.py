@@ -72,4 +72,4 @@ def save_array(path: Path, array: np.ndarray) -> None:
 def write_text(path: Path, text: str) -> None:
     """Write a text file under a temporary name, then rename."""
     with replacing(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")

@@ -186,7 +186,7 @@ class MethodConfig:
 class AdapterConfig:
     """Houlsby bottleneck adapter h + up(act(down(h))), two per layer, and the paper's variants of it.
 
-    The README's "The adapter and its variants" section gives the exact formula of every option.
+    docs/adapters.md gives the exact formula of every option.
     """
 
     size: int = param(64, keys=(TRAIN,), column="adapter_size")

@@ -158,8 +158,10 @@ def code_version() -> str:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
         ).stdout.strip()
+        # what decides results: the code, the configs, the package metadata (not the README or docs)
+        paths = ["ablation", "analysis", "conf", "hydra_plugins", "pyproject.toml"]
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "."], cwd=here.parent, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--", *paths], cwd=here.parent, capture_output=True, text=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"

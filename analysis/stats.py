@@ -164,7 +164,7 @@ def replicates(groups: list[Group]) -> np.ndarray:
 
 def mean_accuracy(group: Group) -> float:
     """A group's accuracy: the mean over its seeds of each seed's accuracy."""
-    return float(group.correct.mean(axis=1).mean())
+    return float(group.correct.mean(axis=1, dtype=np.float64).mean())
 
 
 def group(

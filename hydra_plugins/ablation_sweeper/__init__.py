@@ -4,4 +4,4 @@ from ablation.sweeper import AblationSweeper as _AblationSweeper
 
 
 class AblationSweeper(_AblationSweeper):
-    """The `ablation` sweeper (`a..b` ranges, lower-triangle filter, up-front checks, heatmap)."""
+    """The `ablation` sweeper: plan (`a..b` ranges, grids, the lower-triangle filter), check, launch."""
