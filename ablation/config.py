@@ -231,7 +231,7 @@ class TrainConfig:
     lr: float = param(1e-3, keys=(TRAIN,), column="lr")
     epochs: float = param(1.0, keys=(TRAIN,))
     max_steps: int | None = param(None, keys=(TRAIN,))  # caps the step count when set
-    batch_size: int = param(32, keys=(TRAIN,))
+    batch_size: int = param(32, keys=(TRAIN,), column="batch_size")
     warmup_ratio: float = param(0.1, keys=(TRAIN,))
     weight_decay: float = param(0.01, keys=(TRAIN,))
     max_grad_norm: float = param(1.0, keys=(TRAIN,))
@@ -386,6 +386,8 @@ class AblationSweeperConf:
 
     Jobs are the product of `params` (and the command line) with the union of `grids`: each grid is
     its own product, so a study can sweep adapter sizes for adapters and k for top_k in one command.
+    `presets` gives a study a smaller sweep per preset (`presets.quick.params` / `.grids`), used in place of
+    `params` / `grids` when that preset is chosen (`preset=quick`).
     """
 
     # Hydra instantiates plugins only from the hydra_plugins namespace.
@@ -393,6 +395,7 @@ class AblationSweeperConf:
     max_batch_size: int | None = None
     params: dict[str, str] | None = None
     grids: list[dict[str, Any]] | None = None
+    presets: dict[str, Any] | None = None
     dry_run: bool = False  # list and check the jobs, run none (hydra.sweeper.dry_run=true)
 
 

@@ -12,7 +12,7 @@ import itertools
 import json
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,21 @@ def product(overrides: list[Override]) -> list[list[str]]:
         else:
             choices[key] = [f"{key}={override.get_value_element_as_str()}"]
     return [list(job) for job in itertools.product(*choices.values())]
+
+
+def choose_grid(
+    params: Mapping[str, Any], grids: list[Mapping[str, Any]], presets: Mapping[str, Any], preset: str | None
+) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
+    """The sweep's (params, grids): a study's own, or its smaller ones for the chosen preset
+    (`hydra.sweeper.presets.<preset>.params/.grids`). The flag is True when a preset is chosen but the
+    study has no grid for it (its full grid runs)."""
+    if preset is None or preset not in presets:
+        return dict(params), [dict(g) for g in grids], preset is not None and bool(params)
+    chosen = presets[preset]
+    unknown = sorted(set(chosen) - {"params", "grids"})
+    if unknown:
+        raise ConfigError(f"hydra.sweeper.presets.{preset} has {unknown}: allowed are params and grids")
+    return dict(chosen.get("params") or {}), [dict(g) for g in chosen.get("grids") or [{}]], False
 
 
 def build_jobs(

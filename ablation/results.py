@@ -1,7 +1,7 @@
 """The result row (one schema for writer and reader), result.json + predictions per job, results.csv.
 
-A row is the study, the run's configuration columns (declared with the config fields, `ablation.keys`) and
-what the job measured (`Outcome`). Imports no torch: `analysis` reads tables with this schema on machines
+A row is its labels (study, preset), the run's configuration columns (declared with the config fields,
+`ablation.keys`) and what the job measured (`Outcome`). Imports no torch: `analysis` reads tables with this schema on machines
 without it.
 """
 
@@ -15,6 +15,7 @@ import json
 import platform
 import subprocess
 import typing
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -67,11 +68,14 @@ def _outcome_kinds() -> dict[str, str]:
     return kinds
 
 
+# The Hydra choices a row records: the study file and the preset that made its job (labels; the values they
+# set are in the configuration columns and the keys).
+LABELS = ("study", "preset")
 # Every column and its kind ('text', 'int', 'float', 'bool'; None allowed everywhere), in row order.
-KINDS: dict[str, str] = {"study": "text", **CONFIG_COLUMNS, **_outcome_kinds()}
+KINDS: dict[str, str] = {**dict.fromkeys(LABELS, "text"), **CONFIG_COLUMNS, **_outcome_kinds()}
 COLUMNS = tuple(KINDS)
-# results.csv lists rows in this order: study, then what was trained, then the cell.
-SORT_COLUMNS = ("study", *TRAINING_COLUMNS, *CELL_COLUMNS)
+# results.csv lists rows in this order: labels, then what was trained, then the cell.
+SORT_COLUMNS = (*LABELS, *TRAINING_COLUMNS, *CELL_COLUMNS)
 
 
 def column_kinds() -> dict[str, str]:
@@ -79,9 +83,10 @@ def column_kinds() -> dict[str, str]:
     return dict(KINDS)
 
 
-def make_row(study: str | None, config: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
-    """One row: the study, the configuration columns (ablation.keys.config_columns) and the outcome."""
-    row = {"study": study, **config, **dataclasses.asdict(outcome)}
+def make_row(choices: Mapping[str, Any], config: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
+    """One row: the labels from Hydra's choices (study, preset), the configuration columns
+    (ablation.keys.config_columns) and the outcome."""
+    row = {**{k: choices.get(k) for k in LABELS}, **config, **dataclasses.asdict(outcome)}
     if tuple(row) != COLUMNS:
         raise ValueError(f"row columns {sorted(set(row) ^ set(COLUMNS))} differ from the schema")
     return row

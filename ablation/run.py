@@ -96,7 +96,7 @@ def main(dcfg: DictConfig) -> float:
         job_dir=hc.sweep.subdir if multirun else ".",
         code_version=versions()["code"],
     )
-    row = make_row(hc.runtime.choices.get("study"), config_columns(cfg), outcome)
+    row = make_row(hc.runtime.choices, config_columns(cfg), outcome)
     extra = {
         "config": OmegaConf.to_container(dcfg, resolve=True),
         "train_metrics": session.train_metrics,

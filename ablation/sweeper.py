@@ -24,7 +24,14 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ablation.config import AblateConfig, ConfigError, RunConfig, check_writable
-from ablation.jobs import ABLATE_KEYS, build_jobs, drop_lower_triangle, expand_layer_ranges, write_cell_plan
+from ablation.jobs import (
+    ABLATE_KEYS,
+    build_jobs,
+    choose_grid,
+    drop_lower_triangle,
+    expand_layer_ranges,
+    write_cell_plan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +66,13 @@ class AblationSweeper(Sweeper):
         params: dict[str, str] | None = None,
         grids: list[dict[str, Any]] | None = None,
         dry_run: bool = False,
+        presets: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.max_batch_size = max_batch_size
         self.params = params or {}
         self.grids = grids or [{}]
+        self.presets = presets or {}
         self.dry_run = dry_run
         self.hydra_context: HydraContext | None = None
         self.config: DictConfig | None = None
@@ -85,9 +94,11 @@ class AblationSweeper(Sweeper):
         check_writable("hydra.sweep.dir", str(sweep_dir))
         tic = time.perf_counter()
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        planned = expand_layer_ranges(
-            build_jobs(self.params, self.grids, arguments, parser), self._num_layers
-        )
+        preset = self.config.hydra.runtime.choices.get("preset")
+        params, grids, full = choose_grid(self.params, self.grids, self.presets, preset)
+        if full:
+            log.info(f"The study has no {preset} grid (hydra.sweeper.presets.{preset}): its full grid runs")
+        planned = expand_layer_ranges(build_jobs(params, grids, arguments, parser), self._num_layers)
         # Before the triangle filter: a layer the model does not have is an error even when every job
         # asking for it would be dropped (first=12 on a 12-layer model only appears with first > last).
         self._check_jobs(planned)

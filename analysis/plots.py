@@ -23,7 +23,15 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from analysis.select import FIGURES, PAPER_SIZES, best_seed_rows, figure_plan, panel_rows, split_panels
+from analysis.select import (
+    FIGURES,
+    PAPER_SIZES,
+    best_seed_rows,
+    figure_plan,
+    panel_rows,
+    preset_label,
+    split_panels,
+)
 from analysis.stats import layer_matrix, summarize_seeds, uncertain_cells
 
 __all__ = [
@@ -307,10 +315,19 @@ def study_figures(df: pd.DataFrame, out_dir: str | Path, selection: str = "mean"
         fig, axes = _figure(len(panels), min(len(panels), MAX_COLUMNS), drawing.panel_size(rows))
         for ax, panel in zip(axes, panels, strict=False):
             drawing.draw(panel, ax, selection)
-        if drawing.title:
-            fig.suptitle(drawing.title, fontsize=11)
+        title = figure_title(name, rows)
+        if title:
+            fig.suptitle(title, fontsize=11)
         paths += _save(fig, out_dir / f"{name}{suffix}")
     return paths
+
+
+def figure_title(name: str, rows: pd.DataFrame) -> str:
+    """The title above a figure's panels: its drawing's, and a preset's label where the rows have one (so
+    that nobody reads a quick run as the study's result)."""
+    preset = preset_label(rows)
+    label = f"{preset.capitalize()}: a small version of the study, not its result" if preset else None
+    return "\n".join(t for t in (DRAWINGS[name].title, label) if t)
 
 
 def _figure(n_panels: int, n_cols: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Axes]]:

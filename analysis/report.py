@@ -20,7 +20,7 @@ from ablation.results import RESULT_JSON
 from analysis.claims import CLAIMS, evaluate_claims
 from analysis.collect import Runs, load_runs
 from analysis.plots import DRAWINGS, study_figures
-from analysis.select import figure_plan, split_panels
+from analysis.select import figure_plan, preset_label, split_panels
 from analysis.stats import cell_intervals
 
 VERDICT_COLORS = {
@@ -108,8 +108,14 @@ def _header(runs: Runs) -> str:
         ),
         ("generated", time.strftime("%Y-%m-%d %H:%M:%S %Z")),
     ]
+    preset = preset_label(df)
+    if preset:
+        facts.insert(5, ("preset", f"{preset}: fewer jobs and shorter training than the study"))
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
-    return f"<h1>Adapter studies: Houlsby et al. 2019 reproduced</h1>\n<table>{rows}</table>"
+    title = "Adapter studies: Houlsby et al. 2019 reproduced"
+    if preset:
+        title += f" ({preset}: a small version of the study, not its result)"
+    return f"<h1>{html.escape(title)}</h1>\n<table>{rows}</table>"
 
 
 def _claims(df: pd.DataFrame) -> str:

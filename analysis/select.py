@@ -58,6 +58,14 @@ def method_rows(panel: pd.DataFrame, method: str) -> pd.DataFrame:
     return panel[(panel["method"] == method) & panel["first"].isna()]
 
 
+def preset_label(df: pd.DataFrame) -> str | None:
+    """'quick preset' (the presets the rows were made with, joined by '/') for titles; None without one."""
+    if "preset" not in df.columns:
+        return None
+    presets = sorted({str(p) for p in df["preset"].dropna() if str(p)})
+    return f"{'/'.join(presets)} preset" if presets else None
+
+
 def split_panels(df: pd.DataFrame, columns: tuple[str, ...] = PANEL_COLUMNS) -> list[pd.DataFrame]:
     """One frame per distinct value of the columns that vary (one heatmap per task x model x positions)."""
     keys = [c for c in columns if c in df.columns and df[c].nunique(dropna=False) > 1]

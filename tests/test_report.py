@@ -319,6 +319,25 @@ def test_report_is_self_contained_and_lists_claims_figures_and_runs(tmp_path):
     assert str(tmp_path / "abl") in page
 
 
+def test_a_quick_preset_says_so_in_the_report_and_figure_titles(tmp_path):
+    from analysis.plots import figure_title
+
+    sweep = ablation_sweep(tmp_path / "abl", lambda f, la: 0.0, n_layers=3)
+    rows = pd.DataFrame(sweep.rows)
+    assert "preset" not in figure_title("heatmap", rows)
+    page = build_report([tmp_path / "abl"], tmp_path / "full.html").read_text()
+    assert "quick preset" not in page
+    pd.DataFrame([{**r, "preset": "quick"} for r in sweep.rows]).to_csv(tmp_path / "abl" / "results.csv")
+    quick = load_runs([tmp_path / "abl"]).table
+    assert figure_title("heatmap", quick) == "Quick preset: a small version of the study, not its result"
+    assert figure_title("init_scale", quick).endswith(
+        "\nQuick preset: a small version of the study, not its result"
+    )
+    page = build_report([tmp_path / "abl"], tmp_path / "quick.html").read_text()
+    assert "reproduced (quick preset: a small version of the study, not its result)</h1>" in page
+    assert "<th>preset</th><td>quick preset: fewer jobs and shorter training than the study</td>" in page
+
+
 def test_cli_report_and_help(tmp_path):
     init_sweep(tmp_path / "init", small_drop=0.0, large_drop=0.3)
     done = subprocess.run([sys.executable, "-m", "analysis", "report", str(tmp_path / "init"), "--out",

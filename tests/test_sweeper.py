@@ -9,9 +9,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from ablation.config import ConfigError
 from ablation.jobs import (
     RangeError,
     build_jobs,
+    choose_grid,
     drop_lower_triangle,
     expand_arguments,
     expand_layer_ranges,
@@ -156,8 +158,12 @@ def study_jobs(study: str, *arguments: str) -> list[dict[str, str]]:
         def num_layers(overrides: tuple[str, ...]) -> int:
             return compose("config", overrides=[o for o in overrides if "=" in o]).model.num_layers
 
-        params = OmegaConf.to_container(sweeper.params) if sweeper.params else {}
-        grids = OmegaConf.to_container(sweeper.grids) if sweeper.grids else [{}]
+        params, grids, _ = choose_grid(
+            OmegaConf.to_container(sweeper.params) if sweeper.params else {},
+            OmegaConf.to_container(sweeper.grids) if sweeper.grids else [{}],
+            OmegaConf.to_container(sweeper.presets) if sweeper.presets else {},
+            next((arg.split("=", 1)[1] for arg in cli if arg.startswith("preset=")), None),
+        )
         jobs = build_jobs(params, grids, cli, OverridesParser.create())
         jobs, _ = drop_lower_triangle(expand_layer_ranges(jobs, num_layers))
     return [dict(arg.split("=", 1) for arg in job) for job in jobs]
@@ -238,3 +244,40 @@ def test_layer_ranges():
     assert expand_range("method.k", "1..L") == "1..L"
     with pytest.raises(RangeError, match="a..L"):
         expand_range("method.k", "1..M")
+
+
+# --- quick presets: each study's hydra.sweeper.presets.quick ---
+
+STUDIES = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
+QUICK_JOBS = {"init_scale": 8, "bottleneck": 6, "tradeoff": 8, "variants": 8, "layer_ablation": 21}
+
+
+def test_every_study_has_a_quick_grid():
+    assert sorted(QUICK_JOBS) == STUDIES
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_a_quick_preset_runs_a_part_of_its_study(study):
+    """Every quick job's setting is one the full study runs (on the quick preset's model), fewer of them;
+    only the training differs (shorter, at higher rates)."""
+
+    def settings(jobs: list[dict[str, str]]) -> set[tuple]:
+        drop = ("preset", "model", "train.lr")
+        return {tuple(sorted((k, v) for k, v in j.items() if k not in drop)) for j in jobs}
+
+    quick = study_jobs(study, "preset=quick")
+    full = study_jobs(study, "model=minilm_l6")
+    assert len(quick) == QUICK_JOBS[study] == len(settings(quick))
+    assert settings(quick) <= settings(full)
+    assert len(quick) < len(full) or study == "layer_ablation"  # its quick grid is the 6-layer model's
+
+
+def test_choose_grid_takes_the_presets_grid_and_says_when_there_is_none():
+    params, grids = {"seed": "0..2", "adapter.size": "1,2"}, [{"train.lr": "1e-3"}]
+    presets = {"quick": {"params": {"seed": "0"}}}
+    assert choose_grid(params, grids, presets, None) == (params, grids, False)
+    assert choose_grid(params, grids, presets, "quick") == ({"seed": "0"}, [{}], False)
+    assert choose_grid(params, grids, {}, "quick") == (params, grids, True)  # the full grid, said in the log
+    assert choose_grid({}, [{}], {}, "quick") == ({}, [{}], False)  # no study: nothing to say
+    with pytest.raises(ConfigError, match=r"presets.quick has \['steps'\]: allowed are params and grids"):
+        choose_grid(params, grids, {"quick": {"steps": 5}}, "quick")
