@@ -1,8 +1,8 @@
 """The result row (one schema for writer and reader), result.json + predictions per job, results.csv.
 
 A row is its labels (study, preset), the run's configuration columns (declared with the config fields,
-`ablation.keys`) and what the job measured (`Outcome`). Imports no torch: `analysis` reads tables with this schema on machines
-without it.
+`ablation.keys`) and what the job measured (`Outcome`). Imports no torch: `analysis` reads tables with this
+schema on machines without it.
 """
 
 from __future__ import annotations

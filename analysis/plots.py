@@ -26,6 +26,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 from analysis.select import (
     FIGURES,
     PAPER_SIZES,
+    PRESET_NOTE,
     best_seed_rows,
     figure_plan,
     panel_rows,
@@ -326,7 +327,7 @@ def figure_title(name: str, rows: pd.DataFrame) -> str:
     """The title above a figure's panels: its drawing's, and a preset's label where the rows have one (so
     that nobody reads a quick run as the study's result)."""
     preset = preset_label(rows)
-    label = f"{preset.capitalize()}: a small version of the study, not its result" if preset else None
+    label = f"{preset.capitalize()}: {PRESET_NOTE}" if preset else None
     return "\n".join(t for t in (DRAWINGS[name].title, label) if t)
 
 

@@ -20,7 +20,7 @@ from ablation.results import RESULT_JSON
 from analysis.claims import CLAIMS, evaluate_claims
 from analysis.collect import Runs, load_runs
 from analysis.plots import DRAWINGS, study_figures
-from analysis.select import figure_plan, preset_label, split_panels
+from analysis.select import PRESET_NOTE, figure_plan, preset_label, split_panels
 from analysis.stats import cell_intervals
 
 VERDICT_COLORS = {
@@ -91,6 +91,7 @@ def _header(runs: Runs) -> str:
     df = runs.table
     diverged = int(df["diverged"].fillna(False).sum())
     studies = sorted({str(s) for s in df["study"].dropna()}) or ["(none)"]
+    preset = preset_label(df)
     facts = [
         ("sources", "<br>".join(html.escape(str(p)) for p in runs.sources)),
         (
@@ -101,6 +102,7 @@ def _header(runs: Runs) -> str:
         ("diverged rows", f"{diverged} (kept: scored with what the training left)"),
         ("failed jobs", f"{len(runs.failed)} (job folders without a result; listed below)"),
         ("studies", ", ".join(studies)),
+        *([("preset", f"{preset}: fewer jobs and shorter training than the study")] if preset else []),
         (
             "models / tasks",
             f"{', '.join(sorted(map(str, df['model'].unique())))} / "
@@ -108,13 +110,10 @@ def _header(runs: Runs) -> str:
         ),
         ("generated", time.strftime("%Y-%m-%d %H:%M:%S %Z")),
     ]
-    preset = preset_label(df)
-    if preset:
-        facts.insert(5, ("preset", f"{preset}: fewer jobs and shorter training than the study"))
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
     title = "Adapter studies: Houlsby et al. 2019 reproduced"
     if preset:
-        title += f" ({preset}: a small version of the study, not its result)"
+        title += f" ({preset}: {PRESET_NOTE})"
     return f"<h1>{html.escape(title)}</h1>\n<table>{rows}</table>"
 
 

@@ -58,6 +58,10 @@ def method_rows(panel: pd.DataFrame, method: str) -> pd.DataFrame:
     return panel[(panel["method"] == method) & panel["first"].isna()]
 
 
+# What a preset's figures and report say of themselves, after its label ("quick preset").
+PRESET_NOTE = "a small version of the study, not its result"
+
+
 def preset_label(df: pd.DataFrame) -> str | None:
     """'quick preset' (the presets the rows were made with, joined by '/') for titles; None without one."""
     if "preset" not in df.columns:
