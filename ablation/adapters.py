@@ -5,11 +5,12 @@ Knows nothing of Hydra: `inject_adapters` reads the options of an `AdapterConfig
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ablation.families import family
 
@@ -79,8 +80,16 @@ class Adapter(nn.Module):
         return s + delta if self.combine == "add" else s * (1 + delta)
 
 
+SLOT_MODES = ("on", "off", "mean", "scale")
+
+
 class AdapterLayer(nn.Module):
-    """Wraps a base layer (PEFT's base_layer idiom) and applies an adapter to its output when active."""
+    """Wraps a base layer (PEFT's base_layer idiom) and applies an adapter to its output.
+
+    The slot's contribution c = adapter(s) - s is added in full (mode "on"), not at all ("off"), replaced by
+    its mean over the validation tokens of the intact model ("mean", `mean` set by the evaluator) or scaled
+    by `alpha` ("scale"). `record`, when set, is handed (slot, s, adapter output) on every "on" forward.
+    """
 
     def __init__(
         self, base_layer: nn.Module, adapter: Adapter, layer: int, position: str, parallel: bool = False
@@ -91,20 +100,62 @@ class AdapterLayer(nn.Module):
         self.layer = layer
         self.position = position
         self.parallel = parallel
-        self.active = True
+        self.mode = "on"
+        self.alpha = 1.0
+        self.mean: torch.Tensor | None = None  # [d]: the contribution's mean under the intact model
+        self.record: Callable[[AdapterLayer, torch.Tensor, torch.Tensor], None] | None = None
         self.source: torch.Tensor | None = None  # parallel: the sub-layer's input, set by its InputTap
 
+    @property
+    def active(self) -> bool:
+        """True unless the adapter is switched off (removed)."""
+        return self.mode != "off"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Base layer, then the adapter unless this slot is ablated."""
+        """Base layer, then the adapter's contribution as the slot's mode says."""
         h = self.base_layer(x)
         source, self.source = self.source, None  # never let one forward's input leak into the next
-        if not self.active:
+        if self.mode == "off":
             return h
-        if not self.parallel:
-            return self.adapter(h)
-        if source is None:
+        if self.mode == "mean":
+            if self.mean is None:
+                raise RuntimeError(
+                    f"layer {self.layer} {self.position}: mean ablation before the means exist"
+                )
+            return h + self.mean.to(h.dtype)
+        if self.parallel and source is None:
             raise RuntimeError(f"layer {self.layer} {self.position}: parallel adapter got no sub-layer input")
-        return self.adapter(h, source)
+        out = self.adapter(h, source) if self.parallel else self.adapter(h)
+        if self.mode == "on":
+            if self.record is not None:
+                self.record(self, h, out)
+            return out
+        # scale: alpha 0 and 1 are removal and the intact slot exactly (h + 1 * (out - h) rounds otherwise)
+        if self.alpha == 1.0:
+            return out
+        return h if self.alpha == 0.0 else h + self.alpha * (out - h)
+
+
+class NormSwitch(nn.Module):
+    """Wraps a layer's trained LayerNorm; with `pretrained` set, normalises with the pretrained weights."""
+
+    def __init__(
+        self, base_layer: nn.LayerNorm, weight: torch.Tensor, bias: torch.Tensor, layer: int, position: str
+    ):
+        super().__init__()
+        self.base_layer = base_layer
+        self.register_buffer("pretrained_weight", weight.detach().clone(), persistent=False)
+        self.register_buffer("pretrained_bias", bias.detach().clone(), persistent=False)
+        self.layer = layer
+        self.position = position
+        self.pretrained = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The trained LayerNorm, or the same normalisation with the pretrained weight and bias."""
+        if not self.pretrained:
+            return self.base_layer(x)
+        norm = self.base_layer
+        return F.layer_norm(x, norm.normalized_shape, self.pretrained_weight, self.pretrained_bias, norm.eps)
 
 
 class InputTap(nn.Module):
@@ -154,10 +205,28 @@ def inject_adapters(
 
 
 def remove_adapters(model: nn.Module) -> None:
-    """Put every wrapped module back in its place: the model as it was before inject_adapters."""
+    """Put every wrapped module back in its place: the model as it was before inject_adapters/wrap_norms."""
     for name, module in list(model.named_modules()):
-        if isinstance(module, (AdapterLayer, InputTap)):
+        if isinstance(module, (AdapterLayer, InputTap, NormSwitch)):
             _replace(model, name, module.base_layer)
+
+
+def wrap_norms(model: nn.Module, family_name: str, pretrained: dict[str, torch.Tensor]) -> None:
+    """Wrap each layer's LayerNorms in a NormSwitch holding their pretrained weights (`pretrained`: a state
+    dict of the unwrapped model, e.g. the weights as loaded), so that an ablation can restore them."""
+    if any(isinstance(m, NormSwitch) for m in model.modules()):
+        raise RuntimeError("LayerNorms are already wrapped: remove_adapters(model) first")
+    layers = encoder_layers(model)
+    prefix = next(n for n, m in model.named_modules() if m is layers)
+    for i, layer in enumerate(layers):
+        for position, path in family(family_name).norms.items():
+            name = f"{prefix}.{i}.{path}"
+            norm = layer.get_submodule(path)
+            _replace(
+                layer,
+                path,
+                NormSwitch(norm, pretrained[f"{name}.weight"], pretrained[f"{name}.bias"], i, position),
+            )
 
 
 def adapter_slots(model: nn.Module) -> dict[tuple[int, str], AdapterLayer]:
@@ -165,8 +234,33 @@ def adapter_slots(model: nn.Module) -> dict[tuple[int, str], AdapterLayer]:
     return {(m.layer, m.position): m for m in model.modules() if isinstance(m, AdapterLayer)}
 
 
-def set_ablation(model: nn.Module, layers: Iterable[int] = (), positions: str = "both") -> None:
-    """Deactivate the adapters of the given layers (one position or both); activate all others."""
+def norm_switches(model: nn.Module) -> dict[tuple[int, str], NormSwitch]:
+    """Every wrapped LayerNorm by (layer, position)."""
+    return {(m.layer, m.position): m for m in model.modules() if isinstance(m, NormSwitch)}
+
+
+def set_ablation(
+    model: nn.Module,
+    layers: Iterable[int] = (),
+    positions: str = "both",
+    mode: str = "off",
+    alpha: float = 0.0,
+    norms: str = "trained",
+) -> None:
+    """Ablate the adapter slots of the given layers (one position or both): switch them to `mode` ("off":
+    removed, "mean", "scale" by `alpha`) and, with norms="pretrained", give those layers' LayerNorms of the
+    same positions their pretrained weights. Every other slot and LayerNorm is set back to intact."""
+    if mode not in SLOT_MODES[1:]:
+        raise ValueError(f"mode={mode!r}: one of {SLOT_MODES[1:]}")
     off = set(layers)
+
+    def ablated(layer: int, position: str) -> bool:
+        return layer in off and positions in ("both", position)
+
     for (layer, position), slot in adapter_slots(model).items():
-        slot.active = not (layer in off and positions in ("both", position))
+        slot.mode, slot.alpha = (mode, alpha) if ablated(layer, position) else ("on", 1.0)
+    switches = norm_switches(model)
+    if norms == "pretrained" and off and not switches:
+        raise RuntimeError("norms='pretrained' needs the LayerNorms wrapped first (wrap_norms)")
+    for (layer, position), norm in switches.items():
+        norm.pretrained = norms == "pretrained" and ablated(layer, position)

@@ -3,6 +3,7 @@
     python -m ablation.bench                       # default model and task
     python -m ablation.bench model=minilm_l6       # any Hydra override of the run config
     python -m ablation.bench --skip-overhead       # leave out the sweep subprocesses
+    python -m ablation.bench --skip-kinds          # leave out the other ablation kinds' heatmaps
 
 Trains the adapters first if the store does not have them (as the sweep would).
 """
@@ -26,7 +27,7 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from ablation.data import collate, to_device, train_batches
-from ablation.evaluate import Evaluator
+from ablation.evaluate import Ablation, Evaluator
 from ablation.precision import BF16_SPEEDUP, autocast, cpu_bf16_speedup, machine_id
 from ablation.session import this_process
 
@@ -167,10 +168,42 @@ def study_overhead(overrides: list[str], report) -> None:
     )
 
 
+KINDS = (
+    Ablation("zero"),
+    Ablation("mean"),
+    Ablation("scale", alpha=0.5),
+    Ablation("keep"),
+    Ablation("zero", layernorm="pretrained"),
+)
+
+
+def kind_costs(new_evaluator, removal_passes: float, ref: float, report) -> None:
+    """Each ablation kind's whole heatmap (intact pass included) on a fresh evaluator, in full passes of
+    `ref` seconds beside the removal heatmap's layer passes: the floor, plus one pass for keep's
+    all-removed states (mean's means come from the intact pass). `new_evaluator()` gives a fresh one."""
+    for ablation in KINDS:
+        ev = new_evaluator()
+        L = ev.stages.num_layers
+        cells = [(first, last) for first in range(L) for last in range(first, L)]
+        tic = time.perf_counter()
+        dict(ev.predict([None, *cells], ablation))
+        seconds = time.perf_counter() - tic
+        name = ablation.kind + (f" alpha={ablation.alpha:g}" if ablation.alpha is not None else "")
+        name += ", pretrained LayerNorms" if ablation.layernorm == "pretrained" else ""
+        report(
+            f"heatmap cost: {name}",
+            f"{seconds:.1f} s = {seconds / ref:.1f} full passes (layer passes {ev.layer_passes / L:.1f}, removal "
+            f"{removal_passes:.1f}: +{ev.layer_passes / L - removal_passes:.1f})",
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Measure and print the benchmark table."""
     parser = argparse.ArgumentParser(prog="python -m ablation.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--skip-overhead", action="store_true", help="skip the per-job overhead subprocesses")
+    parser.add_argument(
+        "--skip-kinds", action="store_true", help="skip the heatmaps of the other ablation kinds"
+    )
     args, overrides = parser.parse_known_args(argv)
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = this_process().resolve(OmegaConf.to_object(compose("config", overrides=overrides)))
@@ -255,6 +288,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{cells_s:.1f} s = {cells_s / ref:.1f} full passes of {ref:.1f} s (layer passes {ev.layer_passes / L:.1f}; "
         f"naive {n_cells}, floor {floor:.1f} + 1 intact; the last layer's feed-forward runs at one token)",
     )
+    if not args.skip_kinds:
+        kind_costs(
+            lambda: Evaluator(stages, data, cfg.eval.batch_size, p, device), ev.layer_passes / L, ref, report
+        )
     report("memory peaks", memory_peaks(device))
     if not args.skip_overhead:
         study_overhead(overrides, report)

@@ -8,6 +8,7 @@ declarations alone, so a new option is one field here (and the code that uses it
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,9 +36,13 @@ POSITIONS = ("attention", "output")
 NORMS = ("none", "layernorm", "batchnorm")
 PLACEMENTS = ("serial", "parallel")
 COMBINES = ("add", "multiply")
-METHODS = ("adapters", "top_k", "layernorm", "full")
+METHODS = ("adapters", "top_k", "layernorm", "full", "head")
 ADAPTER_METHODS = ("adapters",)  # the methods that train the `adapter` group's modules
 ABLATE_POSITIONS = ("both", "attention", "output")
+# zero: the adapters' contribution removed; mean: replaced by its mean over the validation tokens of the intact
+# model; scale: multiplied by ablate.alpha; keep: the complement, only first..last keep their adapters
+ABLATE_KINDS = ("zero", "mean", "scale", "keep")
+ABLATE_NORMS = ("trained", "pretrained")  # the LayerNorms the ablated layers run with
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: ablation.precision decides per machine
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -164,7 +169,8 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """What training changes: adapters (+ LayerNorms + head), the top k layers, LayerNorms only, or all."""
+    """What training changes: adapters (+ LayerNorms + head), the top k layers, LayerNorms only, all, or the
+    head alone on the frozen encoder (a frozen-feature baseline)."""
 
     name: str = param("adapters", keys=(TRAIN,), column="method")
     k: int | None = param(None, keys=(TRAIN,), column="k")  # top_k: train layers L-k..L-1
@@ -274,11 +280,18 @@ class EvalConfig:
 
 @dataclass
 class AblateConfig:
-    """Remove the trained adapters of layers first..last (inclusive, 0-based); None: intact."""
+    """Ablate the trained adapters of layers first..last (inclusive, 0-based); None: intact.
+
+    kind says what ablating does (ABLATE_KINDS); layernorm whether the ablated layers keep their trained
+    LayerNorms or get the pretrained ones back (for kind=keep, the ablated layers are those outside the range).
+    """
 
     first: int | None = param(None, keys=(CELL,), column="first")
     last: int | None = param(None, keys=(CELL,), column="last")
-    positions: str = param("both", keys=(CELL,), column="positions")  # which adapter positions are removed
+    positions: str = param("both", keys=(CELL,), column="positions")  # which adapter positions are ablated
+    kind: str = param("zero", keys=(CELL,), column="ablate_kind")
+    alpha: float | None = param(None, keys=(CELL,), column="alpha")  # kind=scale: 0 removes, 1 is intact
+    layernorm: str = param("trained", keys=(CELL,), column="ablate_layernorm")
 
     def __post_init__(self) -> None:
         for name in ("first", "last"):
@@ -294,6 +307,27 @@ class AblateConfig:
         if self.first is not None:
             _check(self.first <= self.last, "ablate.first", self.first, f"<= ablate.last={self.last}")
         _one_of("ablate.positions", self.positions, ABLATE_POSITIONS)
+        _one_of("ablate.kind", self.kind, ABLATE_KINDS)
+        _one_of("ablate.layernorm", self.layernorm, ABLATE_NORMS)
+        if self.kind == "scale":
+            _check(
+                isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha),
+                "ablate.alpha",
+                self.alpha,
+                "a finite number for ablate.kind=scale (0: removed, 1: intact)",
+            )
+            self.alpha = float(self.alpha)  # 1 and 1.0 are one cell (the cache key holds the text)
+        else:
+            _check(
+                self.alpha is None, "ablate.alpha", self.alpha, f"only for ablate.kind=scale, not {self.kind}"
+            )
+        plain = self.kind == "zero" and self.layernorm == "trained"
+        _check(
+            plain or self.first is not None,
+            "ablate.kind/layernorm",
+            (self.kind, self.layernorm),
+            "an ablation of a layer range: set ablate.first and ablate.last too",
+        )
 
     @property
     def cell(self) -> tuple[int, int] | None:

@@ -2,10 +2,16 @@
 
 The intact model's hidden states at every layer boundary are computed once. Cell (first, last)
 starts from the state entering layer `first`, runs layers first..last with their adapters
-removed, then the remaining layers intact. When cells with the same `first` come in increasing
+ablated, then the remaining layers intact. When cells with the same `first` come in increasing
 `last`, the ablated chain is extended by one layer instead of recomputed, so all L(L+1)/2 cells
 of an L-layer model cost sum_{n=1..L} n(n+1)/2 layer passes (364 for L=12) instead of L per cell.
-The last layer runs its feed-forward at the first token only, the one the head reads.
+In a cell, the last layer runs its feed-forward at the first token only, the one the head reads.
+
+Every ablation kind (`Ablation`) is this scheme with other layer settings: `zero`, `mean` and `scale`
+change the adapters of first..last and start from the intact states; `keep` is the complement (only
+first..last keep their adapters) and starts from the states of the model with every adapter removed, one
+extra pass. The intact pass also records, per adapter slot, the statistics of its contribution over the
+validation tokens (not padding): the means that `mean` substitutes and the per-layer diagnostics.
 
 The boundary states take (L+1) x tokens x d x 4 bytes (about 1 GB on the default task, 50 GB for
 bert-base on QQP). When they exceed the memory budget, the split is evaluated shard by shard: for each
@@ -18,12 +24,14 @@ from __future__ import annotations
 import ctypes
 import functools
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from ablation.adapters import set_ablation
+from ablation.adapters import AdapterLayer, adapter_slots, set_ablation
 from ablation.data import Encoded, collate, eval_batches, to_device
 from ablation.models import Stages
 from ablation.precision import autocast
@@ -65,6 +73,41 @@ def _libc() -> ctypes.CDLL | None:
     return None
 
 
+@dataclass(frozen=True)
+class Ablation:
+    """What ablating a cell's layers does (ablation.config.AblateConfig without the range)."""
+
+    kind: str = "zero"  # zero | mean | scale | keep
+    alpha: float | None = None  # kind=scale
+    layernorm: str = "trained"  # the LayerNorms of the ablated layers: trained | pretrained
+    positions: str = "both"  # the adapter positions ablated: both | attention | output
+
+    @classmethod
+    def of(cls, ablate: object) -> Ablation:
+        """The ablation of a config with these fields (an AblateConfig)."""
+        return cls(ablate.kind, ablate.alpha, ablate.layernorm, ablate.positions)
+
+    @property
+    def mode(self) -> str:
+        """What the ablated adapter slots do (ablation.adapters.set_ablation)."""
+        return {"zero": "off", "keep": "off", "mean": "mean", "scale": "scale"}[self.kind]
+
+    def ablated(self, first: int, last: int, num_layers: int) -> list[int]:
+        """The layers a cell ablates: first..last, or for kind=keep every other layer."""
+        inside = range(first, last + 1)
+        return [i for i in range(num_layers) if i not in inside] if self.kind == "keep" else list(inside)
+
+    def base(self, num_layers: int) -> tuple[int, ...]:
+        """The layers ablated in the states a cell starts from: none (intact), or all for kind=keep."""
+        return tuple(range(num_layers)) if self.kind == "keep" else ()
+
+
+INTACT = Ablation()
+# A slot's statistics over one batch: sum of its contribution c [d], then sums of ||c||/||s||,
+# 1 - cos(s, s + c) and ||s||, and the token count.
+_SUMS = ("ratio", "cosine", "norm", "tokens")
+
+
 class Evaluator:
     """Predictions on one tokenized split, for the intact model and any ablation cell."""
 
@@ -87,9 +130,12 @@ class Evaluator:
         self.layer_passes = 0  # counts one layer over the whole split as 1/L of a full pass
         self._active: list[int] = []  # the batches whose states are held
         self._ctx: dict[int, dict] = {}
-        # [layer k][i]: the state entering layer k of batch _active[i]
+        # [layer k][i]: the state entering layer k of batch _active[i], with the layers `_held` ablated
         self._boundary: list[list[torch.Tensor]] | None = None
-        self._chain: tuple | None = None  # (first, positions, last, [state after `last` per active batch])
+        self._held: tuple | None = None  # (ablated layers, Ablation) of the held states
+        self._chain: tuple | None = None  # (first, ablation, last, [state after `last` per active batch])
+        self._stats: dict[int, dict[tuple[int, str], torch.Tensor]] = {}  # per batch, per slot: sums
+        self._means_set = False
 
     @property
     def labels(self) -> np.ndarray:
@@ -122,15 +168,27 @@ class Evaluator:
         """True when the split's states exceed the budget, so cells are evaluated shard by shard."""
         return len(self.shards) > 1
 
-    def _layer(self, i: int, h: torch.Tensor, b: int) -> torch.Tensor:
-        """Layer i on batch b's states; the last layer only as far as the head needs."""
-        return self.stages.layer(i, h, self._ctx[b], first_token_only=i == self.stages.num_layers - 1)
+    def _layer(self, i: int, h: torch.Tensor, b: int, full: bool = False) -> torch.Tensor:
+        """Layer i on batch b's states; the last layer only as far as the head needs unless `full`."""
+        last = i == self.stages.num_layers - 1
+        return self.stages.layer(i, h, self._ctx[b], first_token_only=last and not full)
 
     def _unsort(self, preds: Sequence[torch.Tensor], batches: Sequence[int]) -> np.ndarray:
         """Predictions of these batches, in dataset order (one copy to the host)."""
         out = np.empty(len(self.data.labels), dtype=np.int64)
         out[np.concatenate([self.index[b] for b in batches])] = torch.cat(list(preds)).cpu().numpy()
         return out
+
+    def _set(self, layers: Sequence[int], ablation: Ablation) -> None:
+        """Ablate these layers' adapters as `ablation` says; every other slot intact."""
+        set_ablation(
+            self.stages.model,
+            layers,
+            ablation.positions,
+            ablation.mode,
+            ablation.alpha or 0.0,
+            ablation.layernorm,
+        )
 
     @torch.inference_mode()
     def _run_from(self, k: int, states: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -145,31 +203,127 @@ class Evaluator:
         return preds
 
     @torch.inference_mode()
-    def _load(self, batches: list[int]) -> list[torch.Tensor]:
-        """Hold the intact states of these batches at every layer boundary; their intact predictions."""
+    def _load(
+        self, batches: list[int], layers: tuple[int, ...] = (), ablation: Ablation = INTACT
+    ) -> list[torch.Tensor]:
+        """Hold these batches' states at every layer boundary with `layers` ablated (none: the intact model,
+        whose pass also records each slot's statistics); their predictions."""
         self._free()
-        set_ablation(self.stages.model)
+        self._set(layers, ablation)
+        record = not layers
         L = self.stages.num_layers
         boundary: list[list[torch.Tensor]] = [[] for _ in range(L + 1)]
         preds = []
         with autocast(self.precision, self.device):
-            for b in tqdm(batches, desc="eval intact", leave=False, dynamic_ncols=True):
+            for b in tqdm(
+                batches, desc="eval intact" if record else "eval base", leave=False, dynamic_ncols=True
+            ):
                 h, self._ctx[b] = self.stages.embed(self.batches[b])
                 boundary[0].append(h)
+                if record:
+                    self._record(b)
                 for i in range(L):
-                    h = self._layer(i, h, b)
+                    h = self._layer(i, h, b, full=record)  # every token's contribution, for the statistics
                     boundary[i + 1].append(h)
                 preds.append(self.stages.head(h).argmax(-1))
+        self._record(None)
+        self._set((), INTACT)
         self.layer_passes += L * len(batches) / len(self.batches)
-        self._active, self._boundary = batches, boundary
+        self._active, self._boundary, self._held = batches, boundary, (layers, ablation)
         return preds
 
+    def _record(self, b: int | None) -> None:
+        """Send every adapter slot's contributions on batch b to its sums (None: stop recording)."""
+        slots = adapter_slots(self.stages.model).values()
+        if b is None:
+            for slot in slots:
+                slot.record = None
+            return
+        mask = self.batches[b]["attention_mask"].bool()
+        sums = self._stats[b] = {}
+
+        def record(slot: AdapterLayer, s: torch.Tensor, out: torch.Tensor) -> None:
+            tokens = mask[:, : s.shape[1]]
+            s32 = s.float()[tokens]
+            c = out.float()[tokens] - s32
+            s_norm = s32.norm(dim=-1)
+            ratio = c.norm(dim=-1) / s_norm.clamp_min(torch.finfo(torch.float32).tiny)
+            cosine = 1 - F.cosine_similarity(s32, s32 + c, dim=-1)
+            counts = torch.stack(
+                [ratio.sum(), cosine.sum(), s_norm.sum(), torch.tensor(float(len(s32)), device=s.device)]
+            )
+            sums[(slot.layer, slot.position)] = torch.cat([c.sum(0), counts])
+
+        for slot in slots:
+            slot.record = record
+
+    def _statistics(self) -> dict[tuple[int, str], np.ndarray]:
+        """Each slot's summed statistics over the whole split (float64), computing the intact pass of any
+        batch not yet recorded (one pass at most, shard by shard; unsharded, its states stay held)."""
+        for shard in self.shards:
+            todo = [b for b in shard if b not in self._stats]
+            if todo:
+                self._load(todo)
+                if self.sharded:
+                    self._free()
+        total: dict[tuple[int, str], np.ndarray] = {}
+        for sums in self._stats.values():
+            for slot, row in sums.items():
+                total[slot] = total.get(slot, 0) + row.double().cpu().numpy()
+        return total
+
+    def _set_means(self) -> None:
+        """Give every slot the mean of its contribution over the validation tokens of the intact model."""
+        if self._means_set:
+            return
+        total = self._statistics()
+        for key, slot in adapter_slots(self.stages.model).items():
+            row = total[key]
+            slot.mean = torch.as_tensor(row[: -len(_SUMS)] / row[-1], dtype=torch.float32, device=self.device)
+        self._means_set = True
+
+    def diagnostics(self) -> list[dict]:
+        """Per adapter slot (layer, position): over the validation tokens of the intact model, the mean of
+        ||c|| / ||s|| (c: the contribution, s: the sub-layer output it is added to), the mean of
+        1 - cos(s, s + c), ||mean c|| / mean ||s||, and the Frobenius norms of the adapter's weights."""
+        total = self._statistics()
+        rows = []
+        for (layer, position), slot in sorted(adapter_slots(self.stages.model).items()):
+            row = total[(layer, position)]
+            ratio, cosine, norm, tokens = row[-len(_SUMS) :]
+            mean = row[: -len(_SUMS)] / tokens
+            adapter = slot.adapter
+            rows.append(
+                {
+                    "layer": layer,
+                    "position": position,
+                    "contribution_ratio": ratio / tokens,
+                    "cosine_distance": cosine / tokens,
+                    "mean_contribution_ratio": float(np.linalg.norm(mean)) / (norm / tokens),
+                    "down_norm": float(adapter.down.weight.detach().float().norm()),
+                    "up_norm": float(adapter.up.weight.detach().float().norm()),
+                    "tokens": int(tokens),
+                }
+            )
+        return rows
+
+    @property
+    def recorded(self) -> bool:
+        """True once the intact pass has covered the whole split (diagnostics and means need no pass)."""
+        return len(self._stats) == len(self.batches)
+
+    def _prepare(self, ablation: Ablation) -> None:
+        if ablation.kind == "mean":
+            self._set_means()
+
     @torch.inference_mode()
-    def _cell(self, first: int, last: int, positions: str) -> list[torch.Tensor]:
-        """Predicted labels of the active batches with the adapters of first..last removed."""
-        set_ablation(self.stages.model, range(first, last + 1), positions)
+    def _cell(self, first: int, last: int, ablation: Ablation) -> list[torch.Tensor]:
+        """Predicted labels of the active batches with the cell's layers ablated (the held states must be
+        those of `ablation.base`)."""
+        L = self.stages.num_layers
+        self._set(ablation.ablated(first, last, L), ablation)
         chain = self._chain
-        if chain and chain[:2] == (first, positions) and first - 1 <= chain[2] <= last:
+        if chain and chain[:2] == (first, ablation) and first - 1 <= chain[2] <= last:
             start, states = chain[2] + 1, chain[3]
         else:
             start, states = first, self._boundary[first]
@@ -177,12 +331,21 @@ class Evaluator:
             for i in range(start, last + 1):
                 states = [self._layer(i, h, b) for b, h in zip(self._active, states, strict=True)]
         self.layer_passes += (last + 1 - start) * len(self._active) / len(self.batches)
-        self._chain = (first, positions, last, states)
+        self._chain = (first, ablation, last, states)
         preds = self._run_from(last + 1, states)
-        set_ablation(self.stages.model)
+        self._set((), INTACT)
         return preds
 
-    def predict(self, cells: Sequence[Cell], positions: str = "both") -> Iterator[tuple[Cell, np.ndarray]]:
+    def _hold_base(self, batches: list[int], ablation: Ablation) -> None:
+        """Make the held states those a cell of `ablation` starts from, for these batches."""
+        base = ablation.base(self.stages.num_layers)
+        wanted = (base, ablation if base else INTACT)
+        if self._boundary is None or self._active != batches or self._held != wanted:
+            self._load(batches, *wanted)
+
+    def predict(
+        self, cells: Sequence[Cell], ablation: Ablation = INTACT
+    ) -> Iterator[tuple[Cell, np.ndarray]]:
         """(cell, predictions) for each cell (None: the intact model), in the order given.
 
         Unsharded, each cell is yielded as soon as it is computed and the states stay held for later calls.
@@ -190,14 +353,19 @@ class Evaluator:
         """
         if not self.sharded:
             for cell in cells:
-                yield cell, self.intact() if cell is None else self.cell(*cell, positions)
+                yield cell, self.intact() if cell is None else self.cell(*cell, ablation)
             return
+        self._prepare(ablation)
         parts: dict[Cell, list[torch.Tensor]] = {cell: [] for cell in cells}
         done: list[int] = []
         for shard in tqdm(self.shards, desc="eval shards", dynamic_ncols=True):
-            intact = self._load(shard)
+            if None in parts:
+                parts[None] += self._load(shard)
+            if any(cell is not None for cell in parts):
+                self._hold_base(shard, ablation)
             for cell in parts:
-                parts[cell] += intact if cell is None else self._cell(*cell, positions)
+                if cell is not None:
+                    parts[cell] += self._cell(*cell, ablation)
             done += shard
         self._free()
         for cell, preds in parts.items():
@@ -205,7 +373,7 @@ class Evaluator:
 
     def _free(self) -> None:
         """Drop the held states; sharded, hand their memory back to the OS so the next shard reuses it."""
-        self._active, self._ctx, self._chain, self._boundary = [], {}, None, None
+        self._active, self._ctx, self._chain, self._boundary, self._held = [], {}, None, None, None
         if self.sharded:
             release_free_memory()
 
@@ -216,25 +384,27 @@ class Evaluator:
         everything = list(range(len(self.batches)))
         return self._unsort(self._load(everything), everything)
 
-    def cell(self, first: int, last: int, positions: str = "both") -> np.ndarray:
-        """Predictions with the adapters of layers first..last removed (shared computation)."""
+    def cell(self, first: int, last: int, ablation: Ablation = INTACT) -> np.ndarray:
+        """Predictions with layers first..last ablated as `ablation` says (shared computation)."""
         if self.sharded:
-            return dict(self.predict([(first, last)], positions))[(first, last)]
-        if self._boundary is None:
-            self.intact()
-        return self._unsort(self._cell(first, last, positions), self._active)
+            return dict(self.predict([(first, last)], ablation))[(first, last)]
+        self._prepare(ablation)
+        everything = list(range(len(self.batches)))
+        self._hold_base(everything, ablation)
+        return self._unsort(self._cell(first, last, ablation), self._active)
 
     @torch.inference_mode()
     def from_scratch(
-        self, first: int | None = None, last: int | None = None, positions: str = "both"
+        self, first: int | None = None, last: int | None = None, ablation: Ablation = INTACT
     ) -> np.ndarray:
-        """Reference: a plain forward pass of the whole model with those adapters removed."""
-        layers = range(first, last + 1) if first is not None else ()
-        set_ablation(self.stages.model, layers, positions)
+        """Reference: a plain forward pass of the whole model with that cell ablated."""
+        layers = ablation.ablated(first, last, self.stages.num_layers) if first is not None else ()
+        self._prepare(ablation)
+        self._set(layers, ablation)
         preds = []
         with autocast(self.precision, self.device):
             for batch in self.batches:
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
                 preds.append(self.stages.model(**inputs).logits.argmax(-1))
-        set_ablation(self.stages.model)
+        self._set((), INTACT)
         return self._unsort(preds, range(len(self.batches)))

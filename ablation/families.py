@@ -53,6 +53,8 @@ class Family:
     slots: dict[str, str]
     # position -> the sub-layer's first module, whose input a parallel adapter reads
     inputs: dict[str, str]
+    # position -> the LayerNorm that follows the sub-layer's residual add (what an ablation can restore)
+    norms: dict[str, str]
     embed: Callable[[Any, dict], Any]  # (base model, batch) -> embedding output
     attention: Callable[[Any, Any, dict], Any]  # (layer, hidden states, context) -> attention output
     head: Callable[[Any, Any], Any]  # (model, last hidden states) -> logits
@@ -63,13 +65,17 @@ class Family:
 
 _BERT_SLOTS = {"attention": "attention.output.dropout", "output": "output.dropout"}
 _BERT_INPUTS = {"attention": "attention.self", "output": "intermediate"}
+_BERT_NORMS = {"attention": "attention.output.LayerNorm", "output": "output.LayerNorm"}
 
 FAMILIES: dict[str, Family] = {
-    "bert": Family(_BERT_SLOTS, _BERT_INPUTS, _embed_with_token_types, _attention, _pooled_head),
-    "roberta": Family(_BERT_SLOTS, _BERT_INPUTS, _embed_with_token_types, _attention, _token_head),
+    "bert": Family(_BERT_SLOTS, _BERT_INPUTS, _BERT_NORMS, _embed_with_token_types, _attention, _pooled_head),
+    "roberta": Family(
+        _BERT_SLOTS, _BERT_INPUTS, _BERT_NORMS, _embed_with_token_types, _attention, _token_head
+    ),
     "mpnet": Family(
         slots={"attention": "attention.dropout", "output": "output.dropout"},
         inputs={"attention": "attention.attn", "output": "intermediate"},
+        norms={"attention": "attention.LayerNorm", "output": "output.LayerNorm"},
         embed=_embed_ids,
         attention=_attention_with_bias,
         head=_token_head,

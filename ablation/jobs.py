@@ -23,8 +23,11 @@ from ablation.atomic import write_text
 from ablation.config import ConfigError
 
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
-# `a..L` and `a..L-1`: up to the model's number of layers, resolved per job once the model is known.
-_LAYER_RANGE = re.compile(r"^(-?\d+)\.\.L(?:-(\d+))?$")
+# Layer expressions of the model's layer count L, resolved per job once the model is known: L, L-c, L/d and
+# L/d+c or L/d-c (integer division), alone (`L-1`, `L/2`) or as a range's end (`0..L-1`, `L/2..L-1`).
+_L_EXPR = r"L(?:/\d+)?(?:[+-]\d+)?"
+_LAYER_RANGE = re.compile(rf"^(?:(-?\d+)|({_L_EXPR}))\.\.({_L_EXPR})$|^({_L_EXPR})$")
+_L_PARTS = re.compile(r"^L(?:/(\d+))?(?:([+-])(\d+))?$")
 ABLATE_KEYS = ("ablate.first", "ablate.last")
 # Jobs sharing these run back to back: switching the model or task reloads the model.
 GROUPING_KEYS = ("preset", "model", "task")
@@ -66,12 +69,26 @@ def _job_dict(job: list[str]) -> dict[str, str]:
     return dict(arg.split("=", 1) for arg in job)
 
 
+def _layer_value(expr: str, num_layers: int) -> int:
+    """The integer of a layer expression (`L`, `L-c`, `L/d`, `L/d+c`) for a model with num_layers layers."""
+    match = _L_PARTS.match(expr)
+    divisor, sign, offset = match.group(1), match.group(2), match.group(3)
+    value = num_layers // int(divisor) if divisor else num_layers
+    return value + (int(offset) if sign == "+" else -int(offset)) if sign else value
+
+
 def layer_range(value: str, num_layers: int) -> list[int] | None:
-    """The integers of an `a..L` / `a..L-c` value for a model with num_layers layers; None for other values."""
+    """The integers of a value written with L (`a..L-1`, `L/2..L-1`, `L-1`) for a model with num_layers
+    layers; None for other values."""
     match = _LAYER_RANGE.match(value.strip())
     if match is None:
         return None
-    lo, hi = int(match.group(1)), num_layers - int(match.group(2) or 0)
+    start, start_expr, end_expr, single = match.groups()
+    if single is not None:
+        lo = hi = _layer_value(single, num_layers)
+    else:
+        lo = int(start) if start is not None else _layer_value(start_expr, num_layers)
+        hi = _layer_value(end_expr, num_layers)
     if lo > hi:
         raise RangeError(f"{value}: empty for a model with L={num_layers} layers")
     return list(range(lo, hi + 1))

@@ -110,13 +110,11 @@ def eval_key(cfg: RunConfig, data_fingerprint: str) -> str:
 
 
 def cell_name(ablate: AblateConfig) -> str:
-    """The cached predictions' file stem: 'intact', or 'cell-' and the CELL fields' values."""
+    """The cached predictions' file stem: 'intact', or 'cell-' and the CELL fields' values that are set."""
     if ablate.cell is None:
         return "intact"
-    values = [
-        str(_text(getattr(ablate, f.name))) for f in dataclasses.fields(ablate) if CELL in f.metadata["keys"]
-    ]
-    return "cell-" + "-".join(values)
+    values = [getattr(ablate, f.name) for f in dataclasses.fields(ablate) if CELL in f.metadata["keys"]]
+    return "cell-" + "-".join(str(_text(v)) for v in values if v is not None)  # alpha: only with kind=scale
 
 
 def process_spec(cfg: RunConfig) -> str:

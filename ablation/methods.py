@@ -1,4 +1,5 @@
-"""What each training method trains: adapters (+ LayerNorms + head), the top k layers, LayerNorms only, all.
+"""What each training method trains: adapters (+ LayerNorms + head), the top k layers, LayerNorms only, all,
+or the classification head alone on the frozen encoder.
 
 Knows nothing of Hydra: `prepare` reads the method's and the adapter's settings from plain dataclasses.
 """
@@ -45,12 +46,15 @@ def trained_names(model: nn.Module, method: str, k: int | None = None) -> set[st
 
     adapters: every adapter, every LayerNorm (the embeddings' too) and the classifier (pooler frozen, as
     in the official code); layernorm: the same without adapters; top_k: layers L-k..L-1 and everything
-    above them (BERT's pooler, the classifier); full: everything.
+    above them (BERT's pooler, the classifier); full: everything; head: the classifier alone (the frozen
+    encoder's features, pretrained LayerNorms included; BERT's pooler frozen as for adapters).
     """
     names = [n for n, _ in model.named_parameters()]
     head = {n for n in names if n.startswith(HEAD_PREFIX)}
     if method == "full":
         return set(names)
+    if method == "head":
+        return head
     if method in ("adapters", "layernorm"):
         kinds = (Adapter, nn.LayerNorm) if method == "adapters" else (nn.LayerNorm,)
         return head | _module_params(model, kinds)
@@ -62,7 +66,7 @@ def trained_names(model: nn.Module, method: str, k: int | None = None) -> set[st
         if _pooler_prefix(model) is not None:
             above += (_pooler_prefix(model),)
         return head | {n for n in names if n.startswith(above)}
-    raise ValueError(f"method={method!r}: one of adapters, top_k, layernorm, full")
+    raise ValueError(f"method={method!r}: one of adapters, top_k, layernorm, full, head")
 
 
 def freeze(model: nn.Module, method: str, k: int | None = None) -> None:

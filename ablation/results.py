@@ -29,6 +29,19 @@ from ablation.keys import CELL_COLUMNS, CONFIG_COLUMNS, TRAINING_COLUMNS
 RESULTS_CSV = "results.csv"
 RESULT_JSON = "result.json"
 PREDICTIONS = "predictions.npz"
+# Per adapter slot, what its contribution does in the intact model (ablation.evaluate.Evaluator.diagnostics);
+# the jobs of one training and evaluation write the same file.
+DIAGNOSTICS = "diagnostics.csv"
+DIAGNOSTIC_COLUMNS = (
+    "layer",
+    "position",
+    "contribution_ratio",
+    "cosine_distance",
+    "mean_contribution_ratio",
+    "down_norm",
+    "up_norm",
+    "tokens",
+)
 
 
 @dataclasses.dataclass
@@ -183,9 +196,18 @@ def majority_rate(labels: np.ndarray) -> float:
     return float(np.bincount(np.asarray(labels)).max() / len(labels)) if len(labels) else float("nan")
 
 
-def write_job(job_dir: Path, row: dict, extra: dict, preds: dict[str, np.ndarray]) -> None:
-    """Write result.json (the row's fields + nested extras) and predictions.npz into the job directory."""
+def write_job(
+    job_dir: Path,
+    row: dict,
+    extra: dict,
+    preds: dict[str, np.ndarray],
+    texts: Mapping[str, str] | None = None,
+) -> None:
+    """Write result.json (the row's fields + nested extras), predictions.npz and any text files (by name,
+    e.g. diagnostics.csv) into the job directory."""
     job_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (texts or {}).items():
+        write_text(job_dir / name, text)
     with replacing(job_dir / PREDICTIONS) as tmp:
         np.savez_compressed(tmp, **{k: v.astype(np.int16) for k, v in preds.items()})
     # result.json last: a job folder with a result.json has everything.

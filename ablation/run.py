@@ -7,7 +7,6 @@ python -m ablation.run -m ablate.first=0..11 ablate.last=0..11   # the Figure 6 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import sys
@@ -19,11 +18,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ablation.config import ConfigError, RunConfig
+from ablation.config import AblateConfig, ConfigError, RunConfig
 from ablation.data import compute_metrics
 from ablation.jobs import RangeError, expand_arguments, planned_cells
 from ablation.keys import config_columns
 from ablation.results import (
+    DIAGNOSTICS,
     RESULTS_CSV,
     Outcome,
     majority_rate,
@@ -62,7 +62,7 @@ def main(dcfg: DictConfig) -> float:
     trained_now = session.report_training()
     eval_tic = time.perf_counter()
     group = planned_cells(Path(hc.sweep.dir), list(hc.overrides.task)) if multirun else []
-    intact, _ = session.predictions(dataclasses.replace(cfg.ablate, first=None, last=None))
+    intact, _ = session.predictions(AblateConfig())
     ablated, computed = session.predictions(cfg.ablate, group)  # the intact predictions again when no range
     eval_seconds = time.perf_counter() - eval_tic
 
@@ -103,9 +103,15 @@ def main(dcfg: DictConfig) -> float:
         "versions": versions(),
         "session_timings": session.timings,
     }
-    write_job(job_dir, row, extra, {"labels": labels, "intact": intact, "ablated": ablated})
+    # per adapter slot, from the intact pass (cached per training and evaluation, so a re-run computes nothing)
+    texts = {DIAGNOSTICS: session.diagnostics().to_csv(index=False)} if cfg.trains_adapters else {}
+    write_job(job_dir, row, extra, {"labels": labels, "intact": intact, "ablated": ablated}, texts)
     record_row((Path(hc.sweep.dir) if multirun else job_dir) / RESULTS_CSV, row)
-    where = "intact" if cfg.ablate.cell is None else f"layers {cfg.ablate.first}..{cfg.ablate.last} removed"
+    where = (
+        "intact"
+        if cfg.ablate.cell is None
+        else f"layers {cfg.ablate.first}..{cfg.ablate.last} {ablated_as(cfg.ablate)}"
+    )
     diverged = f", diverged at step {outcome.diverged_step}" if outcome.diverged else ""
     log.info(
         f"{cfg.task.name}/{cfg.model.name} {cfg.method.name} {where}: accuracy {got['accuracy']:.4f} "
@@ -113,6 +119,17 @@ def main(dcfg: DictConfig) -> float:
         f"-> {job_dir / 'result.json'}"
     )
     return got["accuracy"]
+
+
+def ablated_as(ablate: AblateConfig) -> str:
+    """How a cell's layers were ablated, for the log line."""
+    what = {
+        "zero": "removed",
+        "mean": "replaced by their mean",
+        "scale": f"scaled by {ablate.alpha:g}",
+        "keep": "kept, all others removed",
+    }[ablate.kind]
+    return what + (", pretrained LayerNorms" if ablate.layernorm == "pretrained" else "")
 
 
 def cli() -> None:

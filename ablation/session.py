@@ -20,19 +20,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ablation.adapters import remove_adapters
-from ablation.atomic import clean_folder, lock, save_array
+from ablation.adapters import remove_adapters, wrap_norms
+from ablation.atomic import clean_folder, lock, save_array, write_text
 from ablation.config import AblateConfig, CacheError, ModelConfig, RunConfig, TaskConfig
 from ablation.data import Encoded, encode, load_task
-from ablation.evaluate import Evaluator, bound_resident_memory
+from ablation.evaluate import Ablation, Evaluator, bound_resident_memory
 from ablation.keys import cell_name, data_key, eval_key, process_spec, training_key, training_spec
 from ablation.methods import prepare
 from ablation.models import Stages, load_model
 from ablation.precision import resolve, resolve_precision
+from ablation.results import DIAGNOSTIC_COLUMNS, DIAGNOSTICS
 from ablation.train import (
     checkpoint_path,
     load_trained,
@@ -141,18 +143,37 @@ class Session:
                 cells = dict.fromkeys([None, *(group if ablate.cell else ()), ablate.cell])
                 todo = [c for c in cells if not self._path(self._at(ablate, c)).exists()]
                 bar = tqdm(total=len(todo), desc="eval cells", disable=len(todo) < 2, dynamic_ncols=True)
-                for cell, preds in self.evaluator.predict(todo, ablate.positions):
+                for cell, preds in self.evaluator.predict(todo, Ablation.of(ablate)):
                     done = self._at(ablate, cell)
                     save_array(self._path(done), preds.astype(np.int16))
                     self._computed.add(cell_name(done))
                     bar.update()
                 bar.close()
+                if self.evaluator.recorded and not (self.cell_dir / DIAGNOSTICS).exists():
+                    self._write_diagnostics()  # the intact pass just ran: its statistics cost nothing more
         return read_predictions(path, len(self.evaluator.labels)), cell_name(ablate) in self._computed
+
+    def diagnostics(self) -> pd.DataFrame:
+        """Per adapter slot, what its contribution does in the intact model (Evaluator.diagnostics), cached
+        beside the cell predictions; an intact pass if neither the cache nor this process has them."""
+        path = self.cell_dir / DIAGNOSTICS
+        if not path.exists():
+            with lock(self.cell_dir / "cells"):
+                if not path.exists():
+                    self._write_diagnostics()
+        return pd.read_csv(path)
+
+    def _write_diagnostics(self) -> None:
+        rows = self.evaluator.diagnostics()
+        write_text(
+            self.cell_dir / DIAGNOSTICS, pd.DataFrame(rows, columns=DIAGNOSTIC_COLUMNS).to_csv(index=False)
+        )
 
     @staticmethod
     def _at(ablate: AblateConfig, cell: tuple[int, int] | None) -> AblateConfig:
-        first, last = cell if cell is not None else (None, None)
-        return dataclasses.replace(ablate, first=first, last=last)
+        if cell is None:
+            return AblateConfig()  # the intact model, whatever the kind of the group's ablation
+        return dataclasses.replace(ablate, first=cell[0], last=cell[1])
 
     def _path(self, ablate: AblateConfig) -> Path:
         return self.cell_dir / f"{cell_name(ablate)}.npy"
@@ -222,6 +243,8 @@ def build_session(cfg: RunConfig, base: Base) -> Session:
 
     metrics, trained_now = train_once(folder, fit, load)
     model.eval()
+    if cfg.trains_adapters:  # an ablation may give the ablated layers their pretrained LayerNorms back
+        wrap_norms(model, cfg.model.family, base.pristine)
     val = base.task_split(cfg.task, "validation", cfg.paths.cache, cfg.model.max_length)
     budget = memory_budget(cfg.eval.memory_gb, cfg.device)
     evaluator = Evaluator(

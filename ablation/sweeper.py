@@ -23,7 +23,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ablation.config import AblateConfig, ConfigError, RunConfig, check_writable
+from ablation.config import ConfigError, RunConfig, check_writable
 from ablation.jobs import (
     ABLATE_KEYS,
     build_jobs,
@@ -150,14 +150,15 @@ class AblationSweeper(Sweeper):
         composed: dict[tuple, tuple[RunConfig, dict]] = {}
         for job in jobs:
             values = dict(arg.split("=", 1) for arg in job)
-            group = tuple(arg for arg in job if arg.split("=", 1)[0] not in (*ABLATE_KEYS, "seed"))
+            ranged = any(k in values for k in ABLATE_KEYS)
+            group = (ranged, *(arg for arg in job if arg.split("=", 1)[0] not in (*ABLATE_KEYS, "seed")))
             if group not in composed:
                 cfg = loader.load_sweep_config(self.config, list(job))
                 base = {k: OmegaConf.select(cfg, k) for k in ABLATE_KEYS}
                 with open_dict(cfg):
                     del cfg["hydra"]
-                    for key in ABLATE_KEYS:  # checked per job below
-                        OmegaConf.update(cfg, key, None)
+                    for key in ABLATE_KEYS:  # checked per job below (layer 0 exists in every model)
+                        OmegaConf.update(cfg, key, 0 if ranged else None)
                 run = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), cfg))
                 composed[group] = (run, base)
             run, base = composed[group]
@@ -174,7 +175,7 @@ class AblationSweeper(Sweeper):
             if first is not None and last is not None and first > last:
                 continue  # dropped by the triangle filter; its layers are checked above
             # replace() runs RunConfig's checks again: layers in range, ablation only with adapters.
-            dataclasses.replace(run, ablate=AblateConfig(first, last, run.ablate.positions))
+            dataclasses.replace(run, ablate=dataclasses.replace(run.ablate, first=first, last=last))
         if too_high:
             msgs = [
                 f"model {m} has {layers[m]} layers but the sweep asks for layer {max(v)}: "

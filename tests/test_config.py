@@ -147,6 +147,14 @@ BAD_VALUES = [
     (["task.source=csv", "task.path=missing.csv"], "task.path='missing.csv' is not allowed: an existing CSV"),
     (["task.source=glue", "task.glue_name=null"], "task.glue_name=None is not allowed"),
     (["paths.store=/etc/hostname/store"], "/etc/hostname is a file"),
+    (["ablate.kind=shuffle", "ablate.first=0", "ablate.last=0"], "ablate.kind='shuffle' is not allowed"),
+    (["ablate.layernorm=random", "ablate.first=0", "ablate.last=0"], "ablate.layernorm='random'"),
+    (["ablate.kind=scale", "ablate.first=0", "ablate.last=0"], "ablate.alpha=None is not allowed: a finite"),
+    (["ablate.kind=scale", "ablate.alpha=nan", "ablate.first=0", "ablate.last=0"], "ablate.alpha=nan"),
+    (["ablate.alpha=0.5", "ablate.first=0", "ablate.last=0"], "only for ablate.kind=scale, not zero"),
+    (["ablate.kind=mean"], "set ablate.first and ablate.last too"),
+    (["ablate.layernorm=pretrained"], "set ablate.first and ablate.last too"),
+    (["method=head", "ablate.first=0", "ablate.last=11"], "method=head has none"),
 ]  # fmt: skip
 
 

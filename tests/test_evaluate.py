@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import perturb_layernorms_and_head, random_encoded, tiny_model
 
-from ablation.adapters import inject_adapters
+from ablation.adapters import inject_adapters, wrap_norms
 from ablation.config import AdapterConfig
-from ablation.evaluate import Evaluator
+from ablation.evaluate import Ablation, Evaluator
 from ablation.models import Stages
 
 L = 4
@@ -22,6 +22,7 @@ def make_evaluator(
     family: str, precision: str, placement: str = "serial", memory_bytes: float = float("inf")
 ) -> Evaluator:
     model = tiny_model(family, num_layers=L, seed=3)
+    pretrained = {k: v.clone() for k, v in model.state_dict().items()}
     perturb_layernorms_and_head(model)
     # big: removing adapters flips predictions
     inject_adapters(
@@ -34,6 +35,7 @@ def make_evaluator(
             combine="multiply" if placement == "parallel" else "add",
         ),
     )
+    wrap_norms(model, family, pretrained)  # as the session does: layernorm=pretrained can restore them
     data = random_encoded(family, n=40, seed=1)
     assert len(set(data.lengths.tolist())) > 5  # varying lengths, so batches are padded
     return Evaluator(
@@ -58,7 +60,7 @@ def test_intact_equals_from_scratch(evaluator):
 def test_removing_adapters_changes_predictions(evaluator):
     """Guards the equality tests below against a model whose adapters do nothing."""
     intact = evaluator.intact()
-    removed = evaluator.from_scratch(0, L - 1, "both")
+    removed = evaluator.from_scratch(0, L - 1)
     assert (intact != removed).sum() >= 5
     changed = [(evaluator.from_scratch(first, last) != intact).any() for first, last in CELLS]
     assert sum(changed) >= len(CELLS) // 2
@@ -67,8 +69,8 @@ def test_removing_adapters_changes_predictions(evaluator):
 def test_cells_in_sweep_order_equal_from_scratch(evaluator):
     for positions in POSITIONS:
         for first, last in CELLS:
-            got = evaluator.cell(first, last, positions)
-            want = evaluator.from_scratch(first, last, positions)
+            got = evaluator.cell(first, last, Ablation(positions=positions))
+            want = evaluator.from_scratch(first, last, Ablation(positions=positions))
             assert np.array_equal(got, want), (first, last, positions)
     # the model is left intact after cells
     assert np.array_equal(evaluator.from_scratch(), evaluator.intact())
@@ -79,8 +81,8 @@ def test_cells_in_shuffled_order_equal_from_scratch(evaluator):
     for seed in range(2):
         random.Random(seed).shuffle(jobs)
         for first, last, positions in jobs:
-            got = evaluator.cell(first, last, positions)
-            want = evaluator.from_scratch(first, last, positions)
+            got = evaluator.cell(first, last, Ablation(positions=positions))
+            want = evaluator.from_scratch(first, last, Ablation(positions=positions))
             assert np.array_equal(got, want), (seed, first, last, positions)
 
 
@@ -94,7 +96,7 @@ def test_cells_interleaved_with_shorter_chains(evaluator):
 def test_layer_passes_in_sweep_order(evaluator):
     assert evaluator.layer_passes == 0
     for first, last in CELLS:
-        evaluator.cell(first, last, "both")
+        evaluator.cell(first, last)
     assert len(CELLS) == L * (L + 1) // 2
     assert evaluator.layer_passes == L + sum(n * (n + 1) // 2 for n in range(1, L + 1))
 
@@ -121,7 +123,9 @@ def test_sharded_evaluation_equals_the_unsharded_path(family, precision):
     assert sharded.layer_passes == pytest.approx(whole.layer_passes)
     assert sharded._boundary is None  # the last shard's states are freed
     # single calls work sharded too (each pays its own intact pass)
-    assert np.array_equal(sharded.cell(1, 2, "attention"), whole.cell(1, 2, "attention"))
+    assert np.array_equal(
+        sharded.cell(1, 2, Ablation(positions="attention")), whole.cell(1, 2, Ablation(positions="attention"))
+    )
     assert np.array_equal(sharded.intact(), want[None])
 
 

@@ -76,7 +76,7 @@ STAGES = {
     # evaluation: the intact pass and one cell are on disk, the second cell is being computed
     "evaluation": (
         kill_at_call("ablation.evaluate.Evaluator", "cell", 2),
-        "store/*/eval/*/cell-0-1-both.npy",
+        "store/*/eval/*/cell-0-1-both-zero-trained.npy",
     ),
     # a cell's predictions are written under a temporary name, not yet renamed
     "cell cache write": (kill_at_replace('dst.name.startswith("cell-")'), "store/*/eval/*/.cell-*.tmp.npy"),

@@ -101,6 +101,15 @@ def test_layernorm_and_full_counts(family):
     assert counts["embeddings"] + 2 * D == embeddings  # the embeddings' LayerNorm counts as layernorm
 
 
+def test_head_method_trains_the_classifier_alone(family):
+    model = tiny_model(family, num_layers=L)
+    counts = prepare(model, family, MethodConfig("head"), None)
+    assert counts["trainable"] == counts["head"] == head_params(family)  # BERT's pooler stays frozen
+    assert trained_names(model, "head") == {
+        n for n, _ in model.named_parameters() if n.startswith("classifier.")
+    }
+
+
 def test_adapters_method_trains_adapters_layernorms_and_head_only(family):
     model = tiny_model(family, num_layers=L)
     prepare(model, family, MethodConfig(), AdapterConfig(**PLAIN))

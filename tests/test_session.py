@@ -27,13 +27,15 @@ class CountingEvaluator:
         self.calls.append(("intact",))
         return np.array([0, 1, 1])
 
-    def cell(self, first: int, last: int, positions: str) -> np.ndarray:
-        self.calls.append((first, last, positions))
+    recorded = False  # no intact statistics: the session writes no diagnostics
+
+    def cell(self, first: int, last: int, ablation) -> np.ndarray:
+        self.calls.append((first, last, ablation.positions))
         return np.array([first, last, 0])
 
-    def predict(self, cells, positions):
+    def predict(self, cells, ablation):
         for cell in cells:
-            yield cell, self.intact() if cell is None else self.cell(*cell, positions)
+            yield cell, self.intact() if cell is None else self.cell(*cell, ablation)
 
 
 def _session(tmp_path, trained_now: bool) -> Session:
@@ -61,7 +63,7 @@ def test_predictions_are_computed_once_and_reused_from_disk(tmp_path):
     assert again.predictions(AblateConfig(2, 4, "attention"))[1]  # another position is another cell
     assert again.evaluator.calls == [(2, 4, "attention")]
     assert sorted(p.name for p in tmp_path.glob("*.npy")) == [
-        "cell-2-4-attention.npy", "cell-2-4-both.npy", "intact.npy"]  # fmt: skip
+        "cell-2-4-attention-zero-trained.npy", "cell-2-4-both-zero-trained.npy", "intact.npy"]  # fmt: skip
 
 
 def test_the_first_job_of_a_group_computes_every_cell_of_it_in_sweep_order(tmp_path):

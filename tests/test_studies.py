@@ -33,6 +33,8 @@ QUICK = {
     "tradeoff": (3 + 3 + 1 + 1, "tradeoff.png"),
     "variants": (4 * 2, "variants.png"),
     "layer_ablation": (21, "heatmap.png"),
+    # zero, mean and keep heatmaps, the all-removed cell with pretrained LayerNorms, 3 ranges x 5 alphas, head
+    "controls": (3 * 21 + 1 + 3 * 5 + 1, "heatmap.png"),
 }
 RERUN = "layer_ablation"  # the study whose quick preset is also re-run (the cheapest)
 
@@ -43,6 +45,7 @@ CLAIM = {
     "tradeoff": "LayerNorm-only costs a few points",
     "variants": "no variant beats the plain adapter",
     "layer_ablation": "single-layer removal costs little",
+    "controls": "all adapters removed: majority class",
 }
 LEARNT = 0.05  # "left the majority class": at least 5 points above the majority rate, in the mean over seeds
 
@@ -88,8 +91,16 @@ def test_quick_study_shows_its_shape_and_a_rerun_trains_nothing(study, tmp_path)
 
     # The study's shape: what learns in the full study leaves the majority class here too, and an init
     # std of 1 stays there (the full init-scale study's σ = 1: every rotten_tomatoes seed at the majority).
-    if study == "layer_ablation":  # one training: its intact model
-        means = rows.groupby("task")[["intact_accuracy", "majority_rate"]].mean()
+    if (
+        study == "controls"
+    ):  # the adapters' training leaves the majority class; every adapter job has diagnostics
+        assert "What the adapters do" in page
+        adapters = rows[rows["method"] == "adapters"]
+        assert all((tmp_path / "a" / str(j) / "diagnostics.csv").exists() for j in adapters["job_dir"])
+        assert set(adapters["ablate_kind"]) == {"zero", "mean", "keep", "scale"}
+    if study in ("layer_ablation", "controls"):  # one training: its intact model
+        learnt = rows[rows["method"] == "adapters"]
+        means = learnt.groupby("task")[["intact_accuracy", "majority_rate"]].mean()
         means = means.rename(columns={"intact_accuracy": "accuracy"}).assign(init_std=0.0)
     else:
         setting = ["method", "k", "variant", "adapter_size", "init_std"]

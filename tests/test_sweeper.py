@@ -239,6 +239,15 @@ def test_layer_ranges():
     assert layer_range("1..L", 12) == list(range(1, 13))
     assert layer_range("3..L-2", 6) == [3, 4]
     assert layer_range("0..11", 12) is None
+    # single layers and halves, as the controls study writes them
+    assert layer_range("L-1", 12) == [11] and layer_range("L-1", 6) == [5]
+    assert layer_range("L/2-1", 12) == [5] and layer_range("L/2", 6) == [3]
+    assert layer_range("L/2..L-1", 12) == list(range(6, 12)) and layer_range("0..L/2-1", 6) == [0, 1, 2]
+    assert layer_range("L/3+1", 12) == [5]
+    assert (
+        expand_range("ablate.first", "L/2") == "L/2"
+        and expand_range("ablate.first", "L/2..L-1") == "L/2..L-1"
+    )
     with pytest.raises(RangeError, match="L=2"):
         layer_range("4..L", 2)
     assert expand_range("method.k", "1..L") == "1..L"
@@ -249,7 +258,7 @@ def test_layer_ranges():
 # --- quick presets: each study's hydra.sweeper.presets.quick ---
 
 STUDIES = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
-QUICK_JOBS = {"init_scale": 8, "bottleneck": 6, "tradeoff": 8, "variants": 8, "layer_ablation": 21}
+QUICK_JOBS = {"init_scale": 8, "bottleneck": 6, "tradeoff": 8, "variants": 8, "layer_ablation": 21, "controls": 80}
 
 
 def test_every_study_has_a_quick_grid():
