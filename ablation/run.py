@@ -123,12 +123,12 @@ def main(dcfg: DictConfig) -> float:
 
 def ablated_as(ablate: AblateConfig) -> str:
     """How a cell's layers were ablated, for the log line."""
-    what = {
-        "zero": "removed",
-        "mean": "replaced by their mean",
-        "scale": f"scaled by {ablate.alpha:g}",
-        "keep": "kept, all others removed",
-    }[ablate.kind]
+    if ablate.kind == "scale":
+        what = f"scaled by {ablate.alpha:g}"
+    else:
+        what = {"zero": "removed", "mean": "replaced by their mean", "keep": "kept, all others removed"}[
+            ablate.kind
+        ]
     return what + (", pretrained LayerNorms" if ablate.layernorm == "pretrained" else "")
 
 

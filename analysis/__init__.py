@@ -1,7 +1,8 @@
 """Reading side of the adapter studies, in three layers: selection (`analysis.select`: which rows a figure or
 claim reads), statistics (`analysis.stats`: every interval, one bootstrap path) and drawing
-(`analysis.plots`); `analysis.claims` judges the paper's claims from the first two, `analysis.report`
-puts everything on one page.
+(`analysis.plots`); `analysis.claims` judges the paper's claims from the first two, `analysis.controls`
+computes what the controls say (mean, scale and keep cells, pretrained LayerNorms, the head-only baseline,
+the adapters' diagnostics), `analysis.report` puts everything on one page.
 
 Never imports torch or transformers, so results can be opened where the models cannot run. Plotting is not
 re-exported, so `import analysis` (and `import analysis.claims`) stays free of matplotlib.

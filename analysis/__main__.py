@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.collect import load_results, load_runs
-from analysis.select import PANEL_COLUMNS, split_panels
+from analysis.select import PANEL_COLUMNS, ablated, split_panels
 from analysis.stats import cell_intervals, layer_matrix
 
 PROG = "python -m analysis"
@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ci":
             print(format_intervals(load_runs([args.sweep_dir]).table, args.level).to_string(index=False))
             return 0
-        df = load_results(args.sweep_dir)
+        df = ablated(load_results(args.sweep_dir))  # the paper's removal: other kinds have their own figures
+        if df.empty:
+            raise ValueError(f"{args.command}: no layer-ablation cells (kind zero) in {args.sweep_dir}")
         if args.command == "heatmap":
             _heatmap(df, args)
         else:
@@ -59,8 +61,8 @@ def _figures(args: argparse.Namespace) -> int:
     paths = study_figures(df, out, selection="best" if args.best_of_n else "mean")
     if not paths:
         raise ValueError(
-            f"figures: nothing to draw from {len(df)} rows (no layer-ablation cells, and no study or "
-            "sweep over init_std, adapter size, method or variant)"
+            f"figures: nothing to draw from {len(df)} rows (no layer-ablation cells or controls, and no "
+            "study or sweep over init_std, adapter size, method or variant)"
         )
     for path in paths:
         print(path)
@@ -80,7 +82,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     panels = []
     for path in (args.a, args.b):
-        rows = load_runs([path]).table.dropna(subset=["first", "last"])
+        rows = ablated(load_runs([path]).table)
         if rows.empty:
             raise ValueError(f"compare: {path} has no layer-ablation cells")
         several = [c for c in ("model", "task", "positions") if rows[c].nunique() > 1]
@@ -104,7 +106,7 @@ def _compare(args: argparse.Namespace) -> int:
 def format_table(df: pd.DataFrame, value: str = "relative_decrease") -> str:
     """Render each panel as a first x last matrix of `value` in percent, lower triangle left blank."""
     blocks = []
-    for panel in split_panels(df):
+    for panel in split_panels(ablated(df)):
         matrix = layer_matrix(panel, value) * 100
         cells = matrix.map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
         names = [f"{c}={panel[c].iloc[0]}" for c in PANEL_COLUMNS if c in panel.columns]
@@ -118,7 +120,7 @@ def format_table(df: pd.DataFrame, value: str = "relative_decrease") -> str:
 def format_intervals(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Per cell of each panel: accuracy, its drop from the intact model (points) and the relative decrease
     (%), each with its 95% interval: `analysis.stats.cell_intervals`, the report's intervals."""
-    cells = df.dropna(subset=["first", "last"])
+    cells = ablated(df)
     if cells.empty:
         raise ValueError("ci: no layer-ablation cells in these rows")
     tables = []

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.select import PAPER_SIZES, figure_plan, method_rows
+from analysis.collect import conform
+from analysis.controls import removal_placement
+from analysis.select import PAPER_SIZES, figure_plan, head_rows, method_rows
 from analysis.stats import LEVEL, Group, cell_groups, group, interval, relative_decrease, replicates
 from analysis.stats import mean_accuracy as _accuracy
 
@@ -36,6 +38,9 @@ class Claim:
     figure: str  # which rows of figure_plan it reads
     # panel -> (text, [(comparison, value, bootstrap replicates of value)]), None without the rows it needs
     measure: Callable[[pd.DataFrame], tuple[str, list[tuple[str, float, np.ndarray]]] | None]
+    # rows from anywhere in the table that the claim is also read against (their model and task's), e.g.
+    # the head-only baseline; they join the panel, and the figure's rows are not changed by them
+    baseline: Callable[[pd.DataFrame], pd.DataFrame] | None = None
 
 
 def verdict(lo: float, hi: float, region: tuple[float, float]) -> str:
@@ -78,14 +83,21 @@ def evaluate_claims(df: pd.DataFrame) -> pd.DataFrame:
     `df` comes from `analysis.collect.load_runs` (its `sweep` column locates the per-example predictions).
     """
     plan = figure_plan(df)
+    table = conform(df)
     rows = []
     for claim in CLAIMS:
         source = plan.get(claim.figure)
         if source is None and claim.figure == "bottleneck":
             source = plan.get("tradeoff")  # the trade-off grid has adapters of the paper's sizes too
         panels = [] if source is None else list(source.groupby(["model", "task"], sort=True))
+        extra = None if claim.baseline is None else claim.baseline(table)
         found = False
         for (model, task), panel in panels:
+            if extra is not None:
+                same = extra[((extra["model"] == model) & (extra["task"] == task)).to_numpy(dtype=bool)]
+                panel = (
+                    pd.concat([panel, same.loc[same.index.difference(panel.index)]]) if len(same) else panel
+                )
             measured = claim.measure(panel)
             if measured is None:
                 continue
@@ -176,6 +188,10 @@ def _all_removed(panel: pd.DataFrame):
         f"all {n_layers} layers removed: {acc:.1f}% vs majority class {majority:.1f}% "
         f"(intact {100 * _accuracy(intact):.1f}%)"
     )
+    if not head_rows(panel).empty:  # judged against the head-only baseline too: where it lies, with intervals
+        placed = removal_placement(panel)
+        if placed is not None:
+            text += f"; {placed[0]}"
     return text, [("all removed", acc - majority, reps)]
 
 
@@ -345,11 +361,14 @@ CLAIMS = (
         name="all adapters removed: majority class",
         paper="removing all adapters falls to the majority class (MNLI 37%, CoLA 69%)",
         rule="accuracy with every layer's adapters removed minus the majority-class rate; reproduced if its "
-        "interval lies below +2 points, not reproduced if above",
+        "interval lies below +2 points, not reproduced if above; where head-only rows exist, where it lies "
+        "between the majority class, the head-only baseline and the intact model (intervals of the "
+        "differences)",
         unit="points",
         region=(-INF, 2.0),
         figure="heatmap",
         measure=_all_removed,
+        baseline=head_rows,
     ),
     Claim(
         name="lower layers matter less",

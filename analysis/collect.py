@@ -24,12 +24,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablation.results import COLUMNS, KINDS, PREDICTIONS, RESULT_JSON, RESULTS_CSV, TEXT_DTYPE, typed
+from ablation.results import (
+    COLUMNS,
+    DIAGNOSTIC_COLUMNS,
+    DIAGNOSTICS,
+    KINDS,
+    PREDICTIONS,
+    RESULT_JSON,
+    RESULTS_CSV,
+    TEXT_DTYPE,
+    typed,
+)
 
 PREDICTION_KEYS = ("labels", "intact", "ablated")
 # job_dir looks numeric ("0", "17") but is a path: text columns are read as text so "007" or "a/3" survive.
 TEXT_COLUMNS = tuple(c for c in COLUMNS if KINDS[c] == "text")
-__all__ = ["TEXT_DTYPE", "conform", "correctness", "load_predictions", "load_results", "load_runs"]
+__all__ = [
+    "TEXT_DTYPE",
+    "conform",
+    "correctness",
+    "has_diagnostics",
+    "load_diagnostics",
+    "load_predictions",
+    "load_results",
+    "load_runs",
+]
 
 PathLike = str | Path
 
@@ -132,6 +151,47 @@ def load_predictions(sweep_dir: PathLike, job_dir: PathLike) -> dict[str, np.nda
     if len(set(lengths.values())) != 1:
         raise ValueError(f"{file}: arrays differ in length {lengths}")
     return arrays
+
+
+def has_diagnostics(rows: pd.DataFrame) -> pd.Series:
+    """Per row (a boolean Series on its index): does its job folder hold diagnostics.csv? Needs the `sweep`
+    column of `load_runs`; all False without it."""
+    if "sweep" not in rows.columns:
+        return pd.Series(False, index=rows.index, dtype=bool)
+    found = [
+        (Path(str(sweep)) / str(job) / DIAGNOSTICS).is_file()
+        for sweep, job in zip(rows["sweep"], rows["job_dir"], strict=True)
+    ]
+    return pd.Series(found, index=rows.index, dtype=bool)
+
+
+def load_diagnostics(rows: pd.DataFrame) -> pd.DataFrame:
+    """The diagnostics of the trainings behind `rows`: one diagnostics.csv per training key (the first row
+    of each key whose job folder has one), with that row's task, model, seed and train_key in front.
+
+    Columns: task, model, seed, train_key, then DIAGNOSTIC_COLUMNS (layer and tokens as int, position as text).
+    Empty (with those columns) when no row's job has the file.
+    """
+    found = rows[has_diagnostics(rows).to_numpy(dtype=bool)]
+    if found.empty:
+        return pd.DataFrame(columns=["task", "model", "seed", "train_key", *DIAGNOSTIC_COLUMNS])
+    key = (
+        found["train_key"]
+        .astype(object)
+        .where(found["train_key"].notna(), found["sweep"].astype(str) + "/" + found["job_dir"].astype(str))
+    )
+    frames = []
+    for _, row in found.assign(_key=key).drop_duplicates("_key").iterrows():
+        file = Path(str(row["sweep"])) / str(row["job_dir"]) / DIAGNOSTICS
+        table = pd.read_csv(file, dtype={"position": str})
+        missing = [c for c in DIAGNOSTIC_COLUMNS if c not in table.columns]
+        if missing:
+            raise KeyError(f"{file}: missing columns {missing} (has {list(table.columns)})")
+        ids = {"task": row["task"], "model": row["model"], "seed": row["seed"], "train_key": row["_key"]}
+        frames.append(table[list(DIAGNOSTIC_COLUMNS)].assign(**ids))
+    out = pd.concat(frames, ignore_index=True)
+    out = out.astype({"layer": "int64", "tokens": "Int64"})
+    return out[["task", "model", "seed", "train_key", *DIAGNOSTIC_COLUMNS]]
 
 
 def _load_one(path: Path) -> pd.DataFrame:

@@ -1,5 +1,7 @@
 """Figures of Houlsby et al. 2019: the layer-ablation heatmap (Figure 6), init scale, bottleneck size,
-parameter/accuracy trade-off (Figures 3/4) and adapter variants.
+parameter/accuracy trade-off (Figures 3/4) and adapter variants; and the controls of what the adapters do:
+the heatmaps of mean replacement and of keeping one span, accuracy against a scaled contribution (alpha),
+the adapters' diagnostics beside the single-layer drop, and the controls' summary.
 
 Every `*_plot(df, ax, selection)` draws one panel on a given Axes and returns the table it plotted; each
 figure is one `Drawing` (its panel function, title, caption and panel size) beside the rows
@@ -23,12 +25,24 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
+from analysis.controls import (
+    CONTROL_LABELS,
+    CONTROLS,
+    control_summary,
+    diagnostic_summary,
+    single_layer_drops,
+)
 from analysis.select import (
+    ALPHA,
     FIGURES,
     PAPER_SIZES,
     PRESET_NOTE,
     best_seed_rows,
     figure_plan,
+    head_rows,
+    keep_cells,
+    mean_cells,
+    n_layers,
     panel_rows,
     preset_label,
     split_panels,
@@ -36,19 +50,25 @@ from analysis.select import (
 from analysis.stats import layer_matrix, summarize_seeds, uncertain_cells
 
 __all__ = [
+    "alpha_plot",
+    "controls_plot",
+    "diagnostics_plot",
     "figure_plan",
     "heatmap",
     "heatmap_figure",
+    "keep_heatmap_plot",
+    "mean_heatmap_plot",
     "study_figures",
 ]  # figure_plan: re-exported from select
 MAX_COLUMNS = 3
 # A heatmap panel's rows -> its first x last matrix of cells to hatch (interval includes zero).
 Uncertain = Callable[[pd.DataFrame], pd.DataFrame]
-METHOD_ORDER = ("adapters", "top_k", "layernorm")
+METHOD_ORDER = ("adapters", "top_k", "layernorm", "head")
 METHOD_LABELS = {
     "adapters": "adapters (size m)",
     "top_k": "fine-tune top k layers",
     "layernorm": "LayerNorm only",
+    "head": "head only (frozen encoder)",
     "full": "full fine-tuning",
 }
 DIVERGED_COLOR = "crimson"
@@ -253,6 +273,191 @@ def heatmap_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.Data
     return heatmap(df, ax, note=note, uncertain=uncertain)
 
 
+def _cells_heatmap(
+    df: pd.DataFrame, ax: Axes, selection: str, select: Callable, note: str, kept: bool = False
+) -> pd.DataFrame:
+    """The heatmap of one kind of cell, drawn as the layer-ablation heatmap is (seeds averaged, or the best
+    seed's cells; hatched where the interval includes zero when the rows carry their predictions)."""
+    rows = select(df)
+    if rows.empty:
+        raise ValueError(f"no cells of this kind to plot (got {len(df)} rows)")
+    if selection == "best":
+        note = f"{note}\n{_aggregation(int(rows['seed'].nunique()), 'best')}"
+        rows = best_seed_rows(rows, ["task", "model"])
+    uncertain = uncertain_cells(rows, select) if "sweep" in rows.columns else None
+    matrix = heatmap(rows, ax, note=note, uncertain=uncertain)
+    if kept:
+        ax.set_xlabel("last kept layer")
+        ax.set_ylabel("first kept layer")
+    return matrix
+
+
+def mean_heatmap_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """The relative decrease when the adapters of first..last are replaced by their mean contribution (a
+    constant per layer and position, measured on the intact model); returns the first x last matrix."""
+    return _cells_heatmap(df, ax, selection, mean_cells, "adapters of first..last replaced by their mean")
+
+
+def keep_heatmap_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """The relative decrease when only the adapters of first..last stay (every other layer's removed): near
+    0, the span suffices; returns the first x last matrix."""
+    return _cells_heatmap(
+        df, ax, selection, keep_cells, "only first..last kept, all other adapters removed", True
+    )
+
+
+def alpha_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """Accuracy against α (each contribution of the range's adapters times α), one line per scaled range,
+    mean ± 1 s.e.m. over seeds; the majority class dashed, the intact model as a reference line."""
+    rows = panel_rows(df, "alpha")
+    shown = best_seed_rows(rows, ["task", "model"]) if selection == "best" else rows
+    table = _summarize(shown, ["first", "last", ALPHA], "mean")
+    layers = n_layers(rows)
+    spans = sorted({(int(f), int(la)) for f, la in zip(table["first"], table["last"], strict=True)})
+    spans.sort(key=lambda span: (span[0] - span[1], span[0]))  # the widest first: the whole model
+    colors = dict(zip(spans, sns.color_palette("colorblind", len(spans)), strict=True))
+    for first, last in spans:
+        line = table[(table["first"] == first) & (table["last"] == last)].sort_values(ALPHA)
+        whole = " (every layer)" if (first, last) == (0, (layers or 0) - 1) else ""
+        _line(ax, line[ALPHA], line, colors[(first, last)], label=f"layers {first}..{last}{whole}")
+    per_seed = 100 * shown.groupby("seed")["intact_accuracy"].mean().astype(float)
+    intact = pd.DataFrame({"y": [per_seed.mean()], "yerr": [per_seed.sem() if len(per_seed) > 1 else np.nan]})
+    _reference(ax, intact, "0.25", "intact model")
+    majority = float(rows["majority_rate"].astype(float).mean())
+    if np.isfinite(majority):
+        ax.axhline(100 * majority, color="0.4", linestyle="--", linewidth=1, label="majority class")
+    ax.set_xlabel("α: the adapters' contribution scaled by α (0 = removed, 1 = intact)")
+    _finish(ax, rows, selection)
+    return table
+
+
+def diagnostics_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """Per layer: each adapter position's contribution ratio ‖c‖/‖s‖ (solid) and cosine distance
+    1 - cos(s, s + c) (dashed), mean ± 1 s.e.m. over seeds (bands, log scale), and on a twin axis the
+    relative decrease of removing that layer's adapters alone (bars). Returns one row per layer and
+    position: the diagnostics' means and s.e.m.s, seeds, and the layer's drop (%) and its s.e.m."""
+    rows = panel_rows(df, "diagnostics")
+    used = best_seed_rows(rows, ["task", "model"]) if selection == "best" else rows
+    diag = diagnostic_summary(used)
+    if diag.empty:
+        raise ValueError("diagnostics: no diagnostics.csv behind these rows")
+    drops = single_layer_drops(used)
+    table = diag.merge(drops.drop(columns="seeds"), on="layer", how="left")
+    positions = sorted(diag["position"].unique())
+    colors = dict(zip(positions, sns.color_palette("colorblind", len(positions)), strict=True))
+    twin = ax.twinx()
+    if not drops.empty:
+        err = drops["drop_sem"].to_numpy(dtype=float)
+        twin.bar(
+            drops["layer"].to_numpy(dtype=float),
+            drops["drop"].to_numpy(dtype=float),
+            width=0.6,
+            color="0.6",
+            alpha=0.45,
+            yerr=None if np.isnan(err).all() else np.nan_to_num(err),
+            ecolor="0.45",
+            capsize=2,
+            label="single-layer drop (right axis)",
+        )
+        twin.axhline(0.0, color="0.6", linewidth=0.8)
+        twin.set_ylabel("single-layer drop: relative decrease (%)", color="0.35")
+    else:  # nothing on the right axis: no scale to show there
+        twin.set_axis_off()
+    for position in positions:
+        part = diag[diag["position"] == position].sort_values("layer")
+        x = part["layer"].to_numpy(dtype=float)
+        for value, style, marker in (("contribution_ratio", "-", "o"), ("cosine_distance", "--", "s")):
+            y = part[value].to_numpy(dtype=float)
+            err = part[f"{value}_sem"].to_numpy(dtype=float)
+            name = "‖c‖/‖s‖" if value == "contribution_ratio" else "1 − cos(s, s+c)"
+            ax.plot(
+                x,
+                y,
+                linestyle=style,
+                marker=marker,
+                markersize=3.5,
+                color=colors[position],
+                label=f"{name}, {position}",
+            )
+            ax.fill_between(
+                x,
+                y - err,
+                y + err,
+                where=np.isfinite(err),
+                color=colors[position],
+                alpha=BAND_ALPHA,
+                linewidth=0,
+            )
+    values = diag[["contribution_ratio", "cosine_distance"]].to_numpy(dtype=float)
+    if (values > 0).all():
+        ax.set_yscale("log")
+    # the lines above the bars: the twin axes is drawn after its host unless told otherwise
+    ax.set_zorder(twin.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    layers = sorted(diag["layer"].unique())
+    ax.xaxis.set_major_locator(FixedLocator(layers))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("adapter diagnostics (log scale)" if ax.get_yscale() == "log" else "adapter diagnostics")
+    ax.grid(alpha=0.3, linewidth=0.5)
+    handles = [*ax.get_legend_handles_labels()[0], *twin.get_legend_handles_labels()[0]]
+    # below the axes: to the right sits the twin axis's scale
+    below = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.13), "ncol": 3, "handlelength": 3.0}
+    ax.legend(handles=handles, fontsize=8, frameon=False, **below)
+    seeds = int(rows["seed"].nunique()) if selection == "best" else int(diag["seeds"].max())
+    names = f"{', '.join(sorted(map(str, rows['model'].unique())))} · {', '.join(sorted(map(str, rows['task'].unique())))}"
+    missing = "\nno single-layer removal cells: no drop to compare" if drops.empty else ""
+    ax.set_title(f"{names}\n{_aggregation(seeds, selection)}{missing}", fontsize=9)
+    return table
+
+
+CONTROL_COLORS = dict(zip(CONTROLS, ["0.45", *sns.color_palette("colorblind", 6)[2:6], "0.15"], strict=True))
+
+
+def controls_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """Accuracy with its 95% interval (validation examples and seeds resampled together) of each control: the
+    majority class, the head-only baseline, every adapter removed (trained LayerNorms, pretrained ones, mean
+    replacement) and the intact adapters; returns `analysis.controls.control_summary`'s table."""
+    rows = panel_rows(df, "controls")
+    seeds = int(rows["seed"].nunique())
+    if selection == "best":
+        heads = head_rows(rows)
+        cells = rows.drop(index=heads.index)
+        parts = [
+            best_seed_rows(cells, ["task", "model"]),
+            best_seed_rows(heads, ["task", "model"], "accuracy"),
+        ]
+        rows = pd.concat([p for p in parts if not p.empty])
+    table = control_summary(rows)
+    y = np.arange(len(table), dtype=float)
+    x = table["accuracy"].to_numpy(dtype=float)
+    lo, hi = table["lo"].to_numpy(dtype=float), table["hi"].to_numpy(dtype=float)
+    for i, name in enumerate(table["control"]):
+        err = None if not np.isfinite(lo[i]) else [[x[i] - lo[i]], [hi[i] - x[i]]]
+        ax.errorbar([x[i]], [y[i]], xerr=err, fmt="o", color=CONTROL_COLORS[name], capsize=4, markersize=6)
+        ax.annotate(f"{x[i]:.1f}", (hi[i] if np.isfinite(hi[i]) else x[i], y[i]), textcoords="offset points",
+                    xytext=(5, 0), ha="left", va="center", fontsize=7.5, color="0.25")  # fmt: skip
+    for name, style in (("majority", "--"), ("intact", "-")):
+        at = table.index[table["control"] == name]
+        if len(at):
+            ax.axvline(
+                x[at[0]], color=CONTROL_COLORS[name], linestyle=style, linewidth=0.9, alpha=0.7, zorder=0
+            )
+    ax.set_yticks(y, [CONTROL_LABELS[c] for c in table["control"]], fontsize=8)
+    ax.set_ylim(-0.6, len(table) - 0.4)
+    left, right = ax.get_xlim()
+    ax.set_xlim(left, right + 0.08 * (right - left))  # room for the values
+    spread = "95% interval (examples × seeds)" if np.isfinite(lo).any() else "no interval: no predictions"
+    ax.set_xlabel(f"validation accuracy (%), {spread}")
+    ax.grid(axis="x", alpha=0.3, linewidth=0.5)
+    missing = [CONTROL_LABELS[c] for c in CONTROLS if c not in set(table["control"])]
+    names = f"{', '.join(sorted(map(str, rows['model'].unique())))} · {', '.join(sorted(map(str, rows['task'].unique())))}"
+    title = f"{names}\n{_aggregation(seeds, selection).replace(' ± 1 s.e.m.', '')}"
+    if missing:
+        title += f"\nnot run: {', '.join(missing)}"
+    ax.set_title(title, fontsize=9)
+    return table
+
+
 @dataclass(frozen=True)
 class Drawing:
     """How one figure draws the rows `analysis.select.FIGURES` gives it, and what the report says of it."""
@@ -291,7 +496,8 @@ DRAWINGS: dict[str, Drawing] = {
     "tradeoff": Drawing(
         tradeoff_plot,
         "Trade-off (Figures 3/4): accuracy against the number of trained parameters, ±1 s.e.m. error bars; "
-        "full fine-tuning as the horizontal line.",
+        "full fine-tuning as the horizontal line; head only (the classification head on the frozen encoder), "
+        "where run, is the fewest parameters any method trains.",
         "Trained parameters vs accuracy (Houlsby et al. 2019, Figs. 3/4)",
     ),
     "variants": Drawing(
@@ -300,6 +506,48 @@ DRAWINGS: dict[str, Drawing] = {
         "Adapter variants (Houlsby et al. 2019, Sec. 3.6)",
         # one slot per variant, each wide enough for a slanted name
         panel_size=lambda rows: (max(6.8, 0.6 * rows["variant"].nunique() + 3.5), 4.8),
+    ),
+    "heatmap_mean": Drawing(
+        mean_heatmap_plot,
+        "Mean replacement: relative decrease in validation accuracy when each adapter of layers first..last "
+        "is replaced by its mean contribution over the validation tokens (measured on the intact model), "
+        "not removed. Near 0: a constant shift does what the adapters do. Hatched: the 95% interval "
+        "includes zero.",
+        "Adapters replaced by their mean contribution",
+        panel_size=_heatmap_size,
+    ),
+    "heatmap_keep": Drawing(
+        keep_heatmap_plot,
+        "Keep one span: relative decrease in validation accuracy when only the adapters of layers "
+        "first..last stay and every other layer's are removed. Near 0 (hatched: the 95% interval includes "
+        "zero): that span alone suffices.",
+        "Only the adapters of first..last kept",
+        panel_size=_heatmap_size,
+    ),
+    "alpha": Drawing(
+        alpha_plot,
+        "Scaled contributions: accuracy when the adapters of a layer range add α times their contribution "
+        "(α = 0 removes them, α = 1 is the intact model), mean ± 1 s.e.m. over seeds; dashed: the "
+        "majority-class rate; grey line: the intact model.",
+        "Accuracy against the adapters' scaled contribution",
+    ),
+    "diagnostics": Drawing(
+        diagnostics_plot,
+        "What each layer's adapters do on the validation tokens of the intact model: the contribution ratio "
+        "‖c‖/‖s‖ (solid) and the cosine distance 1 − cos(s, s + c) (dashed) per adapter position, mean ± 1 "
+        "s.e.m. over seeds (log scale); grey bars (right axis): the relative decrease when that layer's "
+        "adapters alone are removed, mean ± 1 s.e.m.",
+        "Adapter contributions per layer and the single-layer drop",
+        panel_size=lambda rows: (8.0, 5.0),
+    ),
+    "controls": Drawing(
+        controls_plot,
+        "Controls: validation accuracy with 95% intervals (validation examples and seeds resampled "
+        "together) of the majority class, the head-only baseline (the classification head trained on the "
+        "frozen encoder), every adapter removed (the trained LayerNorms kept, the pretrained ones put back, "
+        "or each adapter replaced by its mean contribution) and the intact adapters.",
+        "Controls: what removing every adapter leaves",
+        panel_size=lambda rows: (7.4, 3.6),
     ),
 }
 

@@ -19,8 +19,17 @@ from ablation.atomic import write_text
 from ablation.results import RESULT_JSON
 from analysis.claims import CLAIMS, evaluate_claims
 from analysis.collect import Runs, load_runs
+from analysis.controls import findings
 from analysis.plots import DRAWINGS, study_figures
-from analysis.select import PRESET_NOTE, figure_plan, preset_label, split_panels
+from analysis.select import (
+    KIND,
+    LAYERNORM,
+    PRESET_NOTE,
+    figure_plan,
+    preset_label,
+    split_panels,
+    with_ablation,
+)
 from analysis.stats import cell_intervals
 
 VERDICT_COLORS = {
@@ -69,9 +78,11 @@ def sweep_report(sweep_dir: Path) -> list[str]:
 def render(runs: Runs, figures_dir: Path) -> str:
     """The report as one HTML string; figures are drawn into figures_dir and embedded."""
     df = runs.table
+    controls = _controls(df)
     sections = [
         _header(runs),
         _section("What the paper claimed, and what these runs measured", _claims(df)),
+        *([_section("What the adapters do", controls)] if controls else []),
         _section("Figures", _figures(df, figures_dir)),
         _section("Layer-ablation cells with their intervals", _cells(df)),
         _section("The runs behind this page", _runs(runs)),
@@ -96,7 +107,7 @@ def _header(runs: Runs) -> str:
         ("sources", "<br>".join(html.escape(str(p)) for p in runs.sources)),
         (
             "rows",
-            f"{len(df)} ({int(df['first'].notna().sum())} ablation cells, "
+            f"{len(df)} ({int(df['first'].notna().sum())} ablation cells{_kinds(df)}, "
             f"{int(df['first'].isna().sum())} intact models)",
         ),
         ("diverged rows", f"{diverged} (kept: scored with what the training left)"),
@@ -115,6 +126,16 @@ def _header(runs: Runs) -> str:
     if preset:
         title += f" ({preset}: {PRESET_NOTE})"
     return f"<h1>{html.escape(title)}</h1>\n<table>{rows}</table>"
+
+
+def _kinds(df: pd.DataFrame) -> str:
+    """': 78 zero, 78 mean, ...' for cells of more than the paper's removal; '' for removal cells only."""
+    cells = with_ablation(df.dropna(subset=["first", "last"]))
+    kinds = cells[KIND] + cells[LAYERNORM].map(lambda n: "" if n == "trained" else f" ({n} LayerNorms)")
+    counts = kinds.value_counts(sort=False)
+    if set(counts.index) <= {"zero"}:
+        return ""
+    return ": " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _claims(df: pd.DataFrame) -> str:
@@ -140,6 +161,40 @@ def _claims(df: pd.DataFrame) -> str:
         "against the claim's region: inside, reproduced; outside, not reproduced; across the edge, "
         "inconclusive. Computed from the rows on this page.</p>"
     )
+    return f"{note}<table>{head}{''.join(rows)}</table>"
+
+
+def _controls(df: pd.DataFrame) -> str | None:
+    """The controls run, and what each says (`analysis.controls.findings`); None when the rows hold none."""
+    table = findings(df)
+    if table.empty:
+        return None
+    ran = [c for c in dict.fromkeys(table["control"]) if table.loc[table["control"] == c, "run"].any()]
+    never = [c for c in dict.fromkeys(table["control"]) if c not in ran]
+    note = (
+        f"<p class='muted'>Controls of what the adapters do, computed from the rows on this page: "
+        f"{len(ran)} of {len(ran) + len(never)} run ({html.escape(', '.join(ran)) or 'none'})"
+        + (f"; not run: {html.escape(', '.join(never))}" if never else "")
+        + ". Accuracies in %, each with its 95% interval (validation examples and seeds resampled together, "
+        "the intervals of the claims above); the rank correlation's interval resamples the single-layer "
+        "drops the same way.</p>"
+    )
+    head = (
+        "<tr><th>control</th><th>model · task</th><th>what these rows say</th><th>statistic</th>"
+        "<th>95% interval</th></tr>"
+    )
+    rows = []
+    for _, r in table.iterrows():
+        value = "" if pd.isna(r["estimate"]) else f"{r['estimate']:.2f} {html.escape(r['unit'])}"
+        ci = "" if pd.isna(r["lo"]) else f"[{r['lo']:.2f}, {r['hi']:.2f}]"
+        measured = html.escape(r["measured"])
+        if not r["run"]:
+            measured = f"<span class='muted'>{measured}</span>"
+        rows.append(
+            f"<tr><td><b>{html.escape(r['control'])}</b><div class='rule'>{html.escape(r['question'])}</div>"
+            f"</td><td>{html.escape(r['panel'])}</td><td>{measured}</td><td class='num'>{value}</td>"
+            f"<td class='num'>{ci}</td></tr>"
+        )
     return f"{note}<table>{head}{''.join(rows)}</table>"
 
 

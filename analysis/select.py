@@ -2,7 +2,14 @@
 
 Every figure is one `Figure` entry: the rows it selects, the columns that make one plotted point and one
 panel, and (for rows outside a study) whether the rows vary its factor at all. Drawing is
-`analysis.plots`'s; judging claims is `analysis.claims`'s; both read the plan made here.
+`analysis.plots`'s; judging claims is `analysis.claims`'s; the controls' numbers are `analysis.controls`'s;
+all read the plan made here.
+
+Ablation cells come in kinds (column `ablate_kind`): `zero` (the adapters removed, the paper's ablation),
+`mean` (each removed adapter's contribution replaced by its mean), `scale` (contributions times `alpha`) and
+`keep` (only first..last keep their adapters); `ablate_layernorm` says whether the ablated layers kept their
+trained LayerNorms (`trained`) or got the pretrained ones back. Tables older than these columns hold zero
+cells with trained LayerNorms: a missing value reads as the default.
 """
 
 from __future__ import annotations
@@ -12,13 +19,33 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ablation.config import METHODS
+from ablation.config import ABLATE_KINDS, METHODS
 from ablation.keys import REPLICATE, SETTING_COLUMNS
-from analysis.collect import conform
+from analysis.collect import conform, has_diagnostics
 
 # Rows that differ in these columns belong to different heatmaps; everything else (seeds) is averaged.
 PANEL_COLUMNS = ("task", "model", "positions")
 PAPER_SIZES = (8, 64, 256)  # the adapter sizes of the paper's GLUE grid (its bottleneck claim)
+# The ablation's columns, and what a table without them (or a row with a gap) means: the paper's removal.
+KIND, ALPHA, LAYERNORM = "ablate_kind", "alpha", "ablate_layernorm"
+ABLATION_DEFAULTS = {KIND: "zero", LAYERNORM: "trained"}
+HEAD = "head"  # the method that trains only the classification head on the frozen encoder
+
+
+def with_ablation(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows with `ablate_kind`, `ablate_layernorm` and `alpha` present: a missing kind (an older table,
+    or a gap) reads as `zero`, a missing LayerNorm choice as `trained`, a missing alpha as NaN."""
+    filled = {}
+    for column, default in ABLATION_DEFAULTS.items():
+        if column not in df.columns:
+            filled[column] = pd.Series(default, index=df.index, dtype=object)
+        else:
+            values = df[column]
+            missing = values.isna() | (values.astype(object) == "")
+            filled[column] = values.mask(missing, default) if missing.any() else values
+    if ALPHA not in df.columns:
+        filled[ALPHA] = pd.Series(float("nan"), index=df.index, dtype=float)
+    return df.assign(**filled)
 
 
 def intact(df: pd.DataFrame) -> pd.DataFrame:
@@ -26,9 +53,103 @@ def intact(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["first"].isna() & df["last"].isna()]
 
 
+def cells(df: pd.DataFrame, kind: str = "zero", layernorm: str = "trained") -> pd.DataFrame:
+    """Ablation cells of one kind (`zero`, `mean`, `scale`, `keep`) and LayerNorm choice (`trained`,
+    `pretrained`), with the ablation's columns filled in (see `with_ablation`)."""
+    if kind not in ABLATE_KINDS:
+        raise ValueError(f"cells: kind must be one of {ABLATE_KINDS}, got {kind!r}")
+    rows = with_ablation(df.dropna(subset=["first", "last"]))
+    return rows[((rows[KIND] == kind) & (rows[LAYERNORM] == layernorm)).to_numpy(dtype=bool)]
+
+
 def ablated(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows of layer-ablation cells."""
-    return df.dropna(subset=["first", "last"])
+    """Rows of layer-ablation cells: the paper's removal (kind zero, the trained LayerNorms kept)."""
+    return cells(df, "zero", "trained")
+
+
+def single_layer_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """The paper's removal of one layer's adapters: zero cells with first == last (the heatmap's diagonal)."""
+    rows = ablated(df)
+    return rows[(rows["first"] == rows["last"]).to_numpy(dtype=bool)]
+
+
+def mean_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Cells whose removed adapters were replaced by their mean contribution (trained LayerNorms)."""
+    return cells(df, "mean", "trained")
+
+
+def keep_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Cells where only the adapters of layers first..last stayed (trained LayerNorms)."""
+    return cells(df, "keep", "trained")
+
+
+def scale_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Cells whose adapters' contributions in first..last were multiplied by `alpha` (trained LayerNorms)."""
+    rows = cells(df, "scale", "trained")
+    return rows[rows[ALPHA].notna().to_numpy(dtype=bool)]
+
+
+def pretrained_layernorm_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Cells with the adapters removed and the ablated layers' pretrained LayerNorms put back."""
+    return cells(df, "zero", "pretrained")
+
+
+def head_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Intact rows of the head-only baseline (the classification head trained on the frozen encoder)."""
+    rows = intact(df)
+    return rows[(rows["method"] == HEAD).to_numpy(dtype=bool)]
+
+
+def n_layers(df: pd.DataFrame) -> int | None:
+    """The model's layer count as the cells show it (the largest `last` + 1); None without cells."""
+    last = df["last"].dropna()
+    return int(last.max()) + 1 if len(last) else None
+
+
+def whole_model(rows: pd.DataFrame, layers: int | None = None) -> pd.DataFrame:
+    """The cells of `rows` that span every layer, 0..L-1 (L = `layers` or as `n_layers` reads the rows), of
+    every adapter position."""
+    layers = n_layers(rows) if layers is None else layers
+    if layers is None or rows.empty:
+        return rows.iloc[0:0]
+    positions = rows["positions"].isna() | (rows["positions"] == "both")
+    keep = (rows["first"] == 0) & (rows["last"] == layers - 1) & positions
+    return rows[keep.fillna(False).to_numpy(dtype=bool)]
+
+
+def control_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """What the controls figure compares, per model: the head-only baseline's rows, and the cells that span
+    the whole model with the adapters removed (trained and pretrained LayerNorms) or mean-replaced."""
+    parts = [head_rows(df)]
+    for _, rows in df.groupby("model", sort=True, dropna=False):
+        layers = n_layers(rows)
+        for select in (ablated, pretrained_layernorm_cells, mean_cells):
+            parts.append(whole_model(select(rows), layers))
+    parts = [with_ablation(p) for p in parts if not p.empty]
+    return pd.concat(parts).sort_index() if parts else with_ablation(df.iloc[0:0])
+
+
+def _has_controls(df: pd.DataFrame) -> bool:
+    """Rows of a control beyond the paper's removal: head-only, or a whole-model pretrained-LN or mean cell."""
+    rows = control_rows(df)
+    return not (rows.empty or ablated(rows).shape[0] == rows.shape[0])
+
+
+def diagnosed(df: pd.DataFrame) -> pd.DataFrame:
+    """Adapter rows whose training has a diagnostics.csv (needs `sweep`: rows from `load_runs`): the rows
+    with the file, and the single-layer removal cells of the same trainings (their drop is compared)."""
+    if "sweep" not in df.columns or df.empty:
+        return with_ablation(df.iloc[0:0])
+    rows = with_ablation(df[(df["method"] == "adapters").to_numpy(dtype=bool)])
+    found = has_diagnostics(rows)
+    key = (
+        rows["train_key"]
+        .astype(object)
+        .where(rows["train_key"].notna(), rows["sweep"].astype(str) + "/" + rows["job_dir"].astype(str))
+    )
+    single = rows.index.isin(single_layer_cells(rows).index)
+    keep = key.isin(set(key[found])) & (found | single)
+    return rows[keep.to_numpy(dtype=bool)]
 
 
 def _plain(df: pd.DataFrame) -> pd.Series:
@@ -42,7 +163,7 @@ def plain_adapters(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def all_methods(df: pd.DataFrame) -> pd.DataFrame:
-    """Intact rows of every method, adapters only in their plain form."""
+    """Intact rows of every method (head-only included), adapters only in their plain form."""
     rows = intact(df)
     return rows[rows["method"].isin(METHODS) & ((rows["method"] != "adapters") | _plain(rows))]
 
@@ -111,14 +232,20 @@ class Figure:
     point: tuple[str, ...]  # with model and task, the columns that make one plotted point (or cell)
     panel: tuple[str, ...]  # one panel per distinct value of these
     sweeps: Callable[[pd.DataFrame], bool]  # for rows without a study: does the data vary this factor?
+    # cells of one trained model: its seeds are averaged whatever else the rows vary (no one-setting check)
+    cells: bool = False
 
 
 def _only_adapters(df: pd.DataFrame) -> bool:
     return set(intact(df)["method"].dropna()) == {"adapters"}
 
 
+def _any(select: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[pd.DataFrame], bool]:
+    return lambda df: not select(df).empty
+
+
 FIGURES: dict[str, Figure] = {
-    "heatmap": Figure(ablated, ("first", "last"), PANEL_COLUMNS, lambda df: not ablated(df).empty),
+    "heatmap": Figure(ablated, ("first", "last"), PANEL_COLUMNS, _any(ablated), cells=True),
     "init_scale": Figure(
         plain_adapters, ("init_std",), ("model",), lambda df: plain_adapters(df)["init_std"].nunique() > 1
     ),
@@ -137,32 +264,57 @@ FIGURES: dict[str, Figure] = {
     "variants": Figure(
         variant_rows, ("variant",), ("model", "task"), lambda df: variant_rows(df)["variant"].nunique() > 1
     ),
+    "heatmap_mean": Figure(mean_cells, ("first", "last"), PANEL_COLUMNS, _any(mean_cells), cells=True),
+    "heatmap_keep": Figure(keep_cells, ("first", "last"), PANEL_COLUMNS, _any(keep_cells), cells=True),
+    "alpha": Figure(scale_cells, ("first", "last", ALPHA), PANEL_COLUMNS, _any(scale_cells), cells=True),
+    "diagnostics": Figure(diagnosed, ("first", "last"), ("model", "task"), _any(diagnosed), cells=True),
+    "controls": Figure(
+        control_rows,
+        ("method", "first", "last", KIND, LAYERNORM),
+        ("model", "task"),
+        _has_controls,
+        cells=True,
+    ),
 }
-# The figure each study draws (conf/study/<name>.yaml -> figure name).
-STUDY_FIGURES = {"layer_ablation": "heatmap", **{name: name for name in FIGURES if name != "heatmap"}}
+# The figures of the controls (what removing, replacing, scaling or keeping adapters does); with the heatmap of
+# the plain removal, the figures of the `controls` study.
+CONTROL_FIGURES = ("heatmap_mean", "heatmap_keep", "alpha", "diagnostics", "controls")
+# The figures each study draws (conf/study/<name>.yaml -> figure names), those its rows allow.
+STUDY_FIGURES: dict[str, tuple[str, ...]] = {
+    "layer_ablation": ("heatmap",),
+    **{name: (name,) for name in ("init_scale", "bottleneck", "tradeoff", "variants")},
+    "controls": ("heatmap", *CONTROL_FIGURES),
+}
 
 
 def figure_plan(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Which figures the rows allow, with the rows each draws: {"heatmap" | "init_scale" | ...: rows}.
 
-    Rows of a known study go to that study's figure. Rows without one (ad-hoc runs, sweeps outside a study)
-    are inferred: each figure whose factor they vary, provided every plotted point is one setting (the
-    heatmap: any ablation rows). A figure a study already draws is not inferred again.
+    Rows of a known study go to that study's figures (those with rows). Rows without one (ad-hoc runs,
+    sweeps outside a study) are inferred: each figure whose factor they vary, provided every plotted point is
+    one setting (figures of one model's cells: any such cells). A figure a study already draws is not
+    inferred again; a figure two studies draw gets the rows of both.
     """
     df = conform(df)
     study = df["study"].where(df["study"] != "")
-    plan = {}
-    for name, figure in STUDY_FIGURES.items():
-        rows = FIGURES[figure].select(df[study == name])
-        if not rows.empty:
-            plan[figure] = rows
+    plan: dict[str, list[pd.DataFrame]] = {}
+    for name, figures in STUDY_FIGURES.items():
+        ours = df[(study == name).to_numpy(dtype=bool)]
+        if ours.empty:
+            continue
+        for figure in figures:
+            rows = FIGURES[figure].select(ours)
+            if not rows.empty:
+                plan.setdefault(figure, []).append(rows)
     loose = df[~study.isin(STUDY_FIGURES).to_numpy()]
     for name, figure in FIGURES.items():
+        if name in plan or loose.empty:
+            continue
         rows = figure.select(loose)
-        one_setting = name == "heatmap" or not mixed_settings(rows, ["model", "task", *figure.point])
-        if name not in plan and not rows.empty and figure.sweeps(loose) and one_setting:
-            plan[name] = rows
-    return {name: plan[name] for name in FIGURES if name in plan}
+        one_setting = figure.cells or not mixed_settings(rows, ["model", "task", *figure.point])
+        if not rows.empty and figure.sweeps(loose) and one_setting:
+            plan[name] = [rows]
+    return {name: pd.concat(plan[name]) for name in FIGURES if name in plan}
 
 
 def panel_rows(df: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -170,13 +322,13 @@ def panel_rows(df: pd.DataFrame, name: str) -> pd.DataFrame:
     figure = FIGURES[name]
     rows = figure.select(conform(df))
     if rows.empty:
-        raise ValueError(f"{name}: no rows to plot (needs intact rows; got {len(df)} rows)")
+        raise ValueError(f"{name}: no rows to plot (none of the {len(df)} rows is one this figure reads)")
     several = {
         c: sorted(map(str, rows[c].unique())) for c in figure.panel if rows[c].nunique(dropna=False) > 1
     }
     if several:
         raise ValueError(f"{name}: one panel expected, but the rows mix {several}; draw one panel each")
-    mixed = mixed_settings(rows, ["model", "task", *figure.point])
+    mixed = {} if figure.cells else mixed_settings(rows, ["model", "task", *figure.point])
     if mixed:
         raise ValueError(
             f"{name}: the seeds of one point differ in {mixed}; select one setting per point first"

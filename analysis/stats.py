@@ -8,7 +8,7 @@ No plotting here.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -226,29 +226,49 @@ def layer_matrix(
 # --- layer-ablation cells ------------------------------------------------------------------------------
 
 
+Select = Callable[[pd.DataFrame], pd.DataFrame]
+
+
+def shared_groups(
+    rows: pd.DataFrame, by: list[str], examples: str | None = None, runs: str = "runs"
+) -> tuple[Group, dict[tuple, Group]] | None:
+    """The intact model and one Group per value of `by` (e.g. first, last), over the seeds every value has.
+
+    All of them share their seeds (one run's intact and ablated predictions) and their examples; `examples`
+    and `runs` name what other groups they are resampled with (see Group). None without rows or a common
+    seed.
+    """
+    if rows.empty:
+        return None
+    by_value = {key: g for key, g in rows.groupby(by, sort=True)}
+    seeds = set.intersection(*(set(g["seed"]) for g in by_value.values()))
+    if not seeds:
+        return None
+    key = (runs, tuple(sorted(seeds)))
+    pick = {v: g[g["seed"].isin(seeds)].drop_duplicates("seed") for v, g in by_value.items()}
+    task = examples or str(rows["task"].iloc[0])
+    intact = group(next(iter(pick.values())), "intact", examples=task, seeds=key)
+    return intact, {v: group(g, examples=task, seeds=key) for v, g in pick.items()}
+
+
 def cell_groups(
-    panel: pd.DataFrame, examples: str | None = None, runs: str = "runs"
+    panel: pd.DataFrame, examples: str | None = None, runs: str = "runs", select: Select = ablated
 ) -> tuple[int, Group, dict[tuple[int, int], Group]] | None:
     """Layer count, the intact model and every ablated span of one panel, over the seeds every span has.
 
     The intact model and the spans share their seeds (a run's intact and ablated predictions) and their
-    examples; `examples` and `runs` name what other panels they are resampled with (see Group).
+    examples; `examples` and `runs` name what other panels they are resampled with (see Group). `select`
+    picks the cells (default: the paper's removal; e.g. `analysis.select.keep_cells`).
     """
-    cells = ablated(panel)
-    if cells.empty:
+    cells = select(panel)
+    found = shared_groups(cells, ["first", "last"], examples, runs)
+    if found is None:
         return None
-    by_cell = {(int(f), int(la)): g for (f, la), g in cells.groupby(["first", "last"])}
-    seeds = set.intersection(*(set(g["seed"]) for g in by_cell.values()))
-    if not seeds:
-        return None
-    key = (runs, tuple(sorted(seeds)))
-    pick = {c: g[g["seed"].isin(seeds)].drop_duplicates("seed") for c, g in by_cell.items()}
-    task = examples or str(cells["task"].iloc[0])
-    intact = group(next(iter(pick.values())), "intact", examples=task, seeds=key)
+    intact, spans = found
     return (
         int(cells["last"].max()) + 1,
         intact,
-        {c: group(g, examples=task, seeds=key) for c, g in pick.items()},
+        {(int(f), int(la)): g for (f, la), g in spans.items()},
     )
 
 
@@ -272,11 +292,12 @@ CELL_COLUMNS = [
 ]
 
 
-def cell_intervals(panel: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+def cell_intervals(panel: pd.DataFrame, level: float = LEVEL, select: Select = ablated) -> pd.DataFrame:
     """Per ablated span of one heatmap panel, with 95% intervals over examples and seeds (one set of
     replicates): accuracy (%), its drop from the intact model (points, drop_lo..drop_hi), the relative
-    decrease (%, lo..hi); `includes_zero` marks spans whose change the data cannot tell from none."""
-    found = cell_groups(panel)
+    decrease (%, lo..hi); `includes_zero` marks spans whose change the data cannot tell from none.
+    `select` picks the cells (default: the paper's removal)."""
+    found = cell_groups(panel, select=select)
     if found is None:
         return pd.DataFrame(columns=CELL_COLUMNS)
     _, intact, cells = found
@@ -308,10 +329,11 @@ def cell_intervals(panel: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
 
-def uncertain_cells(panel: pd.DataFrame) -> pd.DataFrame:
+def uncertain_cells(panel: pd.DataFrame, select: Select = ablated) -> pd.DataFrame:
     """first x last boolean matrix (as layer_matrix lays it out): True where the 95% interval includes 0."""
-    table = cell_intervals(panel)
-    return layer_matrix(table, "includes_zero", int(panel["last"].max()) + 1).fillna(0.0) > 0.5
+    table = cell_intervals(panel, select=select)
+    layers = int(select(panel)["last"].max()) + 1
+    return layer_matrix(table, "includes_zero", layers).fillna(0.0) > 0.5
 
 
 def difference_intervals(a: pd.DataFrame, b: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:

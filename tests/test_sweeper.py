@@ -258,7 +258,14 @@ def test_layer_ranges():
 # --- quick presets: each study's hydra.sweeper.presets.quick ---
 
 STUDIES = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
-QUICK_JOBS = {"init_scale": 8, "bottleneck": 6, "tradeoff": 8, "variants": 8, "layer_ablation": 21, "controls": 80}
+QUICK_JOBS = {
+    "init_scale": 8,
+    "bottleneck": 6,
+    "tradeoff": 8,
+    "variants": 8,
+    "layer_ablation": 21,
+    "controls": 80,
+}
 
 
 def test_every_study_has_a_quick_grid():
