@@ -191,14 +191,16 @@ def test_bottleneck_study_jobs():
 @pytest.mark.parametrize(("model", "L"), [("mpnet_base", 12), ("minilm_l6", 6)])
 def test_tradeoff_study_covers_every_method_and_k_up_to_L(model, L):
     jobs = study_jobs("tradeoff", f"model={model}")
-    assert len(jobs) == 2 * 3 * (10 + L + 1 + 1)
+    assert len(jobs) == 2 * 3 * (10 + L + 1 + 1 + 1)
     by_method = {m: [j for j in jobs if j["method"] == m] for m in values(jobs, "method")}
-    assert set(by_method) == {"adapters", "top_k", "layernorm", "full"}
+    assert set(by_method) == {"adapters", "top_k", "layernorm", "full", "head"}
     assert {int(j["method.k"]) for j in by_method["top_k"]} == set(range(1, L + 1))
     assert {int(j["adapter.size"]) for j in by_method["adapters"]} == {2**n for n in range(10)}
     # each grid keeps its own keys: no size on top_k jobs, no k on adapter jobs
     assert all("adapter.size" not in j for j in by_method["top_k"] + by_method["full"])
-    assert all("method.k" not in j for j in by_method["adapters"] + by_method["layernorm"])
+    assert all(
+        "method.k" not in j for j in by_method["adapters"] + by_method["layernorm"] + by_method["head"]
+    )
     # one model and task at a time: the process loads each (model, task) once
     tasks = [j["task"] for j in jobs]
     assert tasks == sorted(tasks)
