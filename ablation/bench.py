@@ -30,6 +30,7 @@ from ablation.data import collate, to_device, train_batches
 from ablation.evaluate import Ablation, Evaluator
 from ablation.precision import BF16_SPEEDUP, autocast, cpu_bf16_speedup, machine_id
 from ablation.session import this_process
+from ablation.train import HISTORY_COLUMNS, record_step
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -100,9 +101,18 @@ def timed(fn, repeats: int = 1) -> tuple[float, object]:  # fn returns after its
 
 
 def train_step_seconds(
-    model, data, batch_size: int, precision: str, device: str = "cpu", steps: int = 6
+    model,
+    data,
+    batch_size: int,
+    precision: str,
+    device: str = "cpu",
+    steps: int = 6,
+    clip: bool = False,
+    history: bool = False,
 ) -> tuple[float, float]:
-    """Mean seconds and matmul FLOPs of a training step (forward, backward, AdamW) with train()'s dropout.
+    """Mean seconds and matmul FLOPs of a training step (forward, backward, AdamW) with train()'s dropout;
+    with `clip`, also train()'s gradient clipping, and with `history` train()'s recording of the step
+    (ablation.train.record_step: the loss, the clipping's gradient norm, the learning rate).
 
     train() also clips gradients and steps the scheduler: elementwise work on the 3M trained values.
     """
@@ -112,10 +122,16 @@ def train_step_seconds(
     index = train_batches(data, batch_size, np.random.default_rng(0))[:steps]
     batches = [to_device(collate(data, i), device) for i in index]
 
+    log: dict[str, list] = {name: [] for name in HISTORY_COLUMNS}
+
     def step(batch: dict) -> None:
         with autocast(precision, device):
             loss = model(**batch).loss
         loss.backward()
+        if clip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if history:  # what train() adds per step to keep its history
+                record_step(log, len(log["step"]), loss, grad_norm, 1e-4)
         opt.step()
         opt.zero_grad(set_to_none=True)
         sync(device)
@@ -265,6 +281,19 @@ def main(argv: list[str] | None = None) -> None:
             f"{step[p]:.3f} s, {tflops / step[p] / 1e9:.0f} GFLOP/s = {100 * tflops / step[p] / 1e9 / peak[p]:.0f}% of peak",
         )
     report("train step bf16 speed-up", f"{step['fp32'] / step['bf16']:.2f}x")
+    # the history's cost: the same steps with and without it, alternating, each the mean of its rounds
+    tp = cfg.train.precision
+    rounds = {False: [], True: []}
+    for _ in range(3):
+        for history in (False, True):
+            rounds[history].append(
+                train_step_seconds(model, data, cfg.train.batch_size, tp, device, history=history)[0]
+            )
+    plain, recorded = float(np.mean(rounds[False])), float(np.mean(rounds[True]))
+    report(
+        f"train step {tp} without / with history",
+        f"{plain:.3f} s / {recorded:.3f} s: the history costs {100 * (recorded / plain - 1):+.1f}% (3 rounds each)",
+    )
 
     p = cfg.eval.precision
     ev = Evaluator(stages, data, cfg.eval.batch_size, p, device)

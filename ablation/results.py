@@ -32,6 +32,9 @@ PREDICTIONS = "predictions.npz"
 # Per adapter slot, what its contribution does in the intact model (ablation.evaluate.Evaluator.diagnostics);
 # the jobs of one training and evaluation write the same file.
 DIAGNOSTICS = "diagnostics.csv"
+# Each training's history (ablation.train.HISTORY: step, loss, grad_norm, lr), copied from the store into
+# <sweep or run dir>/histories/<train_key>.csv by the first job that uses it, so the sweep folder alone holds it.
+HISTORIES = "histories"
 DIAGNOSTIC_COLUMNS = (
     "layer",
     "position",
@@ -60,6 +63,13 @@ class Outcome:
     train_steps: int  # optimizer steps taken
     planned_steps: int  # steps the training config asked for (more than train_steps if it diverged)
     final_loss: float | None  # mean training loss of the last 50 steps
+    # from the training's history (ablation.train.stability): the loss of predicting the label frequencies,
+    # the step its 20-step mean loss first fell 10% below that (None: never), the loss's s.d. over the last 50
+    # steps, the largest gradient norm before clipping
+    plateau_loss: float | None
+    escape_step: int | None
+    loss_spread: float | None
+    largest_grad_norm: float | None
     trained_params: int  # exact number of parameters the method trains
     total_params: int
     train_key: str
@@ -212,6 +222,14 @@ def write_job(
         np.savez_compressed(tmp, **{k: v.astype(np.int16) for k, v in preds.items()})
     # result.json last: a job folder with a result.json has everything.
     write_text(job_dir / RESULT_JSON, json.dumps({**row, **extra}, indent=2, sort_keys=True, default=str))
+
+
+def record_history(history: Path, root: Path, train_key: str) -> None:
+    """Copy a training's history file to root/histories/<train_key>.csv, unless it is there already."""
+    target = root / HISTORIES / f"{train_key}.csv"
+    if history.exists() and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_text(target, history.read_text())
 
 
 def _csv_lines(rows: pd.DataFrame, header: bool) -> str:

@@ -28,12 +28,14 @@ from ablation.results import (
     Outcome,
     majority_rate,
     make_row,
+    record_history,
     record_row,
     relative_decrease,
     versions,
     write_job,
 )
 from ablation.session import this_process
+from ablation.train import HISTORY
 
 log = logging.getLogger("ablation")
 
@@ -85,6 +87,10 @@ def main(dcfg: DictConfig) -> float:
         train_steps=trained["steps"],
         planned_steps=trained.get("planned_steps", trained["steps"]),
         final_loss=trained.get("final_loss"),
+        plateau_loss=trained.get("plateau_loss"),
+        escape_step=trained.get("escape_step"),
+        loss_spread=trained.get("loss_spread"),
+        largest_grad_norm=trained.get("largest_grad_norm"),
         trained_params=session.counts["trainable"],
         total_params=session.counts["total"],
         train_key=session.key,
@@ -106,7 +112,9 @@ def main(dcfg: DictConfig) -> float:
     # per adapter slot, from the intact pass (cached per training and evaluation, so a re-run computes nothing)
     texts = {DIAGNOSTICS: session.diagnostics().to_csv(index=False)} if cfg.trains_adapters else {}
     write_job(job_dir, row, extra, {"labels": labels, "intact": intact, "ablated": ablated}, texts)
-    record_row((Path(hc.sweep.dir) if multirun else job_dir) / RESULTS_CSV, row)
+    root = Path(hc.sweep.dir) if multirun else job_dir
+    record_history(session.store_entry / HISTORY, root, session.key)
+    record_row(root / RESULTS_CSV, row)
     where = (
         "intact"
         if cfg.ablate.cell is None

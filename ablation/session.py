@@ -119,6 +119,11 @@ class Session:
     _training_reported: bool = False
     _computed: set = field(default_factory=set)  # cells this process computed (not read from the cache)
 
+    @property
+    def store_entry(self) -> Path:
+        """The store folder of this session's training key (cell_dir is <entry>/eval/<evaluation key>)."""
+        return self.cell_dir.parent.parent
+
     def report_training(self) -> bool:
         """True for the first job of the session when it trained (later jobs reused the result)."""
         first, self._training_reported = not self._training_reported, True
@@ -231,7 +236,8 @@ def build_session(cfg: RunConfig, base: Base) -> Session:
         checkpoint = checkpoint_path(folder)
         metrics = train(model, train_data, cfg.train, cfg.seed, checkpoint, cfg.device)
         metrics["counts"] = counts
-        save_trained(model, folder, training_spec(cfg), asdict(cfg), metrics)
+        history = metrics.pop("history")
+        save_trained(model, folder, training_spec(cfg), asdict(cfg), metrics, history)
         checkpoint.unlink(missing_ok=True)
         print(f"[train] stored in {folder} ({metrics['train_seconds']:.0f} s)", flush=True)
         return metrics

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -25,6 +26,16 @@ from ablation.precision import autocast
 # An interrupted training run resumes from its last checkpoint, written at most this often.
 CHECKPOINT_SECONDS = 60.0
 ENTRY = "key.json"  # in every store entry: the training spec its key hashes (ablation.keys.training_spec)
+# In every store entry: one row per step, the loss, the gradient norm before clipping and the learning rate.
+HISTORY = "history.csv"
+HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr")
+# Escaping the plateau: the mean loss of the last ESCAPE_WINDOW steps below ESCAPE_MARGIN times the plateau
+# loss. At the plateau one batch's loss scatters with the batch's class mix (s.d. ~0.03 nats at batch 32 on
+# rotten_tomatoes, up to ~0.1 with a wandering head); a 20-step mean scatters sqrt(20) ~ 4.5x less, so 10%
+# below the plateau (0.07 nats for ln 2) is 3 to 10 s.d. away from where a model that learnt nothing sits.
+ESCAPE_WINDOW = 20
+ESCAPE_MARGIN = 0.9
+LAST_STEPS = 50  # final_loss and loss_spread: over the last 50 steps taken
 
 
 def set_seed(seed: int) -> None:
@@ -57,6 +68,51 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def plateau_loss(labels: np.ndarray, num_labels: int) -> float:
+    """The cross-entropy (nats) of predicting the training labels' frequencies for every example: the loss a
+    model that has learnt nothing beyond the class prior reaches (ln K for K balanced classes). Chosen over
+    the first steps' measured loss because it does not depend on the head's random init (an init that
+    starts far off the prior starts above it) and is the same for every seed of a setting."""
+    counts = np.bincount(np.asarray(labels), minlength=num_labels).astype(float)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def escape_step(
+    losses: list[float], plateau: float, window: int = ESCAPE_WINDOW, margin: float = ESCAPE_MARGIN
+) -> int | None:
+    """The first step (0-based) at which the mean loss of the last `window` steps falls below margin x
+    plateau; None if it never does (non-finite losses never count as below)."""
+    values = np.asarray(losses, dtype=float)
+    if len(values) < window:
+        return None
+    means = np.convolve(values, np.ones(window) / window, mode="valid")  # means[i]: steps i..i+window-1
+    below = np.flatnonzero(np.isfinite(means) & (means < margin * plateau))
+    return int(below[0] + window - 1) if len(below) else None
+
+
+def stability(history: dict[str, list], plateau: float) -> dict:
+    """What a training's history says of its stability: the plateau loss, the step it escaped the plateau
+    (None: never), the s.d. of the loss over its last LAST_STEPS steps, the largest gradient norm."""
+    losses = [x for x in history["loss"] if math.isfinite(x)]
+    norms = [x for x in history["grad_norm"] if math.isfinite(x)]
+    last = losses[-LAST_STEPS:]
+    return {
+        "plateau_loss": plateau,
+        "escape_step": escape_step(history["loss"], plateau),
+        "loss_spread": float(np.std(last, ddof=1)) if len(last) > 1 else None,
+        "largest_grad_norm": max(norms) if norms else None,
+    }
+
+
+def record_step(
+    history: dict[str, list], step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float
+) -> None:
+    """Append one step to the history (HISTORY_COLUMNS); the bench times this against the step itself."""
+    for name, value in zip(HISTORY_COLUMNS, (step, loss.item(), grad_norm.item(), lr), strict=True):
+        history[name].append(value)
+
+
 def batch_plan(data: Encoded, batch_size: int, steps: int, seed: int) -> list[np.ndarray]:
     """Every training batch in order, fixed by the seed, so a resumed run sees the same batches."""
     rng = np.random.default_rng(seed)
@@ -78,6 +134,8 @@ def train(
 
     A non-finite loss or gradient norm stops training before that step's update: the parameters
     stay those of the last finite step, and the metrics say `diverged` and at which step.
+    The metrics hold `history` (HISTORY_COLUMNS, a list each: one entry per step taken, and for a diverged
+    run the step that stopped it, with its non-finite values) and the stability measures of `stability`.
     """
     steps_per_epoch = math.ceil(len(data.labels) / cfg.batch_size)
     total = math.ceil(cfg.epochs * steps_per_epoch)
@@ -86,16 +144,19 @@ def train(
     plan = batch_plan(data, cfg.batch_size, total, seed)
     optimizer, scheduler = make_optimizer(model, cfg, total)
     params = [p for p in model.parameters() if p.requires_grad]
-    start, losses, spent = 0, [], 0.0
-    if checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint)
+    start, spent = 0, 0.0
+    history: dict[str, list] = {name: [] for name in HISTORY_COLUMNS}
+    state = load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.exists() else None
+    if state is not None and "history" not in state:  # its steps' history is lost: resuming would hide them
+        print(f"[train] {checkpoint}: written by an older version (no history): starting again", flush=True)
+    elif state is not None:
         model.load_state_dict(state["params"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"])
-        start, losses, spent = state["step"], state["losses"], state["seconds"]
+        start, history, spent = state["step"], state["history"], state["seconds"]
         print(f"[train] resuming from step {start} of {total} ({checkpoint})", flush=True)
     model.train()
     started = time.time()
@@ -106,9 +167,11 @@ def train(
         batch = to_device(collate(data, plan[step]), device)
         with autocast(cfg.precision, device):
             loss = model(**batch).loss
+        grad_norm = torch.tensor(float("nan"))
         if torch.isfinite(loss):
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)  # the norm before clipping
+        record_step(history, step, loss, grad_norm, scheduler.get_last_lr()[0])
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
             what = f"loss {loss.item()}" if not torch.isfinite(loss) else f"gradient norm {grad_norm.item()}"
             bar.write(f"[train] diverged at step {step} ({what}): stopped before its update")
@@ -118,9 +181,8 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        bar.set_postfix(loss=f"{np.mean(history['loss'][-20:]):.4f}")
         if checkpoint is not None and time.perf_counter() - saved > CHECKPOINT_SECONDS and step + 1 < total:
             state = {
                 "params": trained_state(model),
@@ -129,7 +191,7 @@ def train(
                 "torch_rng": torch.get_rng_state(),
                 **({"cuda_rng": torch.cuda.get_rng_state()} if device == "cuda" else {}),
                 "step": step + 1,
-                "losses": losses,
+                "history": history,
                 "seconds": spent + time.perf_counter() - tic,
             }
             with replacing(checkpoint) as tmp:
@@ -137,12 +199,13 @@ def train(
             saved = time.perf_counter()
     bar.close()
     model.eval()
+    losses = history["loss"][:steps_done]  # the steps taken (a diverged run's stopping step is not one)
     return {
         "steps": steps_done,
         "planned_steps": total,
         "epochs": steps_done / steps_per_epoch,
         "train_examples": len(data.labels),
-        "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        "final_loss": float(np.mean(losses[-LAST_STEPS:])) if losses else None,
         "diverged": diverged_step is not None,
         "diverged_step": diverged_step,
         "train_seconds": spent + time.perf_counter() - tic,
@@ -150,6 +213,8 @@ def train(
         "started_at": started,  # wall clock (unix seconds) of this process's part of the training
         "finished_at": time.time(),
         "pid": os.getpid(),
+        **stability(history, plateau_loss(data.labels, model.config.num_labels)),
+        "history": history,
     }
 
 
@@ -188,18 +253,28 @@ def train_once(folder: Path, fit: Callable[[], dict], load: Callable[[], dict]) 
         clean(folder)  # save_trained's temporary folders
         clean(checkpoint_path(folder))  # a checkpoint being written
         if (folder / "trained.safetensors").exists():
-            return load(), False
+            if (folder / HISTORY).exists():
+                return load(), False
+            print(
+                f"[train] {folder}: no training history (an older version's entry): training again",
+                flush=True,
+            )
         return fit(), True
 
 
-def save_trained(model: nn.Module, folder: Path, spec: dict, config: dict, metrics: dict) -> None:
-    """Write trained parameters (safetensors), the key's spec, config and metrics; atomic via a rename.
+def save_trained(
+    model: nn.Module, folder: Path, spec: dict, config: dict, metrics: dict, history: dict[str, list]
+) -> None:
+    """Write trained parameters (safetensors), the key's spec, config, metrics and the training's history
+    (HISTORY); atomic via a rename.
 
-    Replaces what the folder held: without trained parameters it can only hold stale evaluation caches.
+    Replaces what the folder held: without trained parameters (or their history) it can only hold stale
+    evaluation caches.
     """
     with replacing(folder, folder=True) as tmp:
         state = {k: v.contiguous() for k, v in trained_state(model).items()}
         save_file(state, str(tmp / "trained.safetensors"))
+        pd.DataFrame({name: history[name] for name in HISTORY_COLUMNS}).to_csv(tmp / HISTORY, index=False)
         for name, content in ((ENTRY, spec), ("config.json", config), ("metrics.json", metrics)):
             (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True, default=str))
 
@@ -211,6 +286,11 @@ def older_entries(store: Path) -> int:
     return sum(
         1 for p in store.iterdir() if (p / "trained.safetensors").exists() and not (p / ENTRY).exists()
     )
+
+
+def load_history(folder: Path) -> pd.DataFrame:
+    """A store entry's training history: one row per step (HISTORY_COLUMNS)."""
+    return pd.read_csv(folder / HISTORY)
 
 
 def load_trained(model: nn.Module, folder: Path) -> dict:

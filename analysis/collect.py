@@ -28,6 +28,7 @@ from ablation.results import (
     COLUMNS,
     DIAGNOSTIC_COLUMNS,
     DIAGNOSTICS,
+    HISTORIES,
     KINDS,
     PREDICTIONS,
     RESULT_JSON,
@@ -151,6 +152,34 @@ def load_predictions(sweep_dir: PathLike, job_dir: PathLike) -> dict[str, np.nda
     if len(set(lengths.values())) != 1:
         raise ValueError(f"{file}: arrays differ in length {lengths}")
     return arrays
+
+
+def has_history(rows: pd.DataFrame) -> pd.Series:
+    """Per row (a boolean Series on its index): is its training's history in its sweep folder
+    (<sweep>/histories/<train_key>.csv)? Needs the `sweep` column of `load_runs`; all False without it."""
+    if "sweep" not in rows.columns:
+        return pd.Series(False, index=rows.index, dtype=bool)
+    found = [
+        (Path(str(sweep)) / HISTORIES / f"{key}.csv").is_file()
+        for sweep, key in zip(rows["sweep"], rows["train_key"], strict=True)
+    ]
+    return pd.Series(found, index=rows.index, dtype=bool)
+
+
+def load_histories(rows: pd.DataFrame, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The training histories behind `rows` (needs `sweep`): <sweep>/histories/<train_key>.csv, one per
+    training key, with the row's task, model, seed, train_key, plateau_loss and `columns` in front of the
+    history's step, loss, grad_norm and lr. Empty (with those columns) where no history file exists."""
+    ids = ["task", "model", "seed", "train_key", "plateau_loss", *columns]
+    out = ids + ["step", "loss", "grad_norm", "lr"]
+    if "sweep" not in rows.columns or rows.empty:
+        return pd.DataFrame(columns=out)
+    frames = []
+    for _, row in rows.drop_duplicates(["sweep", "train_key"]).iterrows():
+        file = Path(str(row["sweep"])) / HISTORIES / f"{row['train_key']}.csv"
+        if file.is_file():
+            frames.append(pd.read_csv(file).assign(**{c: row[c] for c in ids}))
+    return pd.concat(frames, ignore_index=True)[out] if frames else pd.DataFrame(columns=out)
 
 
 def has_diagnostics(rows: pd.DataFrame) -> pd.Series:

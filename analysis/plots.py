@@ -25,6 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
+from analysis.collect import load_histories
 from analysis.controls import (
     CONTROL_LABELS,
     CONTROLS,
@@ -38,6 +39,7 @@ from analysis.select import (
     PAPER_SIZES,
     PRESET_NOTE,
     best_seed_rows,
+    curve_factor,
     figure_plan,
     head_rows,
     keep_cells,
@@ -57,6 +59,7 @@ __all__ = [
     "heatmap",
     "heatmap_figure",
     "keep_heatmap_plot",
+    "loss_curves_plot",
     "mean_heatmap_plot",
     "study_figures",
 ]  # figure_plan: re-exported from select
@@ -458,6 +461,46 @@ def controls_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.Dat
     return table
 
 
+SMOOTH = 10  # steps in the running mean of the loss curves (one batch's loss scatters by ~0.1 nats)
+FACTOR_LABELS = {"init_std": "σ", "adapter_size": "m"}
+
+
+def loss_curves_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """Training loss against step: one colour per setting (init std, or adapter size), one thin line per seed
+    (a running mean over SMOOTH steps), the plateau (the loss of the class prior) dashed. Returns the
+    histories drawn, with the running mean as `smoothed`."""
+    rows = panel_rows(df, "loss_curves")
+    factor = curve_factor(rows) or "init_std"
+    if selection == "best":
+        rows = best_seed_rows(rows, ["task", "model", factor])
+    hist = load_histories(rows, (factor,))
+    loss = (
+        hist["loss"].astype(float).where(np.isfinite(hist["loss"].astype(float)))
+    )  # a diverged run's last step
+    hist = hist.assign(
+        smoothed=loss.groupby(hist["train_key"]).transform(lambda x: x.rolling(SMOOTH, 1).mean())
+    )
+    values = sorted(hist[factor].unique())
+    palette = dict(zip(values, sns.color_palette("viridis", len(values)), strict=True))
+    for (value, _), run in hist.groupby([factor, "train_key"], sort=True):
+        ax.plot(run["step"], run["smoothed"], color=palette[value], linewidth=0.9, alpha=0.85)
+    for plateau in sorted(hist["plateau_loss"].dropna().unique()):
+        ax.axhline(plateau, color="0.3", linestyle="--", linewidth=1)
+    handles = [Line2D([], [], color=palette[v], label=f"{FACTOR_LABELS[factor]} = {v:g}") for v in values]
+    handles.append(Line2D([], [], color="0.3", linestyle="--", label="plateau: the class prior's loss"))
+    ax.legend(handles=handles, **LEGEND)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"training loss ({SMOOTH}-step running mean)")
+    ax.grid(alpha=0.3, linewidth=0.5)
+    n = int(rows["seed"].nunique())
+    ax.set_title(
+        f"{', '.join(sorted(map(str, rows['model'].unique())))} · {', '.join(sorted(map(str, rows['task'].unique())))}"
+        f"\none line per seed ({n} seed{'s' if n != 1 else ''}{', the best of n' if selection == 'best' else ''})",
+        fontsize=9,
+    )
+    return hist
+
+
 @dataclass(frozen=True)
 class Drawing:
     """How one figure draws the rows `analysis.select.FIGURES` gives it, and what the report says of it."""
@@ -530,6 +573,14 @@ DRAWINGS: dict[str, Drawing] = {
         "(α = 0 removes them, α = 1 is the intact model), mean ± 1 s.e.m. over seeds; dashed: the "
         "majority-class rate; grey line: the intact model.",
         "Accuracy against the adapters' scaled contribution",
+    ),
+    "loss_curves": Drawing(
+        loss_curves_plot,
+        "Training loss against step, a 10-step running mean per seed (thin lines), one colour per init std σ "
+        "(init-scale study) or adapter size m (bottleneck study); dashed: the plateau, the loss of predicting "
+        "the training labels' frequencies (ln 2 for two balanced classes): a run that stays there learnt nothing "
+        "beyond the class prior. The rows' escape_step says when each left it.",
+        "Training loss per step",
     ),
     "diagnostics": Drawing(
         diagnostics_plot,

@@ -30,6 +30,7 @@ from analysis.select import (
     split_panels,
     with_ablation,
 )
+from analysis.stability import stability_table
 from analysis.stats import cell_intervals
 
 VERDICT_COLORS = {
@@ -83,6 +84,7 @@ def render(runs: Runs, figures_dir: Path) -> str:
         _header(runs),
         _section("What the paper claimed, and what these runs measured", _claims(df)),
         *([_section("What the adapters do", controls)] if controls else []),
+        *([_section("Training", training)] if (training := _training(df)) else []),
         _section("Figures", _figures(df, figures_dir)),
         _section("Layer-ablation cells with their intervals", _cells(df)),
         _section("The runs behind this page", _runs(runs)),
@@ -162,6 +164,46 @@ def _claims(df: pd.DataFrame) -> str:
         "inconclusive. Computed from the rows on this page.</p>"
     )
     return f"{note}<table>{head}{''.join(rows)}</table>"
+
+
+def _training(df: pd.DataFrame) -> str | None:
+    """How stable training was per setting (`analysis.stability.stability_table`); None without a factor."""
+    table = stability_table(df)
+    if table.empty:
+        return None
+    note = (
+        "<p class='muted'>Per setting, over its seeds: the accuracy's mean and s.d., the seeds at the majority "
+        "class (at most 1 point above it), diverged, and that left the plateau (their 20-step mean loss 10% "
+        "below the loss of predicting the class frequencies), the median step they left it, the s.d. of the "
+        "loss over the last 50 steps (mean over seeds) and the largest gradient norm before clipping. The loss "
+        "curves are in the figures below.</p>"
+    )
+    head = (
+        "<tr><th>model · task</th><th>setting</th><th>seeds</th><th>accuracy (%)</th><th>s.d.</th>"
+        "<th>at majority</th><th>diverged</th><th>left the plateau</th><th>median step</th>"
+        "<th>loss spread</th><th>largest gradient norm</th></tr>"
+    )
+    symbol = {"init_std": "σ", "adapter_size": "m"}
+    rows = []
+    for _, r in table.iterrows():
+        cells = [
+            f"{r['model']} · {r['task']}",
+            f"{symbol.get(r['factor'], r['factor'])} = {r['value']:g}",
+            *(f"<td class='num'>{_number(v, f)}</td>" for v, f in (
+                (r["seeds"], "{:.0f}"), (r["accuracy_mean"], "{:.1f}"), (r["accuracy_sd"], "{:.1f}"),
+                (r["at_majority"], "{:.0f}"), (r["diverged"], "{:.0f}"), (r["escaped"], "{:.0f}"),
+                (r["escape_step_median"], "{:.0f}"), (r["loss_spread_mean"], "{:.3f}"),
+                (r["largest_grad_norm"], "{:.2f}"),
+            )),
+        ]  # fmt: skip
+        rows.append(
+            f"<tr><td>{html.escape(cells[0])}</td><td>{html.escape(cells[1])}</td>{''.join(cells[2:])}</tr>"
+        )
+    return f"{note}<table>{head}{''.join(rows)}</table>"
+
+
+def _number(value: object, fmt: str) -> str:
+    return "–" if value is None or pd.isna(value) else fmt.format(value)
 
 
 def _controls(df: pd.DataFrame) -> str | None:

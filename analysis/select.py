@@ -21,7 +21,7 @@ import pandas as pd
 
 from ablation.config import ABLATE_KINDS, METHODS
 from ablation.keys import REPLICATE, SETTING_COLUMNS
-from analysis.collect import conform, has_diagnostics
+from analysis.collect import conform, has_diagnostics, has_history
 
 # Rows that differ in these columns belong to different heatmaps; everything else (seeds) is averaged.
 PANEL_COLUMNS = ("task", "model", "positions")
@@ -168,6 +168,20 @@ def all_methods(df: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["method"].isin(METHODS) & ((rows["method"] != "adapters") | _plain(rows))]
 
 
+def with_history(df: pd.DataFrame) -> pd.DataFrame:
+    """Intact rows of the plain adapter whose training history is in their sweep folder (histories/)."""
+    rows = plain_adapters(df)
+    return rows[has_history(rows).to_numpy(dtype=bool)]
+
+
+def curve_factor(rows: pd.DataFrame) -> str | None:
+    """The setting the loss curves are coloured by: the init std where it varies, else the adapter size."""
+    for column in ("init_std", "adapter_size"):
+        if rows[column].nunique() > 1:
+            return column
+    return None
+
+
 def variant_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Intact rows of adapters with a variant name (the plain one included)."""
     rows = intact(df)
@@ -264,6 +278,12 @@ FIGURES: dict[str, Figure] = {
     "variants": Figure(
         variant_rows, ("variant",), ("model", "task"), lambda df: variant_rows(df)["variant"].nunique() > 1
     ),
+    "loss_curves": Figure(
+        with_history,
+        ("init_std", "adapter_size"),
+        ("model", "task"),
+        lambda df: curve_factor(with_history(df)) is not None,
+    ),
     "heatmap_mean": Figure(mean_cells, ("first", "last"), PANEL_COLUMNS, _any(mean_cells), cells=True),
     "heatmap_keep": Figure(keep_cells, ("first", "last"), PANEL_COLUMNS, _any(keep_cells), cells=True),
     "alpha": Figure(scale_cells, ("first", "last", ALPHA), PANEL_COLUMNS, _any(scale_cells), cells=True),
@@ -282,7 +302,9 @@ CONTROL_FIGURES = ("heatmap_mean", "heatmap_keep", "alpha", "diagnostics", "cont
 # The figures each study draws (conf/study/<name>.yaml -> figure names), those its rows allow.
 STUDY_FIGURES: dict[str, tuple[str, ...]] = {
     "layer_ablation": ("heatmap",),
-    **{name: (name,) for name in ("init_scale", "bottleneck", "tradeoff", "variants")},
+    "init_scale": ("init_scale", "loss_curves"),
+    "bottleneck": ("bottleneck", "loss_curves"),
+    **{name: (name,) for name in ("tradeoff", "variants")},
     "controls": ("heatmap", *CONTROL_FIGURES),
 }
 

@@ -13,7 +13,9 @@ from conftest import tiny_model
 from ablation.adapters import inject_adapters
 from ablation.config import AdapterConfig
 from ablation.methods import freeze
-from ablation.train import CacheError, load_checkpoint, load_trained, save_trained
+from ablation.train import HISTORY_COLUMNS, CacheError, load_checkpoint, load_trained, save_trained
+
+NO_HISTORY = {name: [] for name in HISTORY_COLUMNS}  # a store entry's history, empty: not what is tested here
 
 
 class _Payload:
@@ -60,7 +62,7 @@ def test_a_truncated_checkpoint_is_named(tmp_path):
 def test_a_truncated_or_foreign_store_entry_is_named(tmp_path):
     model = _model()
     folder = tmp_path / "store" / "key"
-    save_trained(model, folder, {}, {"k": 1}, {"train_seconds": 1.0})
+    save_trained(model, folder, {}, {"k": 1}, {"train_seconds": 1.0}, NO_HISTORY)
     assert load_trained(_model(), folder) == {"train_seconds": 1.0}
 
     other = _model(size=4)  # same names, other shapes: trained for another adapter size

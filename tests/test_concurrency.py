@@ -6,7 +6,7 @@ import multiprocessing
 import time
 from pathlib import Path
 
-from ablation.train import train_once
+from ablation.train import HISTORY, train_once
 
 
 def _job(folder: str, log: str) -> bool:
@@ -19,6 +19,7 @@ def _job(folder: str, log: str) -> bool:
         time.sleep(1.0)
         folder_path.mkdir()
         (folder_path / "trained.safetensors").write_bytes(b"x")
+        (folder_path / HISTORY).write_text("step,loss,grad_norm,lr\n")  # a complete entry has its history
         return {"by": "fit"}
 
     def load() -> dict:
@@ -49,6 +50,7 @@ def _meeting_job(folder: str, log: str) -> int:
             time.sleep(0.05)
         folder_path.mkdir()
         (folder_path / "trained.safetensors").write_bytes(b"x")
+        (folder_path / HISTORY).write_text("step,loss,grad_norm,lr\n")
         return {"met": Path(log).read_text().count("start")}
 
     metrics, _ = train_once(folder_path, fit, lambda: {})

@@ -43,6 +43,12 @@ def test_the_controls_study_on_the_tiny_model(toy, tmp_path):
     assert accuracy("keep", 0, L - 1) == intact
     assert accuracy("zero", 0, L - 1) != intact  # the toy's adapters matter: the identities have teeth
 
+    # each training's history beside the table: one row per step, and the row's stability measures from it
+    for key, steps in rows.groupby("train_key")["train_steps"].first().items():
+        history = pd.read_csv(tmp_path / "a" / "histories" / f"{key}.csv")
+        assert history["step"].tolist() == list(range(steps))
+    assert rows["plateau_loss"].notna().all() and rows["largest_grad_norm"].notna().all()
+
     page = (tmp_path / "a" / "report.html").read_text()
     assert "What the adapters do" in page
     for figure in ("heatmap", "heatmap_mean", "heatmap_keep", "alpha", "diagnostics", "controls"):

@@ -26,7 +26,7 @@ def test_resume_matches_uninterrupted(family, tmp_path, monkeypatch):
     torch.manual_seed(0)
     reference = _model(family)
     torch.manual_seed(1)
-    train_mod.train(reference, data, cfg, seed=0)
+    uninterrupted = train_mod.train(reference, data, cfg, seed=0)
 
     monkeypatch.setattr(train_mod, "CHECKPOINT_SECONDS", 0.0)  # checkpoint after every step
     checkpoint = tmp_path / "run.partial.pt"
@@ -56,3 +56,5 @@ def test_resume_matches_uninterrupted(family, tmp_path, monkeypatch):
     assert want.keys() == got.keys()
     for name in want:
         assert torch.equal(want[name], got[name]), name
+    # the resumed history continues the killed one's: the same six steps, the same values
+    assert metrics["history"] == uninterrupted["history"] and len(metrics["history"]["step"]) == 6

@@ -24,7 +24,19 @@ from ablation.config import (
 )
 from ablation.keys import training_key
 from ablation.methods import freeze
-from ablation.train import ENTRY, load_trained, make_optimizer, older_entries, save_trained, store_path, train
+from ablation.train import (
+    ENTRY,
+    HISTORY,
+    HISTORY_COLUMNS,
+    load_trained,
+    make_optimizer,
+    older_entries,
+    save_trained,
+    store_path,
+    train,
+)
+
+NO_HISTORY = {name: [] for name in HISTORY_COLUMNS}  # a store entry's history, empty: not what is tested here
 
 L = 3
 METHOD_CONFIGS = [
@@ -98,6 +110,11 @@ def test_divergence_stops_training_and_is_recorded(family):
     assert all(torch.isfinite(p).all() for p in model.parameters())  # the last finite parameters are kept
     assert not model.training
     assert all(p.grad is None for p in model.parameters())
+    # the history: every step taken, then the stopping step with its non-finite loss or gradient norm
+    history = metrics["history"]
+    assert history["step"] == list(range(step + 1))
+    assert np.isfinite(history["loss"][:step]).all() and np.isfinite(history["grad_norm"][:step]).all()
+    assert not (np.isfinite(history["loss"][step]) and np.isfinite(history["grad_norm"][step]))
 
 
 def test_a_finite_run_is_not_diverged(family):
@@ -122,10 +139,13 @@ def test_save_and_load_trained_round_trip(family, tmp_path):
     batch = padded_batch(family)
     trained = logits(model, batch)
     folder = store_path(tmp_path / "store", "key-abc")
-    save_trained(model, folder, {"store_version": 0}, {"seed": 0}, {"steps": 3, "train_seconds": 1.5})
+    save_trained(
+        model, folder, {"store_version": 0}, {"seed": 0}, {"steps": 3, "train_seconds": 1.5}, NO_HISTORY
+    )
     assert folder == tmp_path / "store" / "key-abc"
     assert sorted(p.name for p in folder.iterdir()) == [
         "config.json",
+        HISTORY,
         ENTRY,
         "metrics.json",
         "trained.safetensors",
@@ -145,7 +165,7 @@ def test_save_and_load_trained_round_trip(family, tmp_path):
 def test_load_trained_rejects_another_layout(family, tmp_path):
     model = adapter_model(family)
     folder = tmp_path / "k"
-    save_trained(model, folder, {}, {}, {})
+    save_trained(model, folder, {}, {}, {}, NO_HISTORY)
     other = tiny_model(family, num_layers=L)
     inject_adapters(other, family, AdapterConfig(size=8, positions=("output",)))
     freeze(other, "adapters")
@@ -220,7 +240,7 @@ def test_every_declared_training_field_enters_the_key():
 
 def test_older_store_entries_are_counted_as_misses(family, tmp_path):
     store = tmp_path / "store"
-    save_trained(adapter_model(family), store / "new", {"store_version": 3}, {}, {})
+    save_trained(adapter_model(family), store / "new", {"store_version": 3}, {}, {}, NO_HISTORY)
     (store / "old").mkdir()
     (store / "old" / "trained.safetensors").write_bytes(b"")  # an entry of an older version: no key.json
     assert older_entries(store) == 1 and older_entries(tmp_path / "none") == 0
@@ -291,9 +311,10 @@ def test_save_trained_replaces_a_folder_without_trained_parameters(family, tmp_p
     folder = store_path(tmp_path / "store", "key-stale")
     (folder / "eval" / "old").mkdir(parents=True)
     (folder / "eval" / "old" / "cell-0-0-both.npy").write_bytes(b"stale")
-    save_trained(model, folder, {}, {"seed": 0}, {"steps": 0, "train_seconds": 0.0})
+    save_trained(model, folder, {}, {"seed": 0}, {"steps": 0, "train_seconds": 0.0}, NO_HISTORY)
     assert sorted(p.name for p in folder.iterdir()) == [
         "config.json",
+        HISTORY,
         ENTRY,
         "metrics.json",
         "trained.safetensors",
