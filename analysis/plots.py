@@ -49,6 +49,7 @@ from analysis.select import (
     preset_label,
     split_panels,
 )
+from analysis.stability import stability_table
 from analysis.stats import layer_matrix, summarize_seeds, uncertain_cells
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "keep_heatmap_plot",
     "loss_curves_plot",
     "mean_heatmap_plot",
+    "stability_plot",
     "study_figures",
 ]  # figure_plan: re-exported from select
 MAX_COLUMNS = 3
@@ -501,6 +503,67 @@ def loss_curves_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.
     return hist
 
 
+def stability_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """Per setting: each seed's plateau-escape step (dots; a cross at its last step for a seed that never
+    left the plateau) and, on the right axis, the s.d. of the seeds' accuracy. Returns the stability table."""
+    rows = panel_rows(df, "stability")
+    factor = curve_factor(rows) or "init_std"
+    table = stability_table(rows)
+    x = rows[factor].astype(float)
+    escaped = rows["escape_step"].notna().to_numpy()
+    steps = rows["train_steps"].astype(float)
+    ax.scatter(
+        x[escaped], rows["escape_step"].astype(float)[escaped], color="C0", s=22, label="left the plateau at"
+    )
+    if (~escaped).any():
+        ax.scatter(
+            x[~escaped],
+            steps[~escaped],
+            color="C3",
+            marker="x",
+            s=36,
+            label="never left it (at its last step)",
+        )
+    ax.set_ylabel("training step")
+    ax.set_ylim(bottom=0)
+    ax.set_xscale("log", base=2 if factor == "adapter_size" else 10)
+    ax.set_xlabel(
+        {"init_std": "adapter init std σ (log scale)", "adapter_size": "adapter size m (log2 scale)"}[factor]
+    )
+    ax.grid(alpha=0.3, linewidth=0.5)
+    twin = ax.twinx()
+    twin.plot(
+        table["value"],
+        table["accuracy_sd"],
+        color="0.35",
+        marker="s",
+        linestyle="-",
+        linewidth=1,
+        markersize=4,
+    )
+    twin.set_ylabel("s.d. of the seeds' accuracy (points)", color="0.35")
+    twin.set_ylim(bottom=0)
+    proxy = Line2D(
+        [], [], color="0.35", marker="s", markersize=4, label="s.d. of the seeds' accuracy (right)"
+    )
+    # below the axes: the right one's ticks and label take the space where the other figures' legends go
+    ax.legend(
+        handles=[*ax.get_legend_handles_labels()[0], proxy],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.16),
+        ncol=3,
+        fontsize=8,
+        frameon=False,
+    )
+    n = int(rows["seed"].nunique())
+    ax.set_title(
+        f"{', '.join(sorted(map(str, rows['model'].unique())))} · {', '.join(sorted(map(str, rows['task'].unique())))}"
+        f"\n{n} seed{'s' if n != 1 else ''} per setting",
+        fontsize=9,
+    )
+    return table
+
+
 @dataclass(frozen=True)
 class Drawing:
     """How one figure draws the rows `analysis.select.FIGURES` gives it, and what the report says of it."""
@@ -581,6 +644,14 @@ DRAWINGS: dict[str, Drawing] = {
         "the training labels' frequencies (ln 2 for two balanced classes): a run that stays there learnt nothing "
         "beyond the class prior. The rows' escape_step says when each left it.",
         "Training loss per step",
+    ),
+    "stability": Drawing(
+        stability_plot,
+        "Stability per setting: the step at which each seed's training left the plateau (its 20-step mean loss "
+        "10% below the loss of predicting the class frequencies; a cross at its last step when it never did), "
+        "and the s.d. of the seeds' validation accuracy (right axis).",
+        "Training stability: plateau escape and seed spread",
+        panel_size=lambda rows: (7.5, 5.0),
     ),
     "diagnostics": Drawing(
         diagnostics_plot,

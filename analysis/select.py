@@ -174,6 +174,12 @@ def with_history(df: pd.DataFrame) -> pd.DataFrame:
     return rows[has_history(rows).to_numpy(dtype=bool)]
 
 
+def with_stability(df: pd.DataFrame) -> pd.DataFrame:
+    """Intact rows of the plain adapter that carry their training's stability measures (plateau_loss set)."""
+    rows = plain_adapters(df)
+    return rows[rows["plateau_loss"].notna().to_numpy(dtype=bool)]
+
+
 def curve_factor(rows: pd.DataFrame) -> str | None:
     """The setting the loss curves are coloured by: the init std where it varies, else the adapter size."""
     for column in ("init_std", "adapter_size"):
@@ -284,6 +290,12 @@ FIGURES: dict[str, Figure] = {
         ("model", "task"),
         lambda df: curve_factor(with_history(df)) is not None,
     ),
+    "stability": Figure(
+        with_stability,
+        ("init_std", "adapter_size"),
+        ("model", "task"),
+        lambda df: curve_factor(with_stability(df)) is not None,
+    ),
     "heatmap_mean": Figure(mean_cells, ("first", "last"), PANEL_COLUMNS, _any(mean_cells), cells=True),
     "heatmap_keep": Figure(keep_cells, ("first", "last"), PANEL_COLUMNS, _any(keep_cells), cells=True),
     "alpha": Figure(scale_cells, ("first", "last", ALPHA), PANEL_COLUMNS, _any(scale_cells), cells=True),
@@ -302,8 +314,8 @@ CONTROL_FIGURES = ("heatmap_mean", "heatmap_keep", "alpha", "diagnostics", "cont
 # The figures each study draws (conf/study/<name>.yaml -> figure names), those its rows allow.
 STUDY_FIGURES: dict[str, tuple[str, ...]] = {
     "layer_ablation": ("heatmap",),
-    "init_scale": ("init_scale", "loss_curves"),
-    "bottleneck": ("bottleneck", "loss_curves"),
+    "init_scale": ("init_scale", "loss_curves", "stability"),
+    "bottleneck": ("bottleneck", "loss_curves", "stability"),
     **{name: (name,) for name in ("tradeoff", "variants")},
     "controls": ("heatmap", *CONTROL_FIGURES),
 }

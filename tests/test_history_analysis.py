@@ -15,7 +15,7 @@ from test_plots import table as table_of
 from ablation.results import HISTORIES
 from analysis import report
 from analysis.collect import has_history, load_histories
-from analysis.plots import SMOOTH, loss_curves_plot, study_figures
+from analysis.plots import SMOOTH, loss_curves_plot, stability_plot, study_figures
 from analysis.select import figure_plan
 from analysis.stability import stability_table
 
@@ -72,11 +72,13 @@ def test_loss_curves_plot_draws_one_line_per_training_and_the_plateau(tmp_path):
 
 def test_loss_curves_are_planned_for_the_studies_that_have_histories(tmp_path):
     with_files = sweep_with_histories(tmp_path / "a")
-    assert list(figure_plan(with_files)) == ["init_scale", "loss_curves"]
+    assert list(figure_plan(with_files)) == ["init_scale", "loss_curves", "stability"]
     sizes = sweep_with_histories(tmp_path / "b", "adapter_size", (8, 64))
     assert "loss_curves" in figure_plan(sizes)
     without = with_files.assign(sweep=str(tmp_path / "elsewhere"))
-    assert list(figure_plan(without)) == ["init_scale"]  # older sweeps: no histories, no figure
+    assert list(figure_plan(without)) == ["init_scale", "stability"]  # the rows' measures, no history files
+    older = with_files.assign(plateau_loss=None, sweep=str(tmp_path / "elsewhere"))
+    assert list(figure_plan(older)) == ["init_scale"]  # tables of older versions: neither
     paths = study_figures(with_files, tmp_path / "figs")
     assert (tmp_path / "figs" / "loss_curves.png") in paths
     assert np.isfinite(loss_curves_plot(with_files, Figure().subplots(), "best")["smoothed"]).all()
@@ -108,3 +110,14 @@ def test_the_report_section_training_renders_the_stability_table(tmp_path):
     assert "left the plateau" in section and "σ = 0.0001" in section and "σ = 1" in section
     assert section.count("<tr>") == 1 + 2  # the header and one row per setting
     assert report._training(table_of([run("layer_ablation")])) is None  # no setting varies: no section
+
+
+def test_stability_plot_marks_escapes_and_seeds_that_never_left(tmp_path):
+    rows = sweep_with_histories(tmp_path).assign(train_steps=60)
+    rows["escape_step"] = [20.0, 24.0, None, None]  # the small sigma's seeds left at 20 and 24; sigma 1 never
+    ax = Figure().subplots()
+    table = stability_plot(rows, ax).set_index("value")
+    dots, crosses = ax.collections
+    assert sorted(dots.get_offsets()[:, 1].tolist()) == [20.0, 24.0]
+    assert crosses.get_offsets()[:, 1].tolist() == [60.0, 60.0]  # at their last step
+    assert table.loc[1e-4, "escaped"] == 2 and table.loc[1.0, "escaped"] == 0
