@@ -494,13 +494,16 @@ def loss_curves_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.
     ax.set_xlabel("training step")
     ax.set_ylabel(f"training loss ({SMOOTH}-step running mean)")
     ax.grid(alpha=0.3, linewidth=0.5)
-    n = int(rows["seed"].nunique())
-    ax.set_title(
-        f"{', '.join(sorted(map(str, rows['model'].unique())))} · {', '.join(sorted(map(str, rows['task'].unique())))}"
-        f"\none line per seed ({n} seed{'s' if n != 1 else ''}{', the best of n' if selection == 'best' else ''})",
-        fontsize=9,
-    )
+    best = ", the best of n" if selection == "best" else ""
+    _seeds_title(ax, rows, "one line per seed ({n} seed{s}" + best + ")")
     return hist
+
+
+def _seeds_title(ax: Axes, rows: pd.DataFrame, second: str) -> None:
+    """The panel title: model · task, then `second` with {n} and {s} filled from the rows' seed count."""
+    n = int(rows["seed"].nunique())
+    model, task = (", ".join(sorted(map(str, rows[c].unique()))) for c in ("model", "task"))
+    ax.set_title(f"{model} · {task}\n" + second.format(n=n, s="s" if n != 1 else ""), fontsize=9)
 
 
 def stability_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
@@ -555,12 +558,7 @@ def stability_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.Da
         fontsize=8,
         frameon=False,
     )
-    n = int(rows["seed"].nunique())
-    ax.set_title(
-        f"{', '.join(sorted(map(str, rows['model'].unique())))} · {', '.join(sorted(map(str, rows['task'].unique())))}"
-        f"\n{n} seed{'s' if n != 1 else ''} per setting",
-        fontsize=9,
-    )
+    _seeds_title(ax, rows, "{n} seed{s} per setting")
     return table
 
 
