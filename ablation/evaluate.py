@@ -130,9 +130,9 @@ class Evaluator:
         self.layer_passes = 0  # counts one layer over the whole split as 1/L of a full pass
         self._active: list[int] = []  # the batches whose states are held
         self._ctx: dict[int, dict] = {}
-        # [layer k][i]: the state entering layer k of batch _active[i], with the layers `_held` ablated
+        # [layer k][i]: the state entering layer k of batch _active[i], in the base model of `_held`
         self._boundary: list[list[torch.Tensor]] | None = None
-        self._held: tuple | None = None  # (ablated layers, Ablation) of the held states
+        self._held: Ablation | None = None  # whose base (Ablation.base) the held states are; INTACT: intact
         self._chain: tuple | None = None  # (first, ablation, last, [state after `last` per active batch])
         self._stats: dict[int, dict[tuple[int, str], torch.Tensor]] = {}  # per batch, per slot: sums
         self._means_set = False
@@ -203,12 +203,12 @@ class Evaluator:
         return preds
 
     @torch.inference_mode()
-    def _load(
-        self, batches: list[int], layers: tuple[int, ...] = (), ablation: Ablation = INTACT
-    ) -> list[torch.Tensor]:
-        """Hold these batches' states at every layer boundary with `layers` ablated (none: the intact model,
-        whose pass also records each slot's statistics); their predictions."""
+    def _load(self, batches: list[int], ablation: Ablation = INTACT) -> list[torch.Tensor]:
+        """Hold these batches' states at every layer boundary in the base model of `ablation` (the model its
+        cells start from: intact, whose pass also records each slot's statistics, or all adapters removed
+        for kind=keep); their predictions."""
         self._free()
+        layers = ablation.base(self.stages.num_layers)
         self._set(layers, ablation)
         record = not layers
         L = self.stages.num_layers
@@ -229,7 +229,7 @@ class Evaluator:
         self._record(None)
         self._set((), INTACT)
         self.layer_passes += L * len(batches) / len(self.batches)
-        self._active, self._boundary, self._held = batches, boundary, (layers, ablation)
+        self._active, self._boundary, self._held = batches, boundary, ablation if layers else INTACT
         return preds
 
     def _record(self, b: int | None) -> None:
@@ -338,10 +338,9 @@ class Evaluator:
 
     def _hold_base(self, batches: list[int], ablation: Ablation) -> None:
         """Make the held states those a cell of `ablation` starts from, for these batches."""
-        base = ablation.base(self.stages.num_layers)
-        wanted = (base, ablation if base else INTACT)
+        wanted = ablation if ablation.base(self.stages.num_layers) else INTACT
         if self._boundary is None or self._active != batches or self._held != wanted:
-            self._load(batches, *wanted)
+            self._load(batches, wanted)
 
     def predict(
         self, cells: Sequence[Cell], ablation: Ablation = INTACT

@@ -110,7 +110,7 @@ def main(dcfg: DictConfig) -> float:
         "session_timings": session.timings,
     }
     # per adapter slot, from the intact pass (cached per training and evaluation, so a re-run computes nothing)
-    texts = {DIAGNOSTICS: session.diagnostics().to_csv(index=False)} if cfg.trains_adapters else {}
+    texts = {DIAGNOSTICS: session.diagnostics_file().read_text()} if cfg.trains_adapters else {}
     write_job(job_dir, row, extra, {"labels": labels, "intact": intact, "ablated": ablated}, texts)
     root = Path(hc.sweep.dir) if multirun else job_dir
     record_history(session.store_entry / HISTORY, root, session.key)

@@ -158,15 +158,15 @@ class Session:
                     self._write_diagnostics()  # the intact pass just ran: its statistics cost nothing more
         return read_predictions(path, len(self.evaluator.labels)), cell_name(ablate) in self._computed
 
-    def diagnostics(self) -> pd.DataFrame:
-        """Per adapter slot, what its contribution does in the intact model (Evaluator.diagnostics), cached
-        beside the cell predictions; an intact pass if neither the cache nor this process has them."""
+    def diagnostics_file(self) -> Path:
+        """The file of what each adapter slot's contribution does in the intact model (Evaluator.diagnostics),
+        cached beside the cell predictions; written first (an intact pass if this process has not made one)."""
         path = self.cell_dir / DIAGNOSTICS
         if not path.exists():
             with lock(self.cell_dir / "cells"):
                 if not path.exists():
                     self._write_diagnostics()
-        return pd.read_csv(path)
+        return path
 
     def _write_diagnostics(self) -> None:
         rows = self.evaluator.diagnostics()
