@@ -8,6 +8,7 @@ declarations alone, so a new option is one field here (and the code that uses it
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from collections.abc import Callable
@@ -45,6 +46,9 @@ ABLATE_KINDS = ("zero", "mean", "scale", "keep")
 ABLATE_NORMS = ("trained", "pretrained")  # the LayerNorms the ablated layers run with
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: ablation.precision decides per machine
 DEVICES = ("auto", "cpu", "cuda")
+# Experiment trackers (the `logger` group) and the package each needs (all in the `loggers` extra)
+LOGGERS = {"none": None, "tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+WANDB_MODES = ("online", "offline")
 
 
 class ConfigError(CompactHydraException, ValueError):
@@ -64,15 +68,17 @@ def param(
     column: str | None = None,
     variant: bool = False,
     digest: str | None = None,
+    when_set: bool = False,
 ) -> Any:
     """A config field and what it makes of a run.
 
     keys: the keys it enters (TRAIN, DATA, EVAL, CELL, PROCESS); column: the result column it fills (lists
     are written joined by '+'); variant: a value other than its default names an adapter variant; digest:
     the key holds the content hash of what the value names, 'file' (a local file) or 'artifact' (a pinned
-    offline artifact), besides the value.
+    offline artifact), besides the value; when_set: the field enters its keys only when not None, so adding
+    it (None by default) left every key made before it unchanged.
     """
-    metadata = {"keys": keys, "column": column, "variant": variant, "digest": digest}
+    metadata = {"keys": keys, "column": column, "variant": variant, "digest": digest, "when_set": when_set}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -244,6 +250,9 @@ class TrainConfig:
     # fp32 by default even where bf16 is faster: with auto, the trained parameters (and every number
     # downstream) would depend on the machine that ran the job. auto is there to opt in.
     precision: str = param("fp32", keys=(TRAIN,), column="train_precision")
+    # The validation metric every N steps, in the history (its `val_metric` column). The trained parameters
+    # are the same with or without it; it is in the key because the store entry's history differs.
+    eval_every: int | None = param(None, keys=(TRAIN,), when_set=True)
 
     def __post_init__(self) -> None:
         _positive("train.lr", self.lr, "a positive float")
@@ -254,6 +263,12 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
         _positive("train.max_grad_norm", self.max_grad_norm, "a positive float")
         _one_of("train.precision", self.precision, PRECISIONS)
+        _check(
+            self.eval_every is None or (isinstance(self.eval_every, int) and self.eval_every > 0),
+            "train.eval_every",
+            self.eval_every,
+            "None (off) or a positive number of steps",
+        )
 
 
 @dataclass
@@ -347,6 +362,32 @@ class AblateConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """An experiment tracker each job also logs to: its resolved config, the training history as it trains
+    (or, for a stored training, once per sweep) and the row's metrics. Not in any key: results are the same."""
+
+    name: str = param("none")  # one of LOGGERS
+    save_dir: str | None = param(None)  # None: the sweep folder (a single run's own folder)
+    project: str = param("ablation")  # the MLflow experiment, the W&B project
+    tracking_uri: str | None = param(None)  # mlflow; None: sqlite:///<save_dir>/mlflow.db
+    mode: str | None = param(
+        None
+    )  # wandb; None: online where an account is set (WANDB_API_KEY), else offline
+
+    def __post_init__(self) -> None:
+        _one_of("logger", self.name, tuple(LOGGERS))
+        _check(
+            self.mode is None or self.mode in WANDB_MODES, "logger.mode", self.mode, f"None or {WANDB_MODES}"
+        )
+        package = LOGGERS[self.name]
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"logger={self.name} needs the {package} package, which is not installed: "
+                "pip install 'adapter-ablation[loggers]' (or, in a checkout, pip install -e '.[loggers]')"
+            )
+
+
+@dataclass
 class PathsConfig:
     """Where downloads, trained adapters and evaluation caches live."""
 
@@ -384,6 +425,7 @@ class RunConfig:
     eval: EvalConfig = section(EvalConfig)
     ablate: AblateConfig = section(AblateConfig)
     paths: PathsConfig = section(PathsConfig)
+    logger: LoggerConfig = section(LoggerConfig)
     seed: int = param(0, keys=(TRAIN,), column="seed")
     # auto: CUDA when torch sees it, else the CPU (resolved before any key is formed)
     device: str = param("auto", keys=(TRAIN, EVAL), column="device")

@@ -66,7 +66,7 @@ def _spec(obj: Any, role: str, run: RunConfig | None = None) -> dict:
                 inner = _spec(value, role, run)
                 if inner:
                     out[f.name] = inner
-        elif role in f.metadata.get("keys", ()):
+        elif role in f.metadata.get("keys", ()) and not (f.metadata.get("when_set") and value is None):
             out[f.name] = value
             if f.metadata.get("digest") and value is not None:
                 out[f"{f.name}_sha256"] = _digest(f.metadata["digest"], value)

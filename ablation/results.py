@@ -224,12 +224,15 @@ def write_job(
     write_text(job_dir / RESULT_JSON, json.dumps({**row, **extra}, indent=2, sort_keys=True, default=str))
 
 
-def record_history(history: Path, root: Path, train_key: str) -> None:
-    """Copy a training's history file to root/histories/<train_key>.csv, unless it is there already."""
+def record_history(history: Path, root: Path, train_key: str) -> bool:
+    """Copy a training's history file to root/histories/<train_key>.csv, unless it is there already; True
+    if this call copied it (the first job of the sweep to use that training)."""
     target = root / HISTORIES / f"{train_key}.csv"
     if history.exists() and not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         write_text(target, history.read_text())
+        return True
+    return False
 
 
 def _csv_lines(rows: pd.DataFrame, header: bool) -> str:

@@ -34,8 +34,9 @@ from ablation.results import (
     versions,
     write_job,
 )
-from ablation.session import this_process
-from ablation.train import HISTORY
+from ablation.session import Process, this_process
+from ablation.trackers import Tracker, open_tracker
+from ablation.train import HISTORY, load_history
 
 log = logging.getLogger("ablation")
 
@@ -50,17 +51,33 @@ def to_run_config(dcfg: DictConfig, job_dir: Path) -> RunConfig:
         raise
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(dcfg: DictConfig) -> float:
-    """Run one job and write its result row."""
-    tic = time.perf_counter()
+def job_paths() -> tuple[Path, bool, Path]:
+    """This job's folder, whether it is part of a sweep, and the folder of its table (the sweep's or its own)."""
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    return job_dir, multirun, Path(hc.sweep.dir) if multirun else job_dir
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(dcfg: DictConfig) -> float:
+    """Run one job and write its result row (and log it to the chosen tracker)."""
+    tic = time.perf_counter()
+    hc = HydraConfig.get()
+    job_dir, multirun, root = job_paths()
     process = this_process()  # what this process keeps between the jobs Hydra runs in it
     cfg = process.resolve(to_run_config(dcfg, job_dir))  # device and precisions for this machine
+    job = hc.sweep.subdir if multirun else "."
+    with open_tracker(cfg.logger, root, job, hc.job.override_dirname or "defaults") as tracker:
+        tracker.log_config(OmegaConf.to_container(dcfg, resolve=True))
+        return run_job(cfg, dcfg, process, tracker, tic)
 
-    session = process.open_session(cfg)  # shared by the jobs of one training key: its cfg is the first job's
+
+def run_job(cfg: RunConfig, dcfg: DictConfig, process: Process, tracker: Tracker, tic: float) -> float:
+    """Train once (each step shown to the tracker), evaluate the cell, write the row; its accuracy."""
+    hc = HydraConfig.get()
+    job_dir, multirun, root = job_paths()
+    session = process.open_session(cfg, on_step=tracker.log_step)  # shared by the jobs of one training key
     trained_now = session.report_training()
     eval_tic = time.perf_counter()
     group = planned_cells(Path(hc.sweep.dir), list(hc.overrides.task)) if multirun else []
@@ -112,8 +129,9 @@ def main(dcfg: DictConfig) -> float:
     # per adapter slot, from the intact pass (cached per training and evaluation, so a re-run computes nothing)
     texts = {DIAGNOSTICS: session.diagnostics_file().read_text()} if cfg.trains_adapters else {}
     write_job(job_dir, row, extra, {"labels": labels, "intact": intact, "ablated": ablated}, texts)
-    root = Path(hc.sweep.dir) if multirun else job_dir
-    record_history(session.store_entry / HISTORY, root, session.key)
+    if record_history(session.store_entry / HISTORY, root, session.key) and not trained_now:
+        tracker.log_history(load_history(session.store_entry))  # once per sweep: a stored training's steps
+    tracker.log_metrics(row)
     record_row(root / RESULTS_CSV, row)
     where = (
         "intact"

@@ -15,7 +15,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,6 +44,7 @@ from ablation.train import (
     store_path,
     train,
     train_once,
+    validation_metric,
 )
 
 
@@ -208,10 +209,11 @@ def memory_budget(memory_gb: float | None, device: str) -> float:
     return 0.25 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def build_session(cfg: RunConfig, base: Base) -> Session:
+def build_session(cfg: RunConfig, base: Base, on_step: Callable[[dict], None] | None = None) -> Session:
     """Reset the shared model, add what the method trains, train or reuse it, and set up evaluation.
 
-    `cfg` must be resolved for this machine (ablation.precision.resolve).
+    `cfg` must be resolved for this machine (ablation.precision.resolve); `on_step` sees each training step
+    as it is taken (ablation.train.train), when this call trains.
     """
     tic = time.perf_counter()
     model = base.fresh_model(cfg.seed)
@@ -234,7 +236,19 @@ def build_session(cfg: RunConfig, base: Base) -> Session:
         train_data = base.task_split(cfg.task, "train", cfg.paths.cache, cfg.model.max_length)
         print(f"[train] training {key} ({len(train_data.labels)} examples)", flush=True)
         checkpoint = checkpoint_path(folder)
-        metrics = train(model, train_data, cfg.train, cfg.seed, checkpoint, cfg.device)
+        evaluate = None
+        if cfg.train.eval_every is not None:
+            val = base.task_split(cfg.task, "validation", cfg.paths.cache, cfg.model.max_length)
+            evaluate = functools.partial(
+                validation_metric,
+                model,
+                val,
+                cfg.task.metric,
+                cfg.eval.batch_size,
+                cfg.eval.precision,
+                cfg.device,
+            )
+        metrics = train(model, train_data, cfg.train, cfg.seed, checkpoint, cfg.device, evaluate, on_step)
         metrics["counts"] = counts
         history = metrics.pop("history")
         save_trained(model, folder, training_spec(cfg), asdict(cfg), metrics, history)
@@ -303,9 +317,9 @@ class Process:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         return resolved
 
-    def open_session(self, cfg: RunConfig) -> Session:
+    def open_session(self, cfg: RunConfig, on_step: Callable[[dict], None] | None = None) -> Session:
         """The session for a resolved config: the current one if the config allows, else built (and
-        trained, once) on the process's Base."""
+        trained, once, each step shown to `on_step`) on the process's Base."""
         if self.session is not None and process_spec(self.session.cfg) == process_spec(cfg):
             return self.session
         self.session = None  # release the previous evaluator's cached states before building another
@@ -314,7 +328,7 @@ class Process:
             self.base = None  # release the previous model before loading another
             self.base = load_base(cfg.model, cfg.task.num_labels, cfg.paths.cache)
         self._notice_older_entries(Path(cfg.paths.store))
-        self.session = build_session(cfg, self.base)
+        self.session = build_session(cfg, self.base, on_step)
         if self.session.evaluator.sharded and not self._memory_bound:
             bound_resident_memory()
             self._memory_bound = True

@@ -19,16 +19,17 @@ from tqdm.auto import tqdm
 
 from ablation.atomic import clean, lock, replacing
 from ablation.config import CacheError, TrainConfig
-from ablation.data import Encoded, collate, to_device, train_batches
+from ablation.data import Encoded, collate, compute_metrics, to_device, train_batches
 from ablation.methods import trained_state
 from ablation.precision import autocast
 
 # An interrupted training run resumes from its last checkpoint, written at most this often.
 CHECKPOINT_SECONDS = 60.0
 ENTRY = "key.json"  # in every store entry: the training spec its key hashes (ablation.keys.training_spec)
-# In every store entry: one row per step, the loss, the gradient norm before clipping and the learning rate.
+# In every store entry: one row per step, the loss, the gradient norm before clipping, the learning rate and,
+# every train.eval_every steps, the task's metric on the validation split (empty on the other steps).
 HISTORY = "history.csv"
-HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr")
+HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr", "val_metric")
 # Escaping the plateau: the mean loss of the last ESCAPE_WINDOW steps below ESCAPE_MARGIN times the plateau
 # loss. At the plateau one batch's loss scatters with the batch's class mix (s.d. ~0.03 nats at batch 32 on
 # rotten_tomatoes, up to ~0.1 with a wandering head); a 20-step mean scatters sqrt(20) ~ 4.5x less, so 10%
@@ -108,9 +109,31 @@ def stability(history: dict[str, list], plateau: float) -> dict:
 def record_step(
     history: dict[str, list], step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float
 ) -> None:
-    """Append one step to the history (HISTORY_COLUMNS); the bench times this against the step itself."""
-    for name, value in zip(HISTORY_COLUMNS, (step, loss.item(), grad_norm.item(), lr), strict=True):
+    """Append one step to the history (HISTORY_COLUMNS, val_metric empty); the bench times this against the
+    step itself."""
+    values = (step, loss.item(), grad_norm.item(), lr, math.nan)
+    for name, value in zip(HISTORY_COLUMNS, values, strict=True):
         history[name].append(value)
+
+
+@torch.inference_mode()
+def validation_metric(
+    model: nn.Module, data: Encoded, metric: str, batch_size: int, precision: str, device: str
+) -> float:
+    """The task's metric of a plain forward pass over `data` (dropout off; the model is left in train mode).
+
+    Consumes no random numbers, so a training that calls it between steps takes the same steps."""
+    model.eval()
+    order = np.argsort(data.lengths, kind="stable")  # similar lengths together: little padding
+    preds = np.empty(len(order), dtype=np.int64)
+    with autocast(precision, device):
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            batch = to_device(collate(data, index), device)
+            batch.pop("labels", None)
+            preds[index] = model(**batch).logits.argmax(-1).cpu().numpy()
+    model.train()
+    return compute_metrics(metric, data.labels, preds)[metric]
 
 
 def batch_plan(data: Encoded, batch_size: int, steps: int, seed: int) -> list[np.ndarray]:
@@ -129,8 +152,14 @@ def train(
     seed: int,
     checkpoint: Path | None = None,
     device: str = "cpu",
+    evaluate: Callable[[], float] | None = None,
+    on_step: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train the parameters that require grad (of a model on `device`), resuming from `checkpoint` if there.
+
+    With cfg.eval_every, `evaluate()` (the validation metric, see validation_metric) runs after every
+    eval_every-th step and after the last; `on_step` receives each step's history entry as it is taken (a
+    tracker's live view).
 
     A non-finite loss or gradient norm stops training before that step's update: the parameters
     stay those of the last finite step, and the metrics say `diverged` and at which step.
@@ -144,9 +173,11 @@ def train(
     plan = batch_plan(data, cfg.batch_size, total, seed)
     optimizer, scheduler = make_optimizer(model, cfg, total)
     params = [p for p in model.parameters() if p.requires_grad]
-    start, spent = 0, 0.0
+    start, spent, eval_spent = 0, 0.0, 0.0
     history: dict[str, list] = {name: [] for name in HISTORY_COLUMNS}
     state = load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.exists() else None
+    if cfg.eval_every is not None and evaluate is None:
+        raise ValueError("train.eval_every is set: pass `evaluate`, the validation metric")
     if state is not None and "history" not in state:  # its steps' history is lost: resuming would hide them
         print(f"[train] {checkpoint}: written by an older version (no history): starting again", flush=True)
     elif state is not None:
@@ -157,6 +188,8 @@ def train(
         if "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"])
         start, history, spent = state["step"], state["history"], state["seconds"]
+        history.setdefault("val_metric", [math.nan] * len(history["step"]))  # a checkpoint of older code
+        eval_spent = state.get("eval_seconds", 0.0)
         print(f"[train] resuming from step {start} of {total} ({checkpoint})", flush=True)
     model.train()
     started = time.time()
@@ -172,15 +205,22 @@ def train(
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)  # the norm before clipping
         record_step(history, step, loss, grad_norm, scheduler.get_last_lr()[0])
-        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+        finite = bool(torch.isfinite(loss) and torch.isfinite(grad_norm))
+        if finite:  # else stopped before this step's update
+            optimizer.step()
+            scheduler.step()
+            if cfg.eval_every is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == total):
+                eval_tic = time.perf_counter()
+                history["val_metric"][-1] = evaluate()
+                eval_spent += time.perf_counter() - eval_tic
+        optimizer.zero_grad(set_to_none=True)
+        if on_step is not None:
+            on_step({name: history[name][-1] for name in HISTORY_COLUMNS})
+        if not finite:
             what = f"loss {loss.item()}" if not torch.isfinite(loss) else f"gradient norm {grad_norm.item()}"
             bar.write(f"[train] diverged at step {step} ({what}): stopped before its update")
-            optimizer.zero_grad(set_to_none=True)
             diverged_step, steps_done = step, step
             break
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(history['loss'][-20:]):.4f}")
         if checkpoint is not None and time.perf_counter() - saved > CHECKPOINT_SECONDS and step + 1 < total:
@@ -193,12 +233,21 @@ def train(
                 "step": step + 1,
                 "history": history,
                 "seconds": spent + time.perf_counter() - tic,
+                "eval_seconds": eval_spent,
             }
             with replacing(checkpoint) as tmp:
                 torch.save(state, tmp)
             saved = time.perf_counter()
     bar.close()
     model.eval()
+    seconds = spent + time.perf_counter() - tic
+    if cfg.eval_every is not None:
+        evaluations = sum(math.isfinite(x) for x in history["val_metric"])
+        print(
+            f"[train] validation every {cfg.eval_every} steps: {evaluations} evaluations took {eval_spent:.1f} s "
+            f"of the training's {seconds:.1f} s ({100 * eval_spent / seconds:.1f}%)",
+            flush=True,
+        )
     losses = history["loss"][:steps_done]  # the steps taken (a diverged run's stopping step is not one)
     return {
         "steps": steps_done,
@@ -208,7 +257,8 @@ def train(
         "final_loss": float(np.mean(losses[-LAST_STEPS:])) if losses else None,
         "diverged": diverged_step is not None,
         "diverged_step": diverged_step,
-        "train_seconds": spent + time.perf_counter() - tic,
+        "train_seconds": seconds,
+        "validation_seconds": eval_spent,  # of train_seconds: the evaluations of train.eval_every
         "resumed_at_step": start,
         "started_at": started,  # wall clock (unix seconds) of this process's part of the training
         "finished_at": time.time(),
@@ -289,8 +339,9 @@ def older_entries(store: Path) -> int:
 
 
 def load_history(folder: Path) -> pd.DataFrame:
-    """A store entry's training history: one row per step (HISTORY_COLUMNS)."""
-    return pd.read_csv(folder / HISTORY)
+    """A store entry's training history: one row per step (HISTORY_COLUMNS; an older entry's lacks
+    val_metric, read as empty)."""
+    return pd.read_csv(folder / HISTORY).reindex(columns=list(HISTORY_COLUMNS))
 
 
 def load_trained(model: nn.Module, folder: Path) -> dict:

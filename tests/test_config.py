@@ -23,7 +23,9 @@ MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 TASKS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
 STUDIES = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
 GROUP_OPTIONS = [
-    (group, p.stem) for group in ("adapter", "train", "method") for p in sorted((CONF / group).glob("*.yaml"))
+    (group, p.stem)
+    for group in ("adapter", "train", "method", "logger")
+    for p in sorted((CONF / group).glob("*.yaml"))
 ]
 PRESETS = sorted(p.stem for p in (CONF / "preset").glob("*.yaml"))
 
@@ -155,6 +157,9 @@ BAD_VALUES = [
     (["ablate.kind=mean"], "set ablate.first and ablate.last too"),
     (["ablate.layernorm=pretrained"], "set ablate.first and ablate.last too"),
     (["method=head", "ablate.first=0", "ablate.last=11"], "method=head has none"),
+    (["train.eval_every=0"], "train.eval_every=0 is not allowed: None (off) or a positive"),
+    (["logger=none", "logger.name=comet"], "logger='comet' is not allowed"),
+    (["logger=wandb", "logger.mode=cloud"], "logger.mode='cloud' is not allowed"),
 ]  # fmt: skip
 
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
+import torch
 from conftest import random_encoded, tiny_model
 
 from ablation.adapters import inject_adapters
 from ablation.config import AdapterConfig, TrainConfig
+from ablation.data import collate
 from ablation.methods import freeze
 from ablation.train import (
     ESCAPE_WINDOW,
     HISTORY,
+    HISTORY_COLUMNS,
     escape_step,
     load_history,
     plateau_loss,
@@ -21,6 +25,7 @@ from ablation.train import (
     stability,
     train,
     train_once,
+    validation_metric,
 )
 
 
@@ -81,8 +86,11 @@ def test_the_history_is_stored_with_the_trained_parameters_and_entries_without_o
     folder = tmp_path / "key"
     save_trained(model, folder, {}, {}, metrics, history)
     stored = load_history(folder)
-    assert list(stored.columns) == ["step", "loss", "grad_norm", "lr"]
+    assert list(stored.columns) == list(HISTORY_COLUMNS)
     assert stored["loss"].tolist() == pytest.approx(history["loss"]) and len(stored) == 4
+    assert stored["val_metric"].isna().all()  # train.eval_every unset
+    stored.drop(columns="val_metric").to_csv(folder / HISTORY, index=False)  # an older entry's history
+    assert list(load_history(folder).columns) == list(HISTORY_COLUMNS)
     calls = []
     assert (
         train_once(folder, lambda: calls.append("fit") or {}, lambda: calls.append("load") or {})[1] is False
@@ -92,3 +100,38 @@ def test_the_history_is_stored_with_the_trained_parameters_and_entries_without_o
         train_once(folder, lambda: calls.append("fit") or {}, lambda: calls.append("load") or {})[1] is True
     )
     assert calls == ["load", "fit"]
+
+
+def test_validation_every_n_steps_is_in_the_history_and_leaves_the_training_unchanged(family):
+    data, val = random_encoded(family, n=56, seed=2), random_encoded(family, n=24, seed=3)
+    plain = TrainConfig(lr=1e-2, max_steps=7, batch_size=8, precision="fp32")
+    models, runs, seen = [], [], []
+    for cfg in (plain, dataclasses.replace(plain, eval_every=3)):
+        model = _model(family)
+        evaluate = lambda model=model: validation_metric(model, val, "accuracy", 5, "fp32", "cpu")  # noqa: E731
+        runs.append(train(model, data, cfg, seed=0, evaluate=evaluate, on_step=seen.append))
+        models.append(model)
+    for (name, p), q in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(p, q), name  # the evaluations consumed no random numbers and changed no weight
+    without, with_eval = (run["history"] for run in runs)
+    assert with_eval["loss"] == without["loss"] and all(math.isnan(x) for x in without["val_metric"])
+    evaluated = [
+        step for step, x in zip(with_eval["step"], with_eval["val_metric"], strict=True) if not math.isnan(x)
+    ]
+    assert evaluated == [2, 5, 6]  # every 3rd step and the last
+    # the last evaluation is the trained model's accuracy, from plain forwards one example at a time
+    with torch.no_grad():
+        preds = [models[1](**_one(val, i)).logits.argmax(-1).item() for i in range(len(val.labels))]
+    assert with_eval["val_metric"][-1] == pytest.approx(np.mean(np.array(preds) == val.labels))
+    assert runs[1]["validation_seconds"] > 0 and runs[0]["validation_seconds"] == 0
+    # on_step saw each entry as it was taken: the first training's 7, then the second's
+    assert [entry["step"] for entry in seen] == list(range(7)) * 2
+    assert [entry["val_metric"] for entry in seen[7:]] == pytest.approx(with_eval["val_metric"], nan_ok=True)
+    with pytest.raises(ValueError, match="pass `evaluate`"):
+        train(_model(family), data, dataclasses.replace(plain, eval_every=3), seed=0)
+
+
+def _one(data, i: int) -> dict:
+    batch = collate(data, np.array([i]))
+    batch.pop("labels")
+    return batch

@@ -22,7 +22,7 @@ from ablation.config import (
     TaskConfig,
     TrainConfig,
 )
-from ablation.keys import training_key
+from ablation.keys import training_key, training_spec
 from ablation.methods import freeze
 from ablation.train import (
     ENTRY,
@@ -185,6 +185,8 @@ def run_config(**changes) -> RunConfig:
 def test_training_key_tracks_what_training_depends_on():
     base = run_config()
     key = training_key(base)
+    # train.eval_every enters the key only when set: keys made before it existed are unchanged
+    assert "eval_every" not in training_spec(base)["train"]
     assert key.startswith("tiny-demo-")
     assert training_key(run_config()) == key  # deterministic
     changed = [
@@ -194,6 +196,7 @@ def test_training_key_tracks_what_training_depends_on():
         run_config(adapter=AdapterConfig(positions=["output"])),
         run_config(train=TrainConfig(lr=3e-4)),
         run_config(train=TrainConfig(epochs=2.0)),
+        run_config(train=TrainConfig(eval_every=50)),  # its entry's history holds the validation metric
         run_config(task=TaskConfig(name="demo", artifact="tweets")),
         run_config(task=TaskConfig(name="demo", artifact="rotten-tomatoes", split_seed=1)),
         run_config(task=TaskConfig(name="other", artifact="rotten-tomatoes")),
