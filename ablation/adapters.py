@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ablation.families import family
+from ablation.families import LORA_POSITIONS, family
 
 if TYPE_CHECKING:
     from ablation.config import AdapterConfig
@@ -89,6 +89,8 @@ class AdapterLayer(nn.Module):
     The slot's contribution c = adapter(s) - s is added in full (mode "on"), not at all ("off"), replaced by
     its mean over the validation tokens of the intact model ("mean", `mean` set by the evaluator) or scaled
     by `alpha` ("scale"). `record`, when set, is handed (slot, s, adapter output) on every "on" forward.
+    `position` is the sub-layer (what ablate.positions selects), `name` the slot within the layer: the
+    position for a bottleneck adapter (one per sub-layer), the wrapped projection for LoRA (LoraSlot).
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class AdapterLayer(nn.Module):
         self.adapter = adapter
         self.layer = layer
         self.position = position
+        self.name = position
         self.parallel = parallel
         self.mode = "on"
         self.alpha = 1.0
@@ -134,6 +137,54 @@ class AdapterLayer(nn.Module):
         if self.alpha == 1.0:
             return out
         return h if self.alpha == 0.0 else h + self.alpha * (out - h)
+
+    def weight_norms(self) -> tuple[float, float]:
+        """Frobenius norms of the down- and up-projection weights."""
+        return _norm_of(self.adapter.down.weight), _norm_of(self.adapter.up.weight)
+
+
+def _norm_of(weight: torch.Tensor) -> float:
+    return float(weight.detach().float().norm())
+
+
+class LoraSlot(AdapterLayer):
+    """Wraps one of PEFT's LoRA layers (`peft.tuners.lora.Linear`, itself wrapping the pretrained linear
+    layer) as an ablation slot: "on" is PEFT's own forward, "off" the pretrained layer alone, and the
+    contribution c = W x + B A x - W x that "mean" and "scale" act on is PEFT's output minus the base's.
+    """
+
+    def __init__(self, base_layer: nn.Module, layer: int, position: str, name: str) -> None:
+        nn.Module.__init__(self)
+        self.base_layer = base_layer  # the PEFT LoRA layer
+        self.layer, self.position, self.name = layer, position, name
+        self.parallel = False
+        self.mode, self.alpha = "on", 1.0
+        self.mean: torch.Tensor | None = None
+        self.record: Callable[[AdapterLayer, torch.Tensor, torch.Tensor], None] | None = None
+        self.source = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """PEFT's forward, or the pretrained layer's with the LoRA contribution as the mode says."""
+        if self.mode == "on" and self.record is None:
+            return self.base_layer(x)
+        h = self.base_layer.get_base_layer()(x)
+        if self.mode == "off" or (self.mode == "scale" and self.alpha == 0.0):
+            return h
+        if self.mode == "mean":
+            if self.mean is None:
+                raise RuntimeError(f"layer {self.layer} {self.name}: mean ablation before the means exist")
+            return h + self.mean.to(h.dtype)
+        out = self.base_layer(x)
+        if self.mode == "on":
+            self.record(self, h, out)
+            return out
+        return out if self.alpha == 1.0 else h + self.alpha * (out - h)
+
+    def weight_norms(self) -> tuple[float, float]:
+        """Frobenius norms of LoRA's A (down) and B (up) weights."""
+        peft_layer = self.base_layer
+        (adapter,) = peft_layer.active_adapters
+        return _norm_of(peft_layer.lora_A[adapter].weight), _norm_of(peft_layer.lora_B[adapter].weight)
 
 
 class NormSwitch(nn.Module):
@@ -204,10 +255,38 @@ def inject_adapters(
     return slots
 
 
+def inject_lora(
+    model: nn.Module, family_name: str, r: int, alpha: float, targets: Iterable[str], dropout: float
+) -> dict[tuple[int, str], LoraSlot]:
+    """Add PEFT's LoRA to each layer's `targets` (LORA_POSITIONS names: query, value, ...) and wrap each LoRA
+    layer in a LoraSlot; returns the slots by (layer, target). The LoRA weights are PEFT's init (A random,
+    B zero: the model starts as the pretrained one)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if adapter_slots(model):
+        raise RuntimeError("adapters are already injected: remove_adapters(model) first")
+    paths = family(family_name).lora_targets
+    layers = encoder_layers(model)
+    prefix = next(n for n, m in model.named_modules() if m is layers)
+    where = {f"{prefix}.{i}.{paths[t]}": (i, t) for i in range(len(layers)) for t in targets}
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=sorted(where))
+    inject_adapter_in_model(config, model)
+    model.train(model.training)  # PEFT's new dropout modules start in training mode whatever the model's
+    slots = {}
+    for path, (i, target) in where.items():
+        slot = LoraSlot(model.get_submodule(path), i, LORA_POSITIONS[target], target)
+        _replace(model, path, slot)
+        slots[(i, target)] = slot
+    return slots
+
+
 def remove_adapters(model: nn.Module) -> None:
-    """Put every wrapped module back in its place: the model as it was before inject_adapters/wrap_norms."""
+    """Put every wrapped module back in its place: the model as it was before inject_adapters/wrap_norms/
+    inject_lora."""
     for name, module in list(model.named_modules()):
-        if isinstance(module, (AdapterLayer, InputTap, NormSwitch)):
+        if isinstance(module, LoraSlot):
+            _replace(model, name, module.base_layer.get_base_layer())
+        elif isinstance(module, (AdapterLayer, InputTap, NormSwitch)):
             _replace(model, name, module.base_layer)
 
 
@@ -230,8 +309,9 @@ def wrap_norms(model: nn.Module, family_name: str, pretrained: dict[str, torch.T
 
 
 def adapter_slots(model: nn.Module) -> dict[tuple[int, str], AdapterLayer]:
-    """Every injected adapter slot by (layer, position)."""
-    return {(m.layer, m.position): m for m in model.modules() if isinstance(m, AdapterLayer)}
+    """Every injected adapter slot by (layer, name): the position for bottleneck adapters, the target for
+    LoRA."""
+    return {(m.layer, m.name): m for m in model.modules() if isinstance(m, AdapterLayer)}
 
 
 def norm_switches(model: nn.Module) -> dict[tuple[int, str], NormSwitch]:

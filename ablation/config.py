@@ -20,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.errors import CompactHydraException
 from omegaconf import MISSING
 
-from ablation.families import FAMILIES
+from ablation.families import FAMILIES, LORA_POSITIONS
 
 # The keys a field can enter (see ablation.keys):
 TRAIN = "train"  # the training key: the store folder of the trained parameters
@@ -37,8 +37,9 @@ POSITIONS = ("attention", "output")
 NORMS = ("none", "layernorm", "batchnorm")
 PLACEMENTS = ("serial", "parallel")
 COMBINES = ("add", "multiply")
-METHODS = ("adapters", "top_k", "layernorm", "full", "head")
+METHODS = ("adapters", "top_k", "layernorm", "full", "head", "lora")
 ADAPTER_METHODS = ("adapters",)  # the methods that train the `adapter` group's modules
+ABLATABLE_METHODS = ("adapters", "lora")  # the methods whose modules a layer ablation removes
 ABLATE_POSITIONS = ("both", "attention", "output")
 # zero: the adapters' contribution removed; mean: replaced by its mean over the validation tokens of the intact
 # model; scale: multiplied by ablate.alpha; keep: the complement, only first..last keep their adapters
@@ -74,8 +75,8 @@ def param(
 
     keys: the keys it enters (TRAIN, DATA, EVAL, CELL, PROCESS); column: the result column it fills (lists
     are written joined by '+'); variant: a value other than its default names an adapter variant; digest:
-    the key holds the content hash of what the value names, 'file' (a local file) or 'artifact' (a pinned
-    offline artifact), besides the value; when_set: the field enters its keys only when not None, so adding
+    the key holds the content hash of what the value names, 'file' (a local file), 'folder' (an imported
+    checkpoint's files) or 'artifact' (a pinned offline artifact), besides the value; when_set: the field enters its keys only when not None, so adding
     it (None by default) left every key made before it unchanged.
     """
     metadata = {"keys": keys, "column": column, "variant": variant, "digest": digest, "when_set": when_set}
@@ -175,11 +176,24 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """What training changes: adapters (+ LayerNorms + head), the top k layers, LayerNorms only, all, or the
-    head alone on the frozen encoder (a frozen-feature baseline)."""
+    """What training changes: adapters (+ LayerNorms + head), the top k layers, LayerNorms only, all, the
+    head alone on the frozen encoder (a frozen-feature baseline), or LoRA (PEFT's) + head.
+
+    The LoRA fields are None for every other method and enter the keys only when set (keys made before LoRA
+    existed are unchanged); conf/method/lora.yaml gives PEFT's defaults.
+    """
 
     name: str = param("adapters", keys=(TRAIN,), column="method")
     k: int | None = param(None, keys=(TRAIN,), column="k")  # top_k: train layers L-k..L-1
+    r: int | None = param(None, keys=(TRAIN,), column="lora_r", when_set=True)  # lora: the rank
+    alpha: float | None = param(None, keys=(TRAIN,), column="lora_alpha", when_set=True)  # scaling alpha / r
+    # lora: the projections it adapts in every layer (LORA_POSITIONS: query, key, value, attention_output,
+    # intermediate, output)
+    target: list[str] | None = param(None, keys=(TRAIN,), column="lora_target", when_set=True)
+    dropout: float | None = param(None, keys=(TRAIN,), when_set=True)  # lora: on LoRA's input
+    # lora: a PEFT LoRA folder to analyse instead of training (its r, alpha, target and dropout replace the
+    # values above); the key holds its files' content hash
+    load: str | None = param(None, keys=(TRAIN,), column="loaded_from", digest="folder", when_set=True)
 
     def __post_init__(self) -> None:
         _one_of("method.name", self.name, METHODS, " (e.g. method=top_k)")
@@ -192,6 +206,39 @@ class MethodConfig:
             )
         else:
             _check(self.k is None, "method.k", self.k, f"only for method=top_k, not method={self.name}")
+        lora = {
+            "r": self.r,
+            "alpha": self.alpha,
+            "target": self.target,
+            "dropout": self.dropout,
+            "load": self.load,
+        }
+        if self.name != "lora":
+            for field_name, value in lora.items():
+                _check(value is None, f"method.{field_name}", value, f"only for method=lora, not {self.name}")
+            return
+        _check(
+            isinstance(self.r, int) and not isinstance(self.r, bool) and self.r >= 1,
+            "method.r",
+            self.r,
+            "a positive integer (the LoRA rank)",
+        )
+        _check(isinstance(self.alpha, (int, float)) and self.alpha > 0, "method.alpha", self.alpha, "> 0")
+        _check(
+            isinstance(self.target, list)
+            and len(self.target) > 0
+            and set(self.target) <= set(LORA_POSITIONS),
+            "method.target",
+            self.target,
+            f"a non-empty list from {tuple(LORA_POSITIONS)}",
+        )
+        self.target = [t for t in LORA_POSITIONS if t in self.target]  # one order: one key
+        _check(
+            isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
+            "method.dropout",
+            self.dropout,
+            "in [0, 1)",
+        )
 
 
 @dataclass
@@ -434,26 +481,42 @@ class RunConfig:
         _one_of("device", self.device, DEVICES)
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
         L = self.model.num_layers
+        if self.method.load is not None:  # the folder's LoRA settings replace the method's
+            from ablation.imports import peft_lora_spec
+
+            spec = peft_lora_spec(self.method.load, self.model.family, L)
+            self.method.r, self.method.alpha, self.method.target = spec.r, spec.alpha, spec.targets
+            self.method.dropout = spec.dropout
         if self.method.name == "top_k":
             _check(self.method.k <= L, "method.k", self.method.k, f"the model has L={L} layers: use 1..{L}")
         _check(
-            self.trains_adapters or self.ablate.first is None,
+            self.ablatable or self.ablate.first is None,
             "ablate.first",
             self.ablate.first,
-            f"layer ablation removes adapters, and method={self.method.name} has none (use method=adapters)",
+            f"layer ablation removes adapters, and method={self.method.name} has none "
+            f"(use method=adapters or method=lora)",
         )
         self.ablate.check_layers(L)
+        if self.method.name == "lora":  # a position is a sub-layer: the one each LoRA target sits in
+            have = sorted({LORA_POSITIONS[t] for t in self.method.target})
+        else:
+            have = self.adapter.positions
         _check(
-            self.ablate.positions == "both" or self.ablate.positions in self.adapter.positions,
+            self.ablate.positions == "both" or self.ablate.positions in have,
             "ablate.positions",
             self.ablate.positions,
-            f"a position that has adapters: {self.adapter.positions}",
+            f"a position that has adapters: {have}",
         )
 
     @property
     def trains_adapters(self) -> bool:
-        """True when the method trains the `adapter` group's modules (and layer ablation can remove them)."""
+        """True when the method trains the `adapter` group's modules."""
         return _trains_adapters(self)
+
+    @property
+    def ablatable(self) -> bool:
+        """True when the method adds modules per layer (adapters, LoRA) that a layer ablation removes."""
+        return self.method.name in ABLATABLE_METHODS
 
 
 @dataclass

@@ -252,7 +252,7 @@ class Evaluator:
             counts = torch.stack(
                 [ratio.sum(), cosine.sum(), s_norm.sum(), torch.tensor(float(len(s32)), device=s.device)]
             )
-            sums[(slot.layer, slot.position)] = torch.cat([c.sum(0), counts])
+            sums[(slot.layer, slot.name)] = torch.cat([c.sum(0), counts])
 
         for slot in slots:
             slot.record = record
@@ -283,25 +283,26 @@ class Evaluator:
         self._means_set = True
 
     def diagnostics(self) -> list[dict]:
-        """Per adapter slot (layer, position): over the validation tokens of the intact model, the mean of
-        ||c|| / ||s|| (c: the contribution, s: the sub-layer output it is added to), the mean of
+        """Per adapter slot (layer, position; for LoRA the position column names the projection): over the
+        validation tokens of the intact model, the mean of ||c|| / ||s|| (c: the contribution, s: the output
+        it is added to, the sub-layer's or, for LoRA, the pretrained projection's), the mean of
         1 - cos(s, s + c), ||mean c|| / mean ||s||, and the Frobenius norms of the adapter's weights."""
         total = self._statistics()
         rows = []
-        for (layer, position), slot in sorted(adapter_slots(self.stages.model).items()):
-            row = total[(layer, position)]
+        for (layer, name), slot in sorted(adapter_slots(self.stages.model).items()):
+            row = total[(layer, name)]
             ratio, cosine, norm, tokens = row[-len(_SUMS) :]
             mean = row[: -len(_SUMS)] / tokens
-            adapter = slot.adapter
+            down_norm, up_norm = slot.weight_norms()
             rows.append(
                 {
                     "layer": layer,
-                    "position": position,
+                    "position": name,
                     "contribution_ratio": ratio / tokens,
                     "cosine_distance": cosine / tokens,
                     "mean_contribution_ratio": float(np.linalg.norm(mean)) / (norm / tokens),
-                    "down_norm": float(adapter.down.weight.detach().float().norm()),
-                    "up_norm": float(adapter.up.weight.detach().float().norm()),
+                    "down_norm": down_norm,
+                    "up_norm": up_norm,
                     "tokens": int(tokens),
                 }
             )

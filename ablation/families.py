@@ -55,6 +55,8 @@ class Family:
     inputs: dict[str, str]
     # position -> the LayerNorm that follows the sub-layer's residual add (what an ablation can restore)
     norms: dict[str, str]
+    # LoRA target -> the linear layer it wraps (inside a layer); its sub-layer is LORA_POSITIONS[target]
+    lora_targets: dict[str, str]
     embed: Callable[[Any, dict], Any]  # (base model, batch) -> embedding output
     attention: Callable[[Any, Any, dict], Any]  # (layer, hidden states, context) -> attention output
     head: Callable[[Any, Any], Any]  # (model, last hidden states) -> logits
@@ -66,16 +68,43 @@ class Family:
 _BERT_SLOTS = {"attention": "attention.output.dropout", "output": "output.dropout"}
 _BERT_INPUTS = {"attention": "attention.self", "output": "intermediate"}
 _BERT_NORMS = {"attention": "attention.output.LayerNorm", "output": "output.LayerNorm"}
+_BERT_LORA = {
+    "query": "attention.self.query",
+    "key": "attention.self.key",
+    "value": "attention.self.value",
+    "attention_output": "attention.output.dense",
+    "intermediate": "intermediate.dense",
+    "output": "output.dense",
+}
+# The sub-layer (adapter position) each LoRA target belongs to: ablate.positions selects by it.
+LORA_POSITIONS = {
+    "query": "attention",
+    "key": "attention",
+    "value": "attention",
+    "attention_output": "attention",
+    "intermediate": "output",
+    "output": "output",
+}
 
 FAMILIES: dict[str, Family] = {
-    "bert": Family(_BERT_SLOTS, _BERT_INPUTS, _BERT_NORMS, _embed_with_token_types, _attention, _pooled_head),
+    "bert": Family(
+        _BERT_SLOTS, _BERT_INPUTS, _BERT_NORMS, _BERT_LORA, _embed_with_token_types, _attention, _pooled_head
+    ),
     "roberta": Family(
-        _BERT_SLOTS, _BERT_INPUTS, _BERT_NORMS, _embed_with_token_types, _attention, _token_head
+        _BERT_SLOTS, _BERT_INPUTS, _BERT_NORMS, _BERT_LORA, _embed_with_token_types, _attention, _token_head
     ),
     "mpnet": Family(
         slots={"attention": "attention.dropout", "output": "output.dropout"},
         inputs={"attention": "attention.attn", "output": "intermediate"},
         norms={"attention": "attention.LayerNorm", "output": "output.LayerNorm"},
+        lora_targets={
+            "query": "attention.attn.q",
+            "key": "attention.attn.k",
+            "value": "attention.attn.v",
+            "attention_output": "attention.attn.o",
+            "intermediate": "intermediate.dense",
+            "output": "output.dense",
+        },
         embed=_embed_ids,
         attention=_attention_with_bias,
         head=_token_head,

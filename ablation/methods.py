@@ -1,5 +1,5 @@
 """What each training method trains: adapters (+ LayerNorms + head), the top k layers, LayerNorms only, all,
-or the classification head alone on the frozen encoder.
+the classification head alone on the frozen encoder, or LoRA (+ head).
 
 Knows nothing of Hydra: `prepare` reads the method's and the adapter's settings from plain dataclasses.
 """
@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ablation.adapters import Adapter, encoder_layers, inject_adapters
+from ablation.adapters import Adapter, LoraSlot, encoder_layers, inject_adapters, inject_lora
 
 if TYPE_CHECKING:
     from ablation.config import AdapterConfig, MethodConfig
 
 HEAD_PREFIX = "classifier."
-KINDS = ("adapters", "layernorm", "head", "layers", "embeddings")
+KINDS = ("adapters", "lora", "layernorm", "head", "layers", "embeddings")
 
 
 def _pooler_prefix(model: nn.Module) -> str | None:
@@ -47,7 +47,8 @@ def trained_names(model: nn.Module, method: str, k: int | None = None) -> set[st
     adapters: every adapter, every LayerNorm (the embeddings' too) and the classifier (pooler frozen, as
     in the official code); layernorm: the same without adapters; top_k: layers L-k..L-1 and everything
     above them (BERT's pooler, the classifier); full: everything; head: the classifier alone (the frozen
-    encoder's features, pretrained LayerNorms included; BERT's pooler frozen as for adapters).
+    encoder's features, pretrained LayerNorms included; BERT's pooler frozen as for adapters); lora: the
+    LoRA weights and the classifier.
     """
     names = [n for n, _ in model.named_parameters()]
     head = {n for n in names if n.startswith(HEAD_PREFIX)}
@@ -55,6 +56,8 @@ def trained_names(model: nn.Module, method: str, k: int | None = None) -> set[st
         return set(names)
     if method == "head":
         return head
+    if method == "lora":
+        return head | _lora_params(model)
     if method in ("adapters", "layernorm"):
         kinds = (Adapter, nn.LayerNorm) if method == "adapters" else (nn.LayerNorm,)
         return head | _module_params(model, kinds)
@@ -66,7 +69,18 @@ def trained_names(model: nn.Module, method: str, k: int | None = None) -> set[st
         if _pooler_prefix(model) is not None:
             above += (_pooler_prefix(model),)
         return head | {n for n in names if n.startswith(above)}
-    raise ValueError(f"method={method!r}: one of adapters, top_k, layernorm, full, head")
+    raise ValueError(f"method={method!r}: one of adapters, top_k, layernorm, full, head, lora")
+
+
+def _lora_params(model: nn.Module) -> set[str]:
+    """The LoRA weights (A and B) of every LoraSlot, not the pretrained layer they wrap."""
+    names = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, LoraSlot):
+            names.update(
+                f"{prefix}.{n}" for n, _ in module.named_parameters() if ".lora_A." in n or ".lora_B." in n
+            )
+    return names
 
 
 def freeze(model: nn.Module, method: str, k: int | None = None) -> None:
@@ -79,10 +93,12 @@ def freeze(model: nn.Module, method: str, k: int | None = None) -> None:
 def prepare(
     model: nn.Module, family: str, method: MethodConfig, adapter: AdapterConfig | None
 ) -> dict[str, int]:
-    """Add what the method trains (the adapters `adapter` describes, for a method with adapters), freeze
-    everything else, and return count_parameters(model)."""
+    """Add what the method trains (the adapters `adapter` describes, for a method with adapters; LoRA for
+    method=lora), freeze everything else, and return count_parameters(model)."""
     if adapter is not None:
         inject_adapters(model, family, adapter)
+    if method.name == "lora":
+        inject_lora(model, family, method.r, method.alpha, method.target, method.dropout)
     freeze(model, method.name, method.k)
     return count_parameters(model)
 
@@ -92,6 +108,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     layer_prefix = _layers_prefix(model)
     pooler = _pooler_prefix(model)
     adapters, norms = _module_params(model, (Adapter,)), _module_params(model, (nn.LayerNorm,))
+    lora = _lora_params(model)
     counts = {"total": 0, "trainable": 0, **dict.fromkeys(KINDS, 0)}
     for name, p in model.named_parameters():
         counts["total"] += p.numel()
@@ -100,6 +117,8 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
         counts["trainable"] += p.numel()
         if name in adapters:
             kind = "adapters"
+        elif name in lora:
+            kind = "lora"
         elif name in norms:
             kind = "layernorm"
         elif name.startswith(HEAD_PREFIX) or (pooler is not None and name.startswith(pooler)):

@@ -127,7 +127,7 @@ def run_job(cfg: RunConfig, dcfg: DictConfig, process: Process, tracker: Tracker
         "session_timings": session.timings,
     }
     # per adapter slot, from the intact pass (cached per training and evaluation, so a re-run computes nothing)
-    texts = {DIAGNOSTICS: session.diagnostics_file().read_text()} if cfg.trains_adapters else {}
+    texts = {DIAGNOSTICS: session.diagnostics_file().read_text()} if cfg.ablatable else {}
     write_job(job_dir, row, extra, {"labels": labels, "intact": intact, "ablated": ablated}, texts)
     if record_history(session.store_entry / HISTORY, root, session.key) and not trained_now:
         tracker.log_history(load_history(session.store_entry))  # once per sweep: a stored training's steps

@@ -30,12 +30,14 @@ from ablation.atomic import clean_folder, lock, save_array, write_text
 from ablation.config import AblateConfig, CacheError, ModelConfig, RunConfig, TaskConfig
 from ablation.data import Encoded, encode, load_task
 from ablation.evaluate import Ablation, Evaluator, bound_resident_memory
+from ablation.imports import load_peft_lora
 from ablation.keys import cell_name, data_key, eval_key, process_spec, training_key, training_spec
 from ablation.methods import prepare
 from ablation.models import Stages, load_model
 from ablation.precision import resolve, resolve_precision
 from ablation.results import DIAGNOSTIC_COLUMNS, DIAGNOSTICS
 from ablation.train import (
+    HISTORY_COLUMNS,
     checkpoint_path,
     load_trained,
     older_entries,
@@ -233,6 +235,8 @@ def build_session(cfg: RunConfig, base: Base, on_step: Callable[[dict], None] | 
     load_seconds = time.perf_counter() - tic
 
     def fit() -> dict:
+        if cfg.method.load is not None:
+            return imported()
         train_data = base.task_split(cfg.task, "train", cfg.paths.cache, cfg.model.max_length)
         print(f"[train] training {key} ({len(train_data.labels)} examples)", flush=True)
         checkpoint = checkpoint_path(folder)
@@ -256,6 +260,17 @@ def build_session(cfg: RunConfig, base: Base, on_step: Callable[[dict], None] | 
         print(f"[train] stored in {folder} ({metrics['train_seconds']:.0f} s)", flush=True)
         return metrics
 
+    def imported() -> dict:
+        """A PEFT LoRA folder's weights instead of a training: stored like one, with an empty history."""
+        load_peft_lora(model, cfg.method.load)
+        metrics = {"steps": 0, "planned_steps": 0, "train_seconds": 0.0, "diverged": False, "counts": counts,
+                   "imported_from": str(Path(cfg.method.load).expanduser().resolve())}  # fmt: skip
+        save_trained(
+            model, folder, training_spec(cfg), asdict(cfg), metrics, {c: [] for c in HISTORY_COLUMNS}
+        )
+        print(f"[train] imported {cfg.method.load} into {folder} (no training)", flush=True)
+        return metrics
+
     def load() -> dict:
         metrics = load_trained(model, folder)
         print(f"[train] reusing {folder} (trained in {metrics['train_seconds']:.0f} s)", flush=True)
@@ -263,7 +278,7 @@ def build_session(cfg: RunConfig, base: Base, on_step: Callable[[dict], None] | 
 
     metrics, trained_now = train_once(folder, fit, load)
     model.eval()
-    if cfg.trains_adapters:  # an ablation may give the ablated layers their pretrained LayerNorms back
+    if cfg.ablatable:  # an ablation may give the ablated layers their pretrained LayerNorms back
         wrap_norms(model, cfg.model.family, base.pristine)
     val = base.task_split(cfg.task, "validation", cfg.paths.cache, cfg.model.max_length)
     budget = memory_budget(cfg.eval.memory_gb, cfg.device)

@@ -85,7 +85,7 @@ def _compare(args: argparse.Namespace) -> int:
         rows = ablated(load_runs([path]).table)
         if rows.empty:
             raise ValueError(f"compare: {path} has no layer-ablation cells")
-        several = [c for c in ("model", "task", "positions") if rows[c].nunique() > 1]
+        several = [c for c in ("model", "task", "method", "positions") if rows[c].nunique() > 1]
         if several:
             raise ValueError(f"compare: {path} holds several heatmaps (varying {several}); give one per side")
         panels.append(rows)
@@ -109,7 +109,11 @@ def format_table(df: pd.DataFrame, value: str = "relative_decrease") -> str:
     for panel in split_panels(ablated(df)):
         matrix = layer_matrix(panel, value) * 100
         cells = matrix.map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
-        names = [f"{c}={panel[c].iloc[0]}" for c in PANEL_COLUMNS if c in panel.columns]
+        names = [
+            f"{c}={panel[c].iloc[0]}"
+            for c in PANEL_COLUMNS
+            if c in panel.columns and pd.notna(panel[c].iloc[0])
+        ]
         if "seed" in panel.columns:
             names.append(f"seeds={panel['seed'].nunique()}")
         header = f"{' '.join(names)}\n{value} (%): rows = first ablated layer, columns = last ablated layer"

@@ -41,6 +41,9 @@ class Claim:
     # rows from anywhere in the table that the claim is also read against (their model and task's), e.g.
     # the head-only baseline; they join the panel, and the figure's rows are not changed by them
     baseline: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+    # the training methods the claim is about (None: whichever the figure reads); rows of other methods in
+    # the figure's rows (a LoRA heatmap beside the adapters') are skipped, and the measured text says so
+    methods: tuple[str, ...] | None = None
 
 
 def verdict(lo: float, hi: float, region: tuple[float, float]) -> str:
@@ -89,6 +92,12 @@ def evaluate_claims(df: pd.DataFrame) -> pd.DataFrame:
         source = plan.get(claim.figure)
         if source is None and claim.figure == "bottleneck":
             source = plan.get("tradeoff")  # the trade-off grid has adapters of the paper's sizes too
+        skipped = ""
+        if source is not None and claim.methods is not None:
+            other = sorted(set(source["method"].dropna()) - set(claim.methods))
+            if other:
+                skipped = f" (rows of method {', '.join(other)} skipped: the claim is about {', '.join(claim.methods)})"
+            source = source[source["method"].isin(claim.methods)]
         panels = [] if source is None else list(source.groupby(["model", "task"], sort=True))
         extra = None if claim.baseline is None else claim.baseline(table)
         found = False
@@ -103,6 +112,7 @@ def evaluate_claims(df: pd.DataFrame) -> pd.DataFrame:
                 continue
             found = True
             text, comparisons = measured
+            text += skipped
             if not comparisons:  # the rows exist but cannot test the claim (e.g. every model collapsed)
                 rows.append(_row(claim, f"{model} · {task}", text, np.nan, np.nan, np.nan, "inconclusive"))
                 continue
@@ -114,7 +124,9 @@ def evaluate_claims(df: pd.DataFrame) -> pd.DataFrame:
                 text += f"; shown: {name}, the most extreme of {len(judged)} comparisons ({inside} inside the region)"
             rows.append(_row(claim, f"{model} · {task}", text, value, lo, hi, _overall(results)))
         if not found:
-            rows.append(_row(claim, "", "no rows for this claim", np.nan, np.nan, np.nan, "no data"))
+            rows.append(
+                _row(claim, "", "no rows for this claim" + skipped, np.nan, np.nan, np.nan, "no data")
+            )
     return pd.DataFrame(rows)
 
 
@@ -355,6 +367,7 @@ CLAIMS = (
         unit="%",
         region=(-INF, 2.0),
         figure="heatmap",
+        methods=("adapters",),
         measure=_single_layer,
     ),
     Claim(
@@ -367,6 +380,7 @@ CLAIMS = (
         unit="points",
         region=(-INF, 2.0),
         figure="heatmap",
+        methods=("adapters",),
         measure=_all_removed,
         baseline=head_rows,
     ),
@@ -378,6 +392,7 @@ CLAIMS = (
         unit="%",
         region=(0.0, INF),
         figure="heatmap",
+        methods=("adapters",),
         measure=_lower_vs_upper,
     ),
     Claim(

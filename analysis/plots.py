@@ -68,9 +68,10 @@ __all__ = [
 MAX_COLUMNS = 3
 # A heatmap panel's rows -> its first x last matrix of cells to hatch (interval includes zero).
 Uncertain = Callable[[pd.DataFrame], pd.DataFrame]
-METHOD_ORDER = ("adapters", "top_k", "layernorm", "head")
+METHOD_ORDER = ("adapters", "lora", "top_k", "layernorm", "head")
 METHOD_LABELS = {
     "adapters": "adapters (size m)",
+    "lora": "LoRA (rank r)",
     "top_k": "fine-tune top k layers",
     "layernorm": "LayerNorm only",
     "head": "head only (frozen encoder)",
@@ -216,11 +217,13 @@ def bottleneck_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.D
 def tradeoff_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
     """Accuracy against trained parameters (log x) per method, full fine-tuning as a line (Figures 3/4)."""
     rows = panel_rows(df, "tradeoff")
-    table = _summarize(rows, ["method", "adapter_size", "k", "trained_params"], selection)
+    table = _summarize(rows, ["method", "adapter_size", "k", "lora_r", "trained_params"], selection)
     colors = dict(zip(METHOD_ORDER, sns.color_palette("colorblind", len(METHOD_ORDER)), strict=True))
     known = [m for m in METHOD_ORDER if m in set(table["method"])]
     for method in known:
-        points = table[table["method"] == method].sort_values(["adapter_size", "k", "trained_params"])
+        points = table[table["method"] == method].sort_values(
+            ["adapter_size", "k", "lora_r", "trained_params"]
+        )
         x = points["trained_params"].to_numpy(dtype=float)
         y = points["y"].to_numpy(dtype=float)
         style = {"color": colors[method], "marker": "o", "markersize": 4, "capsize": 3, "linewidth": 1.2}
@@ -792,10 +795,10 @@ def _mark_diverged(ax: Axes, rows: pd.DataFrame, x: pd.Series) -> int:
 
 def _label_points(ax: Axes, x: np.ndarray, points: pd.DataFrame, method: str) -> None:
     """Write each point's size m or k just above its error bar, so a reader can tell the settings apart."""
-    column = {"adapters": "adapter_size", "top_k": "k"}.get(method)
+    column = {"adapters": "adapter_size", "top_k": "k", "lora": "lora_r"}.get(method)
     if column is None:
         return
-    prefix = "m=" if method == "adapters" else "k="
+    prefix = {"adapters": "m=", "top_k": "k=", "lora": "r="}[method]
     top = points["y"] + points["yerr"].fillna(0.0)
     for i, (xi, yi, setting) in enumerate(zip(x, top, points[column], strict=True)):
         if pd.isna(setting) or not np.isfinite(yi):
@@ -850,7 +853,9 @@ def _count(n: float) -> str:
 def _title(df: pd.DataFrame) -> str:
     names = [str(df[c].iloc[0]) for c in ("task", "model") if c in df.columns]
     details = []
-    if "positions" in df.columns:
+    if "method" in df.columns and df["method"].iloc[0] == "lora":
+        details.append(f"LoRA r={df['lora_r'].iloc[0]} on {df['lora_target'].iloc[0]}")
+    elif "positions" in df.columns:
         details.append(f"adapters: {df['positions'].iloc[0]}")
     if "seed" in df.columns and df["seed"].nunique() > 1:
         details.append(f"mean of {df['seed'].nunique()} seeds")

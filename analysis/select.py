@@ -24,7 +24,7 @@ from ablation.keys import REPLICATE, SETTING_COLUMNS
 from analysis.collect import conform, has_diagnostics, has_history
 
 # Rows that differ in these columns belong to different heatmaps; everything else (seeds) is averaged.
-PANEL_COLUMNS = ("task", "model", "positions")
+PANEL_COLUMNS = ("task", "model", "method", "positions")
 PAPER_SIZES = (8, 64, 256)  # the adapter sizes of the paper's GLUE grid (its bottleneck claim)
 # The ablation's columns, and what a table without them (or a row with a gap) means: the paper's removal.
 KIND, ALPHA, LAYERNORM = "ablate_kind", "alpha", "ablate_layernorm"
@@ -212,7 +212,8 @@ def preset_label(df: pd.DataFrame) -> str | None:
 
 
 def split_panels(df: pd.DataFrame, columns: tuple[str, ...] = PANEL_COLUMNS) -> list[pd.DataFrame]:
-    """One frame per distinct value of the columns that vary (one heatmap per task x model x positions)."""
+    """One frame per distinct value of the columns that vary (one heatmap per task x model x method x
+    positions)."""
     keys = [c for c in columns if c in df.columns and df[c].nunique(dropna=False) > 1]
     if not keys:
         return [df]
@@ -277,7 +278,7 @@ FIGURES: dict[str, Figure] = {
     ),
     "tradeoff": Figure(
         all_methods,
-        ("method", "adapter_size", "k", "trained_params"),
+        ("method", "adapter_size", "k", "lora_r", "trained_params"),
         ("model", "task"),
         lambda df: intact(df)["method"].nunique() > 1,
     ),

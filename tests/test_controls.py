@@ -26,7 +26,9 @@ KINDS = [
 FLOOR = L + sum(n * (n + 1) // 2 for n in range(1, L + 1))  # the intact pass and every chain
 
 
-@pytest.fixture(params=[("fp32", "serial"), ("fp32", "parallel")], ids=lambda p: "-".join(p))
+@pytest.fixture(
+    params=[("fp32", "serial"), ("fp32", "parallel"), ("fp32", "lora")], ids=lambda p: "-".join(p)
+)
 def evaluator(request, family) -> Evaluator:
     return make_evaluator(family, *request.param)
 

@@ -6,9 +6,10 @@ import random
 
 import numpy as np
 import pytest
+import torch
 from conftest import perturb_layernorms_and_head, random_encoded, tiny_model
 
-from ablation.adapters import inject_adapters, wrap_norms
+from ablation.adapters import inject_adapters, inject_lora, wrap_norms
 from ablation.config import AdapterConfig
 from ablation.evaluate import Ablation, Evaluator
 from ablation.models import Stages
@@ -24,17 +25,20 @@ def make_evaluator(
     model = tiny_model(family, num_layers=L, seed=3)
     pretrained = {k: v.clone() for k, v in model.state_dict().items()}
     perturb_layernorms_and_head(model)
-    # big: removing adapters flips predictions
-    inject_adapters(
-        model,
-        family,
-        AdapterConfig(
-            size=16,
-            init_std=2.0,
-            placement=placement,
-            combine="multiply" if placement == "parallel" else "add",
-        ),
-    )
+    if placement == "lora":  # PEFT's LoRA on the query, value and feed-forward output projections
+        slots = inject_lora(model, family, r=4, alpha=8, targets=["query", "value", "output"], dropout=0.1)
+        big_lora(slots.values())
+    else:  # big: removing adapters flips predictions
+        inject_adapters(
+            model,
+            family,
+            AdapterConfig(
+                size=16,
+                init_std=2.0,
+                placement=placement,
+                combine="multiply" if placement == "parallel" else "add",
+            ),
+        )
     wrap_norms(model, family, pretrained)  # as the session does: layernorm=pretrained can restore them
     data = random_encoded(family, n=40, seed=1)
     assert len(set(data.lengths.tolist())) > 5  # varying lengths, so batches are padded
@@ -43,8 +47,18 @@ def make_evaluator(
     )
 
 
+def big_lora(slots, seed: int = 4) -> None:
+    """Random LoRA B weights (PEFT starts them at zero) large enough that removing LoRA flips predictions."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for slot in slots:
+            b = slot.base_layer.lora_B["default"].weight
+            b.copy_(torch.randn(b.shape, generator=generator) * 10.0)
+
+
 @pytest.fixture(
-    params=[("fp32", "serial"), ("bf16", "serial"), ("fp32", "parallel")], ids=lambda p: "-".join(p)
+    params=[("fp32", "serial"), ("bf16", "serial"), ("fp32", "parallel"), ("fp32", "lora")],
+    ids=lambda p: "-".join(p),
 )
 def evaluator(request, family) -> Evaluator:
     return make_evaluator(family, *request.param)

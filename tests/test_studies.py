@@ -30,7 +30,7 @@ CONF = REPO / "conf"
 QUICK = {
     "init_scale": (4 * 2, "init_scale.png"),
     "bottleneck": (3 * 2, "bottleneck.png"),
-    "tradeoff": (3 + 3 + 1 + 1, "tradeoff.png"),
+    "tradeoff": (3 + 3 + 1 + 1 + 2, "tradeoff.png"),
     "variants": (4 * 2, "variants.png"),
     "layer_ablation": (21, "heatmap.png"),
     # zero, mean and keep heatmaps, the all-removed cell with pretrained LayerNorms, 3 ranges x 5 alphas, head

@@ -191,9 +191,10 @@ def test_bottleneck_study_jobs():
 @pytest.mark.parametrize(("model", "L"), [("mpnet_base", 12), ("minilm_l6", 6)])
 def test_tradeoff_study_covers_every_method_and_k_up_to_L(model, L):
     jobs = study_jobs("tradeoff", f"model={model}")
-    assert len(jobs) == 2 * 3 * (10 + L + 1 + 1 + 1)
+    assert len(jobs) == 2 * 3 * (10 + L + 1 + 1 + 1 + 7)
     by_method = {m: [j for j in jobs if j["method"] == m] for m in values(jobs, "method")}
-    assert set(by_method) == {"adapters", "top_k", "layernorm", "full", "head"}
+    assert set(by_method) == {"adapters", "top_k", "layernorm", "full", "head", "lora"}
+    assert {int(j["method.r"]) for j in by_method["lora"]} == {2**n for n in range(7)}
     assert {int(j["method.k"]) for j in by_method["top_k"]} == set(range(1, L + 1))
     assert {int(j["adapter.size"]) for j in by_method["adapters"]} == {2**n for n in range(10)}
     # each grid keeps its own keys: no size on top_k jobs, no k on adapter jobs
@@ -263,7 +264,7 @@ STUDIES = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
 QUICK_JOBS = {
     "init_scale": 8,
     "bottleneck": 6,
-    "tradeoff": 8,
+    "tradeoff": 10,
     "variants": 8,
     "layer_ablation": 21,
     "controls": 80,
