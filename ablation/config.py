@@ -193,7 +193,7 @@ class MethodConfig:
     dropout: float | None = param(None, keys=(TRAIN,), when_set=True)  # lora: on LoRA's input
     # lora: a PEFT LoRA folder to analyse instead of training (its r, alpha, target and dropout replace the
     # values above); the key holds its files' content hash
-    load: str | None = param(None, keys=(TRAIN,), column="loaded_from", digest="folder", when_set=True)
+    load: str | None = param(None, keys=(TRAIN,), column="lora_loaded_from", digest="folder", when_set=True)
 
     def __post_init__(self) -> None:
         _one_of("method.name", self.name, METHODS, " (e.g. method=top_k)")
@@ -265,6 +265,11 @@ class AdapterConfig:
     combine: str = param("add", keys=(TRAIN,), column="adapter_combine", variant=True)
     # delta = scaling * up(...): AdapterHub's `scaling` (1.0 in its Houlsby and Pfeiffer configs)
     scaling: float = param(1.0, keys=(TRAIN,), column="adapter_scaling", variant=True)
+    # an AdapterHub adapter folder to analyse instead of training (its size, activation, positions and
+    # scaling replace the values above); the key holds its files' content hash
+    load: str | None = param(
+        None, keys=(TRAIN,), column="adapter_loaded_from", digest="folder", when_set=True
+    )
 
     def __post_init__(self) -> None:
         _positive("adapter.size", self.size, "a positive integer (bottleneck size m)")
@@ -487,6 +492,22 @@ class RunConfig:
             spec = peft_lora_spec(self.method.load, self.model.family, L)
             self.method.r, self.method.alpha, self.method.target = spec.r, spec.alpha, spec.targets
             self.method.dropout = spec.dropout
+        if (
+            self.trains_adapters and self.adapter.load is not None
+        ):  # the folder's adapter replaces the group's
+            from ablation.imports import adapterhub_spec
+
+            hub = adapterhub_spec(self.adapter.load, self.model.family, self.task.num_labels)
+            plain = AdapterConfig()
+            for name in ("norm", "depth", "placement", "combine"):
+                _check(
+                    getattr(self.adapter, name) == getattr(plain, name),
+                    f"adapter.{name}",
+                    getattr(self.adapter, name),
+                    f"{getattr(plain, name)!r} with adapter.load (AdapterHub's Houlsby adapter)",
+                )
+            self.adapter.size, self.adapter.activation = hub.size, hub.activation
+            self.adapter.positions, self.adapter.scaling = hub.positions, hub.scaling
         if self.method.name == "top_k":
             _check(self.method.k <= L, "method.k", self.method.k, f"the model has L={L} layers: use 1..{L}")
         _check(

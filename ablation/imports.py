@@ -168,3 +168,142 @@ def load_peft_lora(model: Any, folder: str | Path) -> None:
                     f"{tuple(params[ours].shape)}: the checkpoint was trained on another base model"
                 )
             params[ours].copy_(tensor)
+
+
+# --- AdapterHub (`adapters`): what `model.save_adapter(dir, name, with_head=True)` writes ---
+
+AH_CONFIG = "adapter_config.json"
+AH_HEAD_CONFIG = "head_config.json"
+AH_WEIGHTS = ("adapter.safetensors", "pytorch_adapter.bin")  # safetensors, or torch's zip (weights_only)
+AH_HEAD_WEIGHTS = ("model_head.safetensors", "pytorch_model_head.bin")
+_AH_ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "gelu": "gelu", "tanh": "tanh"}
+# bottleneck options and the value under which the suite's serial adapter is AdapterHub's forward exactly
+# (its Houlsby adapter, DoubleSeqBnConfig); any other value is refused, naming the option
+_AH_REQUIRED = {"original_ln_before": False, "original_ln_after": True, "residual_before_ln": True,
+                "ln_before": False, "ln_after": False, "is_parallel": False, "use_gating": False,
+                "phm_layer": False, "inv_adapter": None, "cross_adapter": False, "leave_out": [],
+                "stochastic_depth": 0.0}  # fmt: skip
+_AH_WHY = {"original_ln_before": "the Pfeiffer adapter (SeqBnConfig), fed LayerNorm(s + residual)"}
+# the head's two linear layers (dropout, dense, tanh, dropout, out) -> the family's modules
+_AH_HEADS = {"bert": ("bert.pooler.dense", "classifier"), "roberta": ("classifier.dense", "classifier.out_proj"),
+             "mpnet": ("classifier.dense", "classifier.out_proj")}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BottleneckSpec:
+    """What an AdapterHub bottleneck adapter folder holds, in the suite's AdapterConfig terms."""
+
+    size: int
+    activation: str
+    positions: list[str]
+    scaling: float
+    weights: Path
+    head: Path
+    files: list[Path]  # what the training key hashes
+
+
+def _first(root: Path, names: tuple[str, ...]) -> Path | None:
+    return next((root / n for n in names if (root / n).exists()), None)
+
+
+def adapterhub_spec(folder: str | Path, family_name: str, num_labels: int) -> BottleneckSpec:
+    """Read and check an AdapterHub adapter folder for a model of `family_name` and a task of `num_labels`
+    labels; ConfigError naming what does not fit or what the suite cannot reproduce."""
+    root = Path(folder).expanduser()
+    where = f"adapter.load={str(folder)!r}"
+    if not root.is_dir():
+        raise ConfigError(f"{where} is not allowed: not a folder")
+    if not (root / AH_CONFIG).exists():
+        raise ConfigError(f"{where} is not allowed: no {AH_CONFIG} (not an AdapterHub adapter folder)")
+    try:
+        saved = json.loads((root / AH_CONFIG).read_text())
+        config = saved["config"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{where} is not allowed: {AH_CONFIG} is not AdapterHub's (no 'config')") from None
+    if "peft_type" in saved:
+        raise ConfigError(f"{where} is not allowed: a PEFT folder (use method=lora method.load=...)")
+    if config.get("architecture", "bottleneck") != "bottleneck" or "reduction_factor" not in config:
+        raise ConfigError(f"{where}: not a bottleneck adapter ({config.get('architecture')!r})")
+    if saved.get("model_type") != family_name:
+        raise ConfigError(
+            f"{where}: trained on a {saved.get('model_type')!r} model, this is a {family_name!r} one"
+        )
+    for option, value in _AH_REQUIRED.items():
+        if config.get(option, value) != value and (value is not None or config.get(option) is not None):
+            why = f" ({_AH_WHY[option]})" if option in _AH_WHY else ""
+            raise ConfigError(f"{where}: unsupported option {option}={config.get(option)!r}{why}")
+    factor, hidden = config["reduction_factor"], saved.get("hidden_size")
+    if not isinstance(factor, (int, float)) or not hidden or hidden % factor:
+        raise ConfigError(f"{where}: unsupported reduction_factor={factor!r} (one number dividing {hidden})")
+    if config.get("non_linearity") not in _AH_ACTIVATIONS:
+        raise ConfigError(f"{where}: unsupported non_linearity={config.get('non_linearity')!r}")
+    if not isinstance(config.get("scaling", 1.0), (int, float)):
+        raise ConfigError(f"{where}: unsupported scaling={config.get('scaling')!r} (learned scalings)")
+    positions = [
+        p for p, key in (("attention", "mh_adapter"), ("output", "output_adapter")) if config.get(key)
+    ]
+    weights, head = _first(root, AH_WEIGHTS), _first(root, AH_HEAD_WEIGHTS)
+    if weights is None:
+        raise ConfigError(f"{where} is not allowed: no weights ({' or '.join(AH_WEIGHTS)})")
+    if head is None or not (root / AH_HEAD_CONFIG).exists():
+        raise ConfigError(f"{where}: no prediction head (save it with save_adapter(..., with_head=True))")
+    head_config = json.loads((root / AH_HEAD_CONFIG).read_text()).get("config", {})
+    wanted = {"head_type": "classification", "layers": 2, "activation_function": "tanh", "use_pooler": False}
+    for option, value in wanted.items():
+        if head_config.get(option) != value:
+            raise ConfigError(f"{where}: unsupported head {option}={head_config.get(option)!r}")
+    if head_config.get("num_labels") != num_labels:
+        raise ConfigError(
+            f"{where}: its head has {head_config.get('num_labels')} labels, the task {num_labels}"
+        )
+    return BottleneckSpec(
+        size=int(hidden // factor),
+        activation=_AH_ACTIVATIONS[config["non_linearity"]],
+        positions=positions,
+        scaling=float(config.get("scaling", 1.0)),
+        weights=weights,
+        head=head,
+        files=[root / AH_CONFIG, root / AH_HEAD_CONFIG, weights, head],
+    )
+
+
+def _read_weights(path: Path) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    return torch.load(path, weights_only=True)  # torch's restricted unpickler: tensors and containers only
+
+
+def load_adapterhub(model: Any, folder: str | Path, family_name: str, num_labels: int) -> None:
+    """Copy an AdapterHub folder's adapters into the model's (inject_adapters with its spec first) and its
+    head into the family's head modules; ConfigError naming the first tensor without a place or of another
+    shape."""
+    import torch
+
+    spec = adapterhub_spec(folder, family_name, num_labels)
+    dense, out = _AH_HEADS[family_name]
+    names = {}
+    for name in _read_weights(spec.weights):
+        module, _, rest = name.partition(".adapters.")
+        _, _, part = rest.partition(".")  # drop the adapter's name
+        names[name] = (
+            f"{module}.dropout.adapter.{part.replace('adapter_down.0.', 'down.').replace('adapter_up.', 'up.')}"
+        )
+    for name in _read_weights(spec.head):
+        layer, kind = name.split(".")[-2:]
+        names[name] = f"{ {'1': dense, '4': out}.get(layer, '?') }.{kind}"
+    params = dict(model.named_parameters())
+    tensors = {**_read_weights(spec.weights), **_read_weights(spec.head)}
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            ours = names[name]
+            if ours not in params:
+                raise ConfigError(f"adapter.load: {name!r} has no place in this model (looked for {ours!r})")
+            if params[ours].shape != tensor.shape:
+                raise ConfigError(
+                    f"adapter.load: {name!r} is {tuple(tensor.shape)}, this model's {ours!r} is "
+                    f"{tuple(params[ours].shape)}: the adapter was trained on another base model"
+                )
+            params[ours].copy_(tensor)

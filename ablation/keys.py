@@ -40,11 +40,11 @@ def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
 
 
 def _digest(kind: str, value: Any) -> str:
-    if kind == "folder":  # an imported checkpoint: the files that define it
-        from ablation.imports import PEFT_CONFIG, PEFT_WEIGHTS
-
-        root = Path(value).expanduser()
-        return _hash({name: _digest("file", root / name) for name in (PEFT_CONFIG, PEFT_WEIGHTS)})
+    if kind == "folder":  # an imported checkpoint: its configs and weights (not a README beside them)
+        files = sorted(
+            p for p in Path(value).expanduser().iterdir() if p.suffix in (".json", ".safetensors", ".bin")
+        )
+        return _hash({p.name: _digest("file", p) for p in files})
     if kind == "file":
         path = Path(value).expanduser().resolve()
         stat = path.stat()

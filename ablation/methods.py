@@ -100,6 +100,12 @@ def prepare(
     if method.name == "lora":
         inject_lora(model, family, method.r, method.alpha, method.target, method.dropout)
     freeze(model, method.name, method.k)
+    pooler = _pooler_prefix(model)
+    if adapter is not None and adapter.load is not None and pooler is not None:
+        # an imported AdapterHub head is dense-tanh-out: on BERT its first layer is the pooler, so the pooler
+        # belongs to what is stored for the key
+        for name, p in model.named_parameters():
+            p.requires_grad = p.requires_grad or name.startswith(pooler)
     return count_parameters(model)
 
 

@@ -30,7 +30,7 @@ from ablation.atomic import clean_folder, lock, save_array, write_text
 from ablation.config import AblateConfig, CacheError, ModelConfig, RunConfig, TaskConfig
 from ablation.data import Encoded, encode, load_task
 from ablation.evaluate import Ablation, Evaluator, bound_resident_memory
-from ablation.imports import load_peft_lora
+from ablation.imports import load_adapterhub, load_peft_lora
 from ablation.keys import cell_name, data_key, eval_key, process_spec, training_key, training_spec
 from ablation.methods import prepare
 from ablation.models import Stages, load_model
@@ -235,7 +235,7 @@ def build_session(cfg: RunConfig, base: Base, on_step: Callable[[dict], None] | 
     load_seconds = time.perf_counter() - tic
 
     def fit() -> dict:
-        if cfg.method.load is not None:
+        if cfg.method.load is not None or (cfg.trains_adapters and cfg.adapter.load is not None):
             return imported()
         train_data = base.task_split(cfg.task, "train", cfg.paths.cache, cfg.model.max_length)
         print(f"[train] training {key} ({len(train_data.labels)} examples)", flush=True)
@@ -261,14 +261,19 @@ def build_session(cfg: RunConfig, base: Base, on_step: Callable[[dict], None] | 
         return metrics
 
     def imported() -> dict:
-        """A PEFT LoRA folder's weights instead of a training: stored like one, with an empty history."""
-        load_peft_lora(model, cfg.method.load)
+        """A PEFT LoRA or AdapterHub folder's weights instead of a training: stored like one, with an empty
+        history."""
+        source = cfg.method.load if cfg.method.load is not None else cfg.adapter.load
+        if cfg.method.load is not None:
+            load_peft_lora(model, source)
+        else:
+            load_adapterhub(model, source, cfg.model.family, cfg.task.num_labels)
         metrics = {"steps": 0, "planned_steps": 0, "train_seconds": 0.0, "diverged": False, "counts": counts,
-                   "imported_from": str(Path(cfg.method.load).expanduser().resolve())}  # fmt: skip
+                   "imported_from": str(Path(source).expanduser().resolve())}  # fmt: skip
         save_trained(
             model, folder, training_spec(cfg), asdict(cfg), metrics, {c: [] for c in HISTORY_COLUMNS}
         )
-        print(f"[train] imported {cfg.method.load} into {folder} (no training)", flush=True)
+        print(f"[train] imported {source} into {folder} (no training)", flush=True)
         return metrics
 
     def load() -> dict:

@@ -1,63 +1,81 @@
-"""The suite's Houlsby adapter is AdapterHub's DoubleSeqBnConfig, to the last bit: the fixture saved by the
-`adapters` library itself (tests/fixtures/adapterhub/make_fixture.py, run in its own environment) gives,
-with its weights copied by name into the suite's adapters and its head into BERT's pooler and classifier,
-AdapterHub's own logits intact and for every span it saved with `skip_layers`. (An importer for such folders,
-and the Pfeiffer adapter, which reads LayerNorm(s + residual), are not in the suite yet.)"""
+"""AdapterHub folders: the fixture saved by the `adapters` library itself (tests/fixtures/adapterhub/
+make_fixture.py, run in its own environment) imports into the suite's Houlsby adapter with AdapterHub's own
+logits, intact and for every span it saved with `skip_layers`; the Pfeiffer adapter (fed LayerNorm(s +
+residual)) and anything else the suite cannot reproduce is refused in one line."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification
 
-from ablation.adapters import inject_adapters, set_ablation
-from ablation.config import AdapterConfig
+from ablation.adapters import set_ablation
+from ablation.config import AdapterConfig, ConfigError, MethodConfig
+from ablation.imports import adapterhub_spec, load_adapterhub
+from ablation.methods import prepare
 
 FIXTURE = Path(__file__).parent / "fixtures" / "adapterhub"
 
 
-def _ours(name: str) -> str:
-    """AdapterHub's parameter name -> the suite's: its adapters sit on the dropout our slot wraps."""
-    for position in ("attention.output", "output"):
-        name = name.replace(f"{position}.adapters.houlsby.", f"{position}.dropout.adapter.")
-    return name.replace("adapter_down.0.", "down.").replace("adapter_up.", "up.")
+def _batch(expected: dict) -> dict:
+    ids = torch.tensor(expected["input_ids"])
+    return {"input_ids": ids, "attention_mask": torch.tensor(expected["attention_mask"]),
+            "token_type_ids": torch.zeros_like(ids)}  # fmt: skip
 
 
-def test_the_houlsby_adapter_is_adapterhub_s_double_seq_bn():
+def test_an_adapterhub_houlsby_folder_gives_adapterhub_s_logits_intact_and_for_every_skipped_span():
     expected = json.loads((FIXTURE / "expected.json").read_text())
-    config = json.loads((FIXTURE / "houlsby" / "adapter_config.json").read_text())["config"]
-    assert (config["reduction_factor"], config["non_linearity"], config["original_ln_before"]) == (
-        4,
+    spec = adapterhub_spec(FIXTURE / "houlsby", "bert", num_labels=3)
+    assert (spec.size, spec.activation, spec.positions, spec.scaling) == (
+        8,
         "swish",
-        False,
+        ["attention", "output"],
+        1.0,
     )
     model = BertForSequenceClassification.from_pretrained(FIXTURE / "base", num_labels=3).eval()
-    inject_adapters(model, "bert", AdapterConfig(size=32 // 4, activation="swish"))  # d / reduction_factor
-    weights = torch.load(FIXTURE / "houlsby" / "pytorch_adapter.bin", weights_only=True)
-    head = torch.load(FIXTURE / "houlsby" / "pytorch_model_head.bin", weights_only=True)
-    head_names = {"heads.houlsby.1": "bert.pooler.dense", "heads.houlsby.4": "classifier"}  # dense, tanh, out
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[_ours(name)].copy_(tensor)
-        for name, tensor in head.items():
-            module, _, kind = name.rpartition(".")
-            params[f"{head_names[module]}.{kind}"].copy_(tensor)
-    ids = torch.tensor(expected["input_ids"])
-    batch = {"input_ids": ids, "attention_mask": torch.tensor(expected["attention_mask"]),
-             "token_type_ids": torch.zeros_like(ids)}  # fmt: skip
+    adapter = AdapterConfig(size=spec.size, activation=spec.activation, positions=spec.positions,
+                            load=str(FIXTURE / "houlsby"))  # fmt: skip
+    counts = prepare(model, "bert", MethodConfig(), adapter)
+    assert counts["head"] == 32 * 32 + 32 + 3 * 32 + 3  # the pooler joins what is stored: AdapterHub's head
+    load_adapterhub(model, FIXTURE / "houlsby", "bert", 3)
     spans = expected["adapters"]["houlsby"]
     assert len(spans) == 7
     for span, want in spans.items():
         layers = [] if span == "intact" else range(int(span.split("-")[0]), int(span.split("-")[1]) + 1)
-        set_ablation(model, layers)
+        set_ablation(model, layers)  # the suite's removal = AdapterHub's skip_layers
         with torch.no_grad():
-            got = model(**batch).logits
+            got = model(**_batch(expected)).logits
         assert torch.allclose(got, torch.tensor(want), atol=1e-5), span
     assert not torch.allclose(torch.tensor(spans["intact"]), torch.tensor(spans["0-2"]), atol=1e-2)
+
+
+def test_what_the_suite_cannot_reproduce_or_does_not_fit_is_one_line(tmp_path):
+    cases = [
+        (FIXTURE / "pfeiffer", "bert", 3, "unsupported option original_ln_before=True (the Pfeiffer adapter"),
+        (FIXTURE / "houlsby", "mpnet", 3, "trained on a 'bert' model, this is a 'mpnet' one"),
+        (FIXTURE / "houlsby", "bert", 2, "its head has 3 labels, the task 2"),
+        (tmp_path / "missing", "bert", 3, "not a folder"),
+        (FIXTURE, "bert", 3, "no adapter_config.json (not an AdapterHub adapter folder)"),
+    ]
+    for folder, family, labels, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)) as err:
+            adapterhub_spec(folder, family, labels)
+        assert "\n" not in str(err.value)
+    wider = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=48, num_hidden_layers=3,
+                                                     num_attention_heads=4, intermediate_size=64, num_labels=3))  # fmt: skip
+    prepare(
+        wider,
+        "bert",
+        MethodConfig(),
+        AdapterConfig(size=8, activation="swish", load=str(FIXTURE / "houlsby")),
+    )
+    with pytest.raises(ConfigError, match="is \\(8, 32\\), this model's .* is \\(8, 48\\)"):
+        load_adapterhub(wider, FIXTURE / "houlsby", "bert", 3)
 
 
 @pytest.mark.parametrize("name", ["houlsby", "pfeiffer"])
@@ -66,3 +84,35 @@ def test_the_fixture_is_what_adapterhub_saves(name):
     weights = {"houlsby": {"pytorch_adapter.bin", "pytorch_model_head.bin"},
                "pfeiffer": {"adapter.safetensors", "model_head.safetensors"}}[name]  # fmt: skip
     assert files == {"adapter_config.json", "head_config.json"} | weights
+
+
+def test_adapter_load_sets_the_adapter_from_the_folder_and_keys_its_files(tmp_path):
+    from test_config import run_config
+
+    from ablation.keys import config_columns, training_spec
+
+    cfg = run_config(
+        ["model=bert_base_uncased", "task=tweets", f"adapter.load={FIXTURE / 'houlsby'}", "device=cpu"]
+    )
+    assert (cfg.adapter.size, cfg.adapter.activation, cfg.adapter.positions) == (
+        8,
+        "swish",
+        ["attention", "output"],
+    )
+    assert config_columns(cfg)["adapter_loaded_from"] == str(FIXTURE / "houlsby")
+    digest = training_spec(cfg)["adapter"]["load_sha256"]  # the folder's contents, not its name
+    shutil.copytree(FIXTURE / "houlsby", tmp_path / "copy")
+    copy = ["model=bert_base_uncased", "task=tweets", f"adapter.load={tmp_path / 'copy'}", "device=cpu"]
+    assert training_spec(run_config(copy))["adapter"]["load_sha256"] == digest
+    head = tmp_path / "copy" / "pytorch_model_head.bin"
+    tensors = torch.load(head, weights_only=True)
+    tensors["heads.houlsby.4.bias"] += 1
+    torch.save(tensors, head)
+    assert training_spec(run_config(copy))["adapter"]["load_sha256"] != digest
+    with pytest.raises(
+        ConfigError, match=re.escape("adapter.placement='parallel' is not allowed: 'serial' with")
+    ):
+        run_config(["model=bert_base_uncased", "task=tweets", f"adapter.load={FIXTURE / 'houlsby'}",
+                    "adapter.placement=parallel"])  # fmt: skip
+    with pytest.raises(ConfigError, match="original_ln_before=True"):
+        run_config(["model=bert_base_uncased", "task=tweets", f"adapter.load={FIXTURE / 'pfeiffer'}"])

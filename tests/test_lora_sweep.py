@@ -53,7 +53,7 @@ def test_a_peft_folder_is_analysed_without_training_and_bad_folders_write_nothin
     assert "imported" in done.stdout
     rows = pd.read_csv(tmp_path / "a" / "results.csv")
     assert len(rows) == 4 and (rows["train_steps"] == 0).all() and (rows["lora_r"] == 2).all()
-    assert (rows["loaded_from"] == str(tmp_path / "lora")).all() and rows["train_key"].nunique() == 1
+    assert (rows["lora_loaded_from"] == str(tmp_path / "lora")).all() and rows["train_key"].nunique() == 1
     assert rows["accuracy"].nunique() > 1  # the imported LoRA matters in some cells
     for bad, message in [(tmp_path / "missing", "not a folder"), (cache, "no adapter_config.json")]:
         args = command(conf, tmp_path / "b", tmp_path / "store", cache, *CELLS, "method=lora",
