@@ -76,8 +76,8 @@ def param(
     keys: the keys it enters (TRAIN, DATA, EVAL, CELL, PROCESS); column: the result column it fills (lists
     are written joined by '+'); variant: a value other than its default names an adapter variant; digest:
     the key holds the content hash of what the value names, 'file' (a local file), 'folder' (an imported
-    checkpoint's files) or 'artifact' (a pinned offline artifact), besides the value; when_set: the field enters its keys only when not None, so adding
-    it (None by default) left every key made before it unchanged.
+    checkpoint's files) or 'artifact' (a pinned offline artifact), besides the value; when_set: the field
+    enters its keys only when not None, so adding it (None by default) left every key made before it unchanged.
     """
     metadata = {"keys": keys, "column": column, "variant": variant, "digest": digest, "when_set": when_set}
     if factory is not None:
@@ -422,9 +422,8 @@ class LoggerConfig:
     save_dir: str | None = param(None)  # None: the sweep folder (a single run's own folder)
     project: str = param("ablation")  # the MLflow experiment, the W&B project
     tracking_uri: str | None = param(None)  # mlflow; None: sqlite:///<save_dir>/mlflow.db
-    mode: str | None = param(
-        None
-    )  # wandb; None: online where an account is set (WANDB_API_KEY), else offline
+    # wandb; None: online where an account is set (WANDB_API_KEY), else offline
+    mode: str | None = param(None)
 
     def __post_init__(self) -> None:
         _one_of("logger", self.name, tuple(LOGGERS))
@@ -486,28 +485,7 @@ class RunConfig:
         _one_of("device", self.device, DEVICES)
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
         L = self.model.num_layers
-        if self.method.load is not None:  # the folder's LoRA settings replace the method's
-            from ablation.imports import peft_lora_spec
-
-            spec = peft_lora_spec(self.method.load, self.model.family, L)
-            self.method.r, self.method.alpha, self.method.target = spec.r, spec.alpha, spec.targets
-            self.method.dropout = spec.dropout
-        if (
-            self.trains_adapters and self.adapter.load is not None
-        ):  # the folder's adapter replaces the group's
-            from ablation.imports import adapterhub_spec
-
-            hub = adapterhub_spec(self.adapter.load, self.model.family, self.task.num_labels)
-            plain = AdapterConfig()
-            for name in ("norm", "depth", "placement", "combine"):
-                _check(
-                    getattr(self.adapter, name) == getattr(plain, name),
-                    f"adapter.{name}",
-                    getattr(self.adapter, name),
-                    f"{getattr(plain, name)!r} with adapter.load (AdapterHub's Houlsby adapter)",
-                )
-            self.adapter.size, self.adapter.activation = hub.size, hub.activation
-            self.adapter.positions, self.adapter.scaling = hub.positions, hub.scaling
+        self._read_imported()
         if self.method.name == "top_k":
             _check(self.method.k <= L, "method.k", self.method.k, f"the model has L={L} layers: use 1..{L}")
         _check(
@@ -528,6 +506,28 @@ class RunConfig:
             self.ablate.positions,
             f"a position that has adapters: {have}",
         )
+
+    def _read_imported(self) -> None:
+        """A loaded folder's settings replace the method's (a PEFT LoRA folder) or the adapter group's (an
+        AdapterHub one), so keys and columns describe what was loaded; ConfigError if the folder does not fit."""
+        from ablation.imports import adapterhub_spec, peft_lora_spec  # JSON and headers only: no torch
+
+        if self.method.load is not None:
+            spec = peft_lora_spec(self.method.load, self.model.family, self.model.num_layers)
+            self.method.r, self.method.alpha, self.method.target = spec.r, spec.alpha, spec.targets
+            self.method.dropout = spec.dropout
+        if self.trains_adapters and self.adapter.load is not None:
+            hub = adapterhub_spec(self.adapter.load, self.model.family, self.task.num_labels)
+            plain = AdapterConfig()
+            for name in ("norm", "depth", "placement", "combine"):
+                _check(
+                    getattr(self.adapter, name) == getattr(plain, name),
+                    f"adapter.{name}",
+                    getattr(self.adapter, name),
+                    f"{getattr(plain, name)!r} with adapter.load (AdapterHub's Houlsby adapter)",
+                )
+            self.adapter.size, self.adapter.activation = hub.size, hub.activation
+            self.adapter.positions, self.adapter.scaling = hub.positions, hub.scaling
 
     @property
     def trains_adapters(self) -> bool:
