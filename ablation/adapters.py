@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 # family here computes LayerNorm(dropout(proj(x)) + residual), so the wrapped dropout's output is exactly the
 # paper's position (after projection and dropout, before the residual add and LayerNorm). A parallel adapter
 # reads the sub-layer's input: the input of the first module each sub-layer runs (`Family.inputs`), which a
-# tap hands to the slot.
+# tap hands to the slot. A "normed" adapter (Pfeiffer's, AdapterHub's SeqBnConfig) reads the sub-layer's
+# LayerNorm of s + that input (the residual) and adds its output to s: LN(s + delta(LN(s + r)) + r).
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "swish": nn.SiLU}
 
@@ -94,7 +95,13 @@ class AdapterLayer(nn.Module):
     """
 
     def __init__(
-        self, base_layer: nn.Module, adapter: Adapter, layer: int, position: str, parallel: bool = False
+        self,
+        base_layer: nn.Module,
+        adapter: Adapter,
+        layer: int,
+        position: str,
+        parallel: bool = False,
+        norm: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
@@ -103,6 +110,9 @@ class AdapterLayer(nn.Module):
         self.position = position
         self.name = position
         self.parallel = parallel
+        # placement "normed": the adapter reads norm(s + residual), the sub-layer's own LayerNorm (a tuple:
+        # the LayerNorm belongs to the layer, not to the slot)
+        self._norm = (norm,) if norm is not None else ()
         self.mode = "on"
         self.alpha = 1.0
         self.mean: torch.Tensor | None = None  # [d]: the contribution's mean under the intact model
@@ -128,6 +138,8 @@ class AdapterLayer(nn.Module):
             return h + self.mean.to(h.dtype)
         if self.parallel and source is None:
             raise RuntimeError(f"layer {self.layer} {self.position}: parallel adapter got no sub-layer input")
+        if self._norm:
+            source = self._norm[0](h + source)  # the residual sum, normalised as the layer will
         out = self.adapter(h, source) if self.parallel else self.adapter(h)
         if self.mode == "on":
             if self.record is not None:
@@ -241,12 +253,17 @@ def inject_adapters(
     if adapter_slots(model):
         raise RuntimeError("adapters are already injected: remove_adapters(model) first")
     d = model.config.hidden_size
-    parallel = cfg.placement == "parallel"
+    parallel = cfg.placement in ("parallel", "normed")  # both read the sub-layer's input (the residual)
     slots = {}
     for i, layer in enumerate(encoder_layers(model)):
         for position in cfg.positions:
             path = slots_of[position]
-            slot = AdapterLayer(layer.get_submodule(path), Adapter(d, cfg), i, position, parallel)
+            norm = (
+                layer.get_submodule(family(family_name).norms[position])
+                if cfg.placement == "normed"
+                else None
+            )
+            slot = AdapterLayer(layer.get_submodule(path), Adapter(d, cfg), i, position, parallel, norm)
             _replace(layer, path, slot)
             if parallel:
                 path = inputs_of[position]

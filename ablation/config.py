@@ -35,7 +35,7 @@ METRICS = ("accuracy", "matthews_corrcoef", "f1")
 ACTIVATIONS = ("gelu", "relu", "tanh", "swish")
 POSITIONS = ("attention", "output")
 NORMS = ("none", "layernorm", "batchnorm")
-PLACEMENTS = ("serial", "parallel")
+PLACEMENTS = ("serial", "parallel", "normed")
 COMBINES = ("add", "multiply")
 METHODS = ("adapters", "top_k", "layernorm", "full", "head", "lora")
 ADAPTER_METHODS = ("adapters",)  # the methods that train the `adapter` group's modules
@@ -259,7 +259,8 @@ class AdapterConfig:
     positions: list[str] = param(
         factory=lambda: ["attention", "output"], keys=(TRAIN,), column="adapter_positions", variant=True
     )
-    # serial: fed the sub-layer's output; parallel: fed its input
+    # serial: fed the sub-layer's output s; parallel: fed its input; normed: fed LayerNorm(s + residual), the
+    # sub-layer's own LayerNorm (Pfeiffer et al. 2021, AdapterHub's SeqBnConfig), still added to s
     placement: str = param("serial", keys=(TRAIN,), column="adapter_placement", variant=True)
     # add: s + delta; multiply: s * (1 + delta)
     combine: str = param("add", keys=(TRAIN,), column="adapter_combine", variant=True)
@@ -524,10 +525,11 @@ class RunConfig:
                     getattr(self.adapter, name) == getattr(plain, name),
                     f"adapter.{name}",
                     getattr(self.adapter, name),
-                    f"{getattr(plain, name)!r} with adapter.load (AdapterHub's Houlsby adapter)",
+                    f"{getattr(plain, name)!r} with adapter.load (the folder says what it is)",
                 )
             self.adapter.size, self.adapter.activation = hub.size, hub.activation
             self.adapter.positions, self.adapter.scaling = hub.positions, hub.scaling
+            self.adapter.placement = hub.placement
 
     @property
     def trains_adapters(self) -> bool:

@@ -177,13 +177,14 @@ AH_HEAD_CONFIG = "head_config.json"
 AH_WEIGHTS = ("adapter.safetensors", "pytorch_adapter.bin")  # safetensors, or torch's zip (weights_only)
 AH_HEAD_WEIGHTS = ("model_head.safetensors", "pytorch_model_head.bin")
 _AH_ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "gelu": "gelu", "tanh": "tanh"}
-# bottleneck options and the value under which the suite's serial adapter is AdapterHub's forward exactly
-# (its Houlsby adapter, DoubleSeqBnConfig); any other value is refused, naming the option
-_AH_REQUIRED = {"original_ln_before": False, "original_ln_after": True, "residual_before_ln": True,
+# bottleneck options and the value under which the suite's adapter is AdapterHub's forward exactly (its
+# Houlsby adapter, DoubleSeqBnConfig, is placement=serial; original_ln_before=true, its Pfeiffer adapter
+# SeqBnConfig, placement=normed); any other value is refused, naming the option
+_AH_REQUIRED = {"original_ln_after": True, "residual_before_ln": True,
                 "ln_before": False, "ln_after": False, "is_parallel": False, "use_gating": False,
                 "phm_layer": False, "inv_adapter": None, "cross_adapter": False, "leave_out": [],
                 "stochastic_depth": 0.0}  # fmt: skip
-_AH_WHY = {"original_ln_before": "the Pfeiffer adapter (SeqBnConfig), fed LayerNorm(s + residual)"}
+_AH_WHY = {"residual_before_ln": "the adapter's residual taken after the LayerNorm"}
 # the head's two linear layers (dropout, dense, tanh, dropout, out) -> the family's modules
 _AH_HEADS = {"bert": ("bert.pooler.dense", "classifier"), "roberta": ("classifier.dense", "classifier.out_proj"),
              "mpnet": ("classifier.dense", "classifier.out_proj")}  # fmt: skip
@@ -197,6 +198,7 @@ class BottleneckSpec:
     activation: str
     positions: list[str]
     scaling: float
+    placement: str  # serial (Houlsby) or normed (Pfeiffer: fed LayerNorm(s + residual))
     weights: Path
     head: Path
     files: list[Path]  # what the training key hashes
@@ -261,6 +263,7 @@ def adapterhub_spec(folder: str | Path, family_name: str, num_labels: int) -> Bo
         activation=_AH_ACTIVATIONS[config["non_linearity"]],
         positions=positions,
         scaling=float(config.get("scaling", 1.0)),
+        placement="normed" if config.get("original_ln_before") else "serial",
         weights=weights,
         head=head,
         files=[root / AH_CONFIG, root / AH_HEAD_CONFIG, weights, head],

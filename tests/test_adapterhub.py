@@ -1,7 +1,7 @@
 """AdapterHub folders: the fixture saved by the `adapters` library itself (tests/fixtures/adapterhub/
 make_fixture.py, run in its own environment) imports into the suite's Houlsby adapter with AdapterHub's own
-logits, intact and for every span it saved with `skip_layers`; the Pfeiffer adapter (fed LayerNorm(s +
-residual)) and anything else the suite cannot reproduce is refused in one line."""
+logits, Houlsby's and Pfeiffer's (placement=normed: fed LayerNorm(s + residual)), intact and for every span it
+saved with `skip_layers`; anything the suite cannot reproduce is refused in one line."""
 
 from __future__ import annotations
 
@@ -28,35 +28,36 @@ def _batch(expected: dict) -> dict:
             "token_type_ids": torch.zeros_like(ids)}  # fmt: skip
 
 
-def test_an_adapterhub_houlsby_folder_gives_adapterhub_s_logits_intact_and_for_every_skipped_span():
+@pytest.mark.parametrize(
+    ("name", "want"),
+    [
+        ("houlsby", (8, "swish", ["attention", "output"], "serial")),
+        ("pfeiffer", (8, "relu", ["output"], "normed")),  # fed LayerNorm(s + residual)
+    ],
+)
+def test_an_adapterhub_folder_gives_adapterhub_s_logits_intact_and_for_every_skipped_span(name, want):
     expected = json.loads((FIXTURE / "expected.json").read_text())
-    spec = adapterhub_spec(FIXTURE / "houlsby", "bert", num_labels=3)
-    assert (spec.size, spec.activation, spec.positions, spec.scaling) == (
-        8,
-        "swish",
-        ["attention", "output"],
-        1.0,
-    )
+    spec = adapterhub_spec(FIXTURE / name, "bert", num_labels=3)
+    assert (spec.size, spec.activation, spec.positions, spec.placement) == want and spec.scaling == 1.0
     model = BertForSequenceClassification.from_pretrained(FIXTURE / "base", num_labels=3).eval()
     adapter = AdapterConfig(size=spec.size, activation=spec.activation, positions=spec.positions,
-                            load=str(FIXTURE / "houlsby"))  # fmt: skip
+                            placement=spec.placement, load=str(FIXTURE / name))  # fmt: skip
     counts = prepare(model, "bert", MethodConfig(), adapter)
     assert counts["head"] == 32 * 32 + 32 + 3 * 32 + 3  # the pooler joins what is stored: AdapterHub's head
-    load_adapterhub(model, FIXTURE / "houlsby", "bert", 3)
-    spans = expected["adapters"]["houlsby"]
+    load_adapterhub(model, FIXTURE / name, "bert", 3)
+    spans = expected["adapters"][name]
     assert len(spans) == 7
-    for span, want in spans.items():
+    for span, logits in spans.items():
         layers = [] if span == "intact" else range(int(span.split("-")[0]), int(span.split("-")[1]) + 1)
         set_ablation(model, layers)  # the suite's removal = AdapterHub's skip_layers
         with torch.no_grad():
             got = model(**_batch(expected)).logits
-        assert torch.allclose(got, torch.tensor(want), atol=1e-5), span
+        assert torch.allclose(got, torch.tensor(logits), atol=1e-5), span
     assert not torch.allclose(torch.tensor(spans["intact"]), torch.tensor(spans["0-2"]), atol=1e-2)
 
 
 def test_what_the_suite_cannot_reproduce_or_does_not_fit_is_one_line(tmp_path):
     cases = [
-        (FIXTURE / "pfeiffer", "bert", 3, "unsupported option original_ln_before=True (the Pfeiffer adapter"),
         (FIXTURE / "houlsby", "mpnet", 3, "trained on a 'bert' model, this is a 'mpnet' one"),
         (FIXTURE / "houlsby", "bert", 2, "its head has 3 labels, the task 2"),
         (tmp_path / "missing", "bert", 3, "not a folder"),
@@ -110,9 +111,18 @@ def test_adapter_load_sets_the_adapter_from_the_folder_and_keys_its_files(tmp_pa
     torch.save(tensors, head)
     assert training_spec(run_config(copy))["adapter"]["load_sha256"] != digest
     with pytest.raises(
-        ConfigError, match=re.escape("adapter.placement='parallel' is not allowed: 'serial' with")
+        ConfigError,
+        match=re.escape(
+            "adapter.placement='parallel' is not allowed: 'serial' with adapter.load (the folder says what it is)"
+        ),
     ):
         run_config(["model=bert_base_uncased", "task=tweets", f"adapter.load={FIXTURE / 'houlsby'}",
                     "adapter.placement=parallel"])  # fmt: skip
-    with pytest.raises(ConfigError, match="original_ln_before=True"):
-        run_config(["model=bert_base_uncased", "task=tweets", f"adapter.load={FIXTURE / 'pfeiffer'}"])
+    pfeiffer = run_config(["model=bert_base_uncased", "task=tweets", f"adapter.load={FIXTURE / 'pfeiffer'}"])
+    assert (pfeiffer.adapter.placement, pfeiffer.adapter.positions) == ("normed", ["output"])
+    config = json.loads((FIXTURE / "pfeiffer" / "adapter_config.json").read_text())
+    config["config"]["use_gating"] = True
+    shutil.copytree(FIXTURE / "pfeiffer", tmp_path / "gated")
+    (tmp_path / "gated" / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=re.escape("unsupported option use_gating=True")):
+        adapterhub_spec(tmp_path / "gated", "bert", 3)

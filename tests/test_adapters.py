@@ -110,6 +110,25 @@ def test_parallel_adapter_reads_the_sub_layer_input(family, position):
         assert torch.allclose(out, want, atol=1e-6)
 
 
+def test_a_normed_adapter_reads_the_layernorm_of_the_residual_sum(family):
+    """Pfeiffer's adapter (AdapterHub's SeqBnConfig): LN(s + delta(LN(s + x)) + x), x the sub-layer's input."""
+    model = tiny_model(family, num_layers=L)
+    perturb_layernorms_and_head(model)
+    slots = inject_adapters(model, family, AdapterConfig(size=SIZE, init_std=0.1, positions=["output"],
+                                                         placement="normed"))  # fmt: skip
+    batch = padded_batch(family)
+    stages = Stages(model, family)
+    with torch.no_grad():
+        h, ctx = stages.embed(batch)
+        layer = encoder_layers(model)[0]
+        a = stages.family.attention(layer, h, ctx)
+        out = stages.layer(0, h, ctx)
+        s = layer.output.dropout.base_layer(layer.output.dense(layer.intermediate(a)))
+        norm = layer.output.LayerNorm
+        want = norm(s + slots[(0, "output")].adapter.delta(norm(s + a)) + a)
+    assert torch.allclose(out, want, atol=1e-6)
+
+
 def test_parallel_taps_sit_at_the_sub_layer_inputs(family):
     model = tiny_model(family, num_layers=L)
     slots = inject_adapters(model, family, AdapterConfig(size=SIZE, placement="parallel"))
@@ -232,7 +251,7 @@ def test_init_is_truncated_normal_with_zero_biases():
         assert torch.count_nonzero(linear.bias) == 0
 
 
-@pytest.mark.parametrize("placement", ["serial", "parallel"])
+@pytest.mark.parametrize("placement", ["serial", "parallel", "normed"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_stages_forward_equals_model_forward(family, precision, placement):
     model = tiny_model(family, num_layers=L)
@@ -274,7 +293,7 @@ def test_real_model_with_adapters_stage_forward(name):
         assert torch.equal(Stages(model, cfg.family).forward(batch), model(**batch).logits)
 
 
-@pytest.mark.parametrize("placement", ["serial", "parallel"])
+@pytest.mark.parametrize("placement", ["serial", "parallel", "normed"])
 def test_first_token_only_last_layer_matches_the_full_layer(family, placement):
     """The evaluator's last layer: feed-forward at position 0 only, the position every head reads."""
     model = tiny_model(family, num_layers=L)

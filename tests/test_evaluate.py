@@ -36,7 +36,7 @@ def make_evaluator(
                 size=16,
                 init_std=2.0,
                 placement=placement,
-                combine="multiply" if placement == "parallel" else "add",
+                combine="multiply" if placement in ("parallel", "normed") else "add",
             ),
         )
     wrap_norms(model, family, pretrained)  # as the session does: layernorm=pretrained can restore them
@@ -57,7 +57,13 @@ def big_lora(slots, seed: int = 4) -> None:
 
 
 @pytest.fixture(
-    params=[("fp32", "serial"), ("bf16", "serial"), ("fp32", "parallel"), ("fp32", "lora")],
+    params=[
+        ("fp32", "serial"),
+        ("bf16", "serial"),
+        ("fp32", "parallel"),
+        ("fp32", "normed"),
+        ("fp32", "lora"),
+    ],
     ids=lambda p: "-".join(p),
 )
 def evaluator(request, family) -> Evaluator:
