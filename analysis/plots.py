@@ -721,7 +721,7 @@ def _save(fig: Figure, out_stem: str | Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
     for path in paths:
-        fig.savefig(path, dpi=150)
+        fig.savefig(path, dpi=150, bbox_inches="tight", pad_inches=0.1)  # long titles on small panels
     return paths
 
 
