@@ -103,7 +103,7 @@ def test_quick_study_shows_its_shape_and_a_rerun_trains_nothing(study, tmp_path)
         means = learnt.groupby("task")[["intact_accuracy", "majority_rate"]].mean()
         means = means.rename(columns={"intact_accuracy": "accuracy"}).assign(init_std=0.0)
     else:
-        setting = ["method", "k", "variant", "adapter_size", "init_std"]
+        setting = ["method", "k", "variant", "adapter_size", "init_std", "lora_r"]
         means = rows.groupby(setting, dropna=False)[["accuracy", "majority_rate"]].mean().reset_index()
     margin, flat = means["accuracy"] - means["majority_rate"], stays(means)
     assert (margin[~flat] >= LEARNT).all(), means[~flat].to_string()

@@ -195,6 +195,7 @@ def test_tradeoff_study_covers_every_method_and_k_up_to_L(model, L):
     by_method = {m: [j for j in jobs if j["method"] == m] for m in values(jobs, "method")}
     assert set(by_method) == {"adapters", "top_k", "layernorm", "full", "head", "lora"}
     assert {int(j["method.r"]) for j in by_method["lora"]} == {2**n for n in range(7)}
+    assert all(j["method.alpha"] == j["method.r"] for j in by_method["lora"])  # alpha = r: scaling 1
     assert {int(j["method.k"]) for j in by_method["top_k"]} == set(range(1, L + 1))
     assert {int(j["adapter.size"]) for j in by_method["adapters"]} == {2**n for n in range(10)}
     # each grid keeps its own keys: no size on top_k jobs, no k on adapter jobs
