@@ -375,6 +375,7 @@ def test_cli_bad_input_is_named_in_one_line_and_nothing_is_written(cli, case, wo
 def test_cli_dry_run_lists_a_study_without_running_it(cli):
     folder, returncode, output = cli["dry_run"]
     assert returncode == 0, output[-2000:]
-    assert "Dry run: 8 jobs listed, none launched" in output  # quick: 3 sizes + 3 k + LayerNorm-only + full
+    # quick: 3 sizes, 3 k, LayerNorm-only, full, 2 LoRA ranks
+    assert "Dry run: 10 jobs listed, none launched" in output
     assert "method=top_k" in output and "method.k=6" in output
     assert list(folder.iterdir()) == []
