@@ -147,25 +147,33 @@ def peft_lora_spec(folder: str | Path, family_name: str, num_layers: int) -> Lor
 def load_peft_lora(model: Any, folder: str | Path) -> None:
     """Copy a PEFT LoRA folder's weights and head into the model's LoraSlots and classifier (after inject_lora
     with the folder's spec); ConfigError naming the first tensor that has no place or another shape."""
-    import torch
     from safetensors.torch import load_file
 
     state = load_file(str(Path(folder).expanduser() / PEFT_WEIGHTS))
+    places = {}
+    for name, tensor in state.items():
+        key = name.removeprefix(PEFT_PREFIX)
+        if not key.startswith(HEAD):
+            module, _, kind = key.rpartition(".lora_")
+            key = f"{module}.base_layer.lora_{kind.replace('.weight', '')}.default.weight"
+        places[name] = (key, tensor)
+    _copy_into(model, places, "method.load", "the checkpoint")
+
+
+def _copy_into(model: Any, places: dict[str, tuple[str, Any]], field: str, what: str) -> None:
+    """Copy each checkpoint tensor (name -> (the model's parameter name, tensor)) into the model;
+    ConfigError naming the first that has no place or another shape."""
+    import torch
+
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, tensor in state.items():
-            key = name.removeprefix(PEFT_PREFIX)
-            if key.startswith(HEAD):
-                ours = key
-            else:
-                module, _, kind = key.rpartition(".lora_")
-                ours = f"{module}.base_layer.lora_{kind.replace('.weight', '')}.default.weight"
+        for name, (ours, tensor) in places.items():
             if ours not in params:
-                raise ConfigError(f"method.load: {name!r} has no place in this model (looked for {ours!r})")
+                raise ConfigError(f"{field}: {name!r} has no place in this model (looked for {ours!r})")
             if params[ours].shape != tensor.shape:
                 raise ConfigError(
-                    f"method.load: {name!r} is {tuple(tensor.shape)}, this model's {ours!r} is "
-                    f"{tuple(params[ours].shape)}: the checkpoint was trained on another base model"
+                    f"{field}: {name!r} is {tuple(tensor.shape)}, this model's {ours!r} is "
+                    f"{tuple(params[ours].shape)}: {what} was trained on another base model"
                 )
             params[ours].copy_(tensor)
 
@@ -283,30 +291,16 @@ def load_adapterhub(model: Any, folder: str | Path, family_name: str, num_labels
     """Copy an AdapterHub folder's adapters into the model's (inject_adapters with its spec first) and its
     head into the family's head modules; ConfigError naming the first tensor without a place or of another
     shape."""
-    import torch
-
     spec = adapterhub_spec(folder, family_name, num_labels)
-    dense, out = _AH_HEADS[family_name]
-    names = {}
-    for name in _read_weights(spec.weights):
+    places = {}
+    for name, tensor in _read_weights(spec.weights).items():
         module, _, rest = name.partition(".adapters.")
         _, _, part = rest.partition(".")  # drop the adapter's name
-        names[name] = (
-            f"{module}.dropout.adapter.{part.replace('adapter_down.0.', 'down.').replace('adapter_up.', 'up.')}"
-        )
-    for name in _read_weights(spec.head):
+        part = part.replace("adapter_down.0.", "down.").replace("adapter_up.", "up.")
+        places[name] = (f"{module}.dropout.adapter.{part}", tensor)
+    dense, out = _AH_HEADS[family_name]
+    head_modules = {"1": dense, "4": out}  # heads.<name>.<index in the head's Sequential>.<weight|bias>
+    for name, tensor in _read_weights(spec.head).items():
         layer, kind = name.split(".")[-2:]
-        names[name] = f"{ {'1': dense, '4': out}.get(layer, '?') }.{kind}"
-    params = dict(model.named_parameters())
-    tensors = {**_read_weights(spec.weights), **_read_weights(spec.head)}
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            ours = names[name]
-            if ours not in params:
-                raise ConfigError(f"adapter.load: {name!r} has no place in this model (looked for {ours!r})")
-            if params[ours].shape != tensor.shape:
-                raise ConfigError(
-                    f"adapter.load: {name!r} is {tuple(tensor.shape)}, this model's {ours!r} is "
-                    f"{tuple(params[ours].shape)}: the adapter was trained on another base model"
-                )
-            params[ours].copy_(tensor)
+        places[name] = (f"{head_modules.get(layer, name)}.{kind}", tensor)
+    _copy_into(model, places, "adapter.load", "the adapter")
