@@ -291,7 +291,7 @@ class AdapterConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimiser and schedule; everything here is part of the training key."""
+    """Optimiser and schedule; all but checkpoint_seconds are part of the training key."""
 
     lr: float = param(1e-3, keys=(TRAIN,), column="lr")
     epochs: float = param(1.0, keys=(TRAIN,))
@@ -306,6 +306,9 @@ class TrainConfig:
     # The validation metric every N steps, in the history (its `val_metric` column). The trained parameters
     # are the same with or without it; it is in the key because the store entry's history differs.
     eval_every: int | None = param(None, keys=(TRAIN,), when_set=True)
+    # How often a running training writes its resume checkpoint (seconds): what a killed, preempted or timed-out
+    # job loses at most. Not in the key: the trained parameters are the same whatever it is (resume = uninterrupted).
+    checkpoint_seconds: float = param(60.0)
 
     def __post_init__(self) -> None:
         _positive("train.lr", self.lr, "a positive float")
@@ -321,6 +324,12 @@ class TrainConfig:
             "train.eval_every",
             self.eval_every,
             "None (off) or a positive number of steps",
+        )
+        _check(
+            self.checkpoint_seconds >= 0,
+            "train.checkpoint_seconds",
+            self.checkpoint_seconds,
+            ">= 0 (0: every step)",
         )
 
 
@@ -566,6 +575,11 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     cs.store(group="hydra/sweeper", name="ablation", node=AblationSweeperConf, provider="ablation")
+    try:
+        from ablation.launcher import SlurmLauncherConf
+    except ImportError:  # the `cluster` extra (hydra-submitit-launcher) is not installed: no `slurm` launcher
+        return
+    cs.store(group="hydra/launcher", name="slurm", node=SlurmLauncherConf, provider="ablation")
 
 
 # Hydra's pattern: the schema is in the ConfigStore once this module is imported (by the entry point, the

@@ -28,6 +28,8 @@ from ablation.keys import CELL_COLUMNS, CONFIG_COLUMNS, TRAINING_COLUMNS
 
 RESULTS_CSV = "results.csv"
 RESULT_JSON = "result.json"
+# a sweep's jobs that returned no row: their error, and the SLURM task where there was one
+FAILED_JOBS = "failed_jobs.json"
 PREDICTIONS = "predictions.npz"
 # Per adapter slot, what its contribution does in the intact model (ablation.evaluate.Evaluator.diagnostics);
 # the jobs of one training and evaluation write the same file.

@@ -8,6 +8,7 @@ after the last job (the table, figures, report) is a Hydra callback (ablation.ca
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import time
@@ -18,11 +19,13 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ablation.atomic import write_text
 from ablation.config import ConfigError, RunConfig, check_writable
 from ablation.jobs import (
     ABLATE_KEYS,
@@ -32,6 +35,7 @@ from ablation.jobs import (
     expand_layer_ranges,
     write_cell_plan,
 )
+from ablation.results import FAILED_JOBS
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,12 @@ LAUNCHER_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "nodes": (lambda v: v > 0, "a positive integer"),
     "tasks_per_node": (lambda v: v > 0, "a positive integer"),
     "partition": (lambda v: v is None or bool(str(v).strip()), "null or a partition name"),
+    "jobs_per_task": (
+        lambda v: v > 0,
+        "a positive integer (sweep jobs run one after another per SLURM task)",
+    ),
+    "max_num_timeout": (lambda v: v >= 0, "an integer >= 0 (requeues after a time limit)"),
+    "signal_delay_s": (lambda v: v >= 0, "seconds >= 0 (the warning signal before the time limit)"),
 }
 
 
@@ -123,12 +133,21 @@ class AblationSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         write_cell_plan(sweep_dir, jobs)
         size = self.max_batch_size or len(jobs)
-        returns = []
+        returns, failed = [], []
         for start in range(0, len(jobs), size):
             results = self.launcher.launch(jobs[start : start + size], initial_job_idx=start)
-            for r in results:
-                _ = r.return_value  # re-raises a failed job's exception
+            failed += [
+                _failure(start + i, r) for i, r in enumerate(results) if r.status != JobStatus.COMPLETED
+            ]
             returns.append(results)
+        # Every job ran (or was given up on) before this: the end of the sweep reads the list and, after the
+        # table and report, ends the command with an error when it is not empty.
+        write_text(sweep_dir / FAILED_JOBS, json.dumps(failed, indent=1))
+        for f in failed:
+            log.error(
+                f"Job #{f['job_num']} failed: {f['error']}"
+                + (f" (SLURM {f['slurm_job_id']}: {f['stderr']})" if "slurm_job_id" in f else "")
+            )
         return returns
 
     def _num_layers(self, overrides: tuple[str, ...]) -> int:
@@ -183,3 +202,16 @@ class AblationSweeper(Sweeper):
                 for m, v in too_high.items()
             ]
             raise ConfigError("; ".join(msgs))
+
+
+def _failure(job_num: int, ret: JobReturn) -> dict[str, Any]:
+    """What the report lists of a job that returned no row: its number, overrides, error, SLURM task."""
+    err = ret._return_value
+    return {
+        "job_num": job_num,
+        "overrides": " ".join(ret.overrides or []),
+        "error": f"{type(err).__name__}: {err}".strip().splitlines()[-1][:300]
+        if err is not None
+        else "no result",
+        **getattr(ret, "slurm", {}),
+    }

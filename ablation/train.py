@@ -23,8 +23,6 @@ from ablation.data import Encoded, collate, compute_metrics, to_device, train_ba
 from ablation.methods import trained_state
 from ablation.precision import autocast
 
-# An interrupted training run resumes from its last checkpoint, written at most this often.
-CHECKPOINT_SECONDS = 60.0
 ENTRY = "key.json"  # in every store entry: the training spec its key hashes (ablation.keys.training_spec)
 # In every store entry: one row per step, the loss, the gradient norm before clipping, the learning rate and,
 # every train.eval_every steps, the task's metric on the validation split (empty on the other steps).
@@ -223,7 +221,11 @@ def train(
             break
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(history['loss'][-20:]):.4f}")
-        if checkpoint is not None and time.perf_counter() - saved > CHECKPOINT_SECONDS and step + 1 < total:
+        if (
+            checkpoint is not None
+            and time.perf_counter() - saved > cfg.checkpoint_seconds
+            and step + 1 < total
+        ):
             state = {
                 "params": trained_state(model),
                 "optimizer": optimizer.state_dict(),

@@ -36,6 +36,7 @@ from ablation.results import (
     TEXT_DTYPE,
     typed,
 )
+from ablation.sweeper import FAILED_JOBS
 
 PREDICTION_KEYS = ("labels", "intact", "ablated")
 # job_dir looks numeric ("0", "17") but is a path: text columns are read as text so "007" or "a/3" survive.
@@ -70,7 +71,7 @@ class Runs:
     """Rows from several run and sweep directories, the jobs that left no row, and where each came from."""
 
     table: pd.DataFrame  # every schema column, plus `sweep`: the directory its job_dir is relative to
-    failed: pd.DataFrame  # sweep, job_dir, reason: job folders without a result (failed or interrupted)
+    failed: pd.DataFrame  # FAILED_COLUMNS: jobs without a result (failed, cancelled or interrupted)
     sources: tuple[Path, ...]
 
 
@@ -88,11 +89,35 @@ def load_runs(paths: Sequence[PathLike]) -> Runs:
     for path in sources:
         base = path if path.is_dir() else path.parent
         frames.append(_load_one(path).assign(sweep=str(base)))
+        listed = _listed_failures(base) if path.is_dir() else {}
         for job in sorted(p for p in base.iterdir() if p.is_dir()) if path.is_dir() else []:
-            if (job / ".hydra").is_dir() and not (job / RESULT_JSON).is_file():
+            if (job / ".hydra").is_dir() and not (job / RESULT_JSON).is_file() and job.name not in listed:
                 failed.append({"sweep": str(base), "job_dir": job.name, "reason": _failure(job)})
+        failed += listed.values()
     table = pd.concat(frames, ignore_index=True)
-    return Runs(table, pd.DataFrame(failed, columns=["sweep", "job_dir", "reason"]), sources)
+    return Runs(table, pd.DataFrame(failed, columns=FAILED_COLUMNS).fillna(""), sources)
+
+
+FAILED_COLUMNS = ["sweep", "job_dir", "reason", "slurm_job_id", "state", "log"]
+
+
+def _listed_failures(sweep: Path) -> dict[str, dict]:
+    """The jobs the sweeper recorded as failed (failed_jobs.json), by job folder name: a job a launcher gave
+    up on may have no folder at all (a SLURM task cancelled before it started)."""
+    listed = sweep / FAILED_JOBS
+    if not listed.is_file():
+        return {}
+    out = {}
+    for f in json.loads(listed.read_text()):
+        out[str(f["job_num"])] = {
+            "sweep": str(sweep),
+            "job_dir": str(f["job_num"]),
+            "reason": f["error"],
+            "slurm_job_id": f.get("slurm_job_id", ""),
+            "state": f.get("state", ""),
+            "log": f.get("stderr", ""),
+        }
+    return out
 
 
 def _failure(job: Path) -> str:

@@ -143,3 +143,28 @@ def toy(tmp_path_factory):
     done = run(command(conf, root / "sequential", root / "store", root / "cache", *CELLS))
     assert done.returncode == 0, done.stderr[-3000:]
     return conf, root / "cache", root / "sequential"
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A running one-node SLURM cluster: the one `.ci/run` started (SLURM_CONF set and answering), else one
+    started here for the session (tests/slurm_cluster.py). Its client environment (SLURM_CONF, PATH with the
+    sacct stand-in first). Where none can run: skipped with the reason, but a failure under CI=true."""
+    import os
+    import subprocess
+
+    import slurm_cluster
+
+    if os.environ.get("SLURM_CONF") and subprocess.run(["sinfo"], capture_output=True).returncode == 0:
+        yield {"SLURM_CONF": os.environ["SLURM_CONF"], "PATH": os.environ["PATH"]}
+        return
+    root = tmp_path_factory.mktemp("slurm")
+    try:
+        env = slurm_cluster.up(root)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as err:
+        why = f"no SLURM cluster could be started here: {err}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    yield env
+    slurm_cluster.down(root)

@@ -31,10 +31,10 @@ CELLS = ["ablate.first=0..1", "ablate.last=1..2"]  # 4 jobs after the triangle f
 VOLATILE = ["trained_now", "cell_computed", "train_seconds", "eval_seconds", "job_seconds"]
 
 
-def write_toy(root: Path) -> Path:
+def write_toy(root: Path, num_layers: int = 3) -> Path:
     """Save the tiny model, its tokenizer, the toy CSV and their Hydra entries under root; returns conf dir."""
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=4,
                         intermediate_size=64)  # fmt: skip
     BertModel(config).save_pretrained(root / "model")
     tiny_tokenizer().save_pretrained(root / "model")
@@ -49,7 +49,7 @@ def write_toy(root: Path) -> Path:
     (conf / "model").mkdir(parents=True)
     (conf / "task").mkdir()
     (conf / "model" / "tiny.yaml").write_text(
-        f"name: tiny\nfamily: bert\nsource: hub\nhub_id: {root / 'model'}\nnum_layers: 3\n"
+        f"name: tiny\nfamily: bert\nsource: hub\nhub_id: {root / 'model'}\nnum_layers: {num_layers}\n"
     )
     (conf / "task" / "toy.yaml").write_text(
         f"name: toy\nsource: csv\npath: {root / 'toy.csv'}\nnum_labels: 2\nvalidation_size: 40\n"
@@ -63,8 +63,24 @@ def command(conf: Path, out: Path, store: Path, cache: Path, *args: str) -> list
             f"paths.store={store}", f"paths.cache={cache}", f"hydra.sweep.dir={out}", *args]  # fmt: skip
 
 
-def run(arguments: list[str], patch: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m ablation.run ARGS` in a subprocess, after `patch` (Python code) has run in it."""
+def run(
+    arguments: list[str], patch: str = "", timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m ablation.run ARGS` in a subprocess, after `patch` (Python code) has run in it; `env` is
+    added to this process's environment."""
+    return subprocess.run(_driver(arguments, patch), cwd=REPO, env=_env(env), capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def start(arguments: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python -m ablation.run ARGS` started in the background, its stdout and stderr into the file `log`
+    (a pipe nobody reads would fill and block it)."""
+    with open(log, "w") as out:
+        return subprocess.Popen(_driver(arguments, ""), cwd=REPO, env=_env(env), stdout=out,
+                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def _driver(arguments: list[str], patch: str) -> list[str]:
     driver = textwrap.dedent(
         """
         import runpy, sys
@@ -73,10 +89,13 @@ def run(arguments: list[str], patch: str = "", timeout: float = 300) -> subproce
         runpy.run_module("ablation.run", run_name="__main__", alter_sys=True)
         """
     ).format(patch=textwrap.dedent(patch))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return [sys.executable, "-c", driver, *arguments]
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(extra or {})}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-c", driver, *arguments], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return env
 
 
 def table(sweep: Path) -> pd.DataFrame:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -29,7 +31,7 @@ def test_resume_matches_uninterrupted(family, tmp_path, monkeypatch):
     torch.manual_seed(1)
     uninterrupted = train_mod.train(reference, data, cfg, seed=0)
 
-    monkeypatch.setattr(train_mod, "CHECKPOINT_SECONDS", 0.0)  # checkpoint after every step
+    cfg = dataclasses.replace(cfg, checkpoint_seconds=0.0)  # checkpoint after every step
     checkpoint = tmp_path / "run.partial.pt"
     torch.manual_seed(0)
     interrupted = _model(family)
