@@ -77,3 +77,35 @@ def test_the_end_of_sweep_is_a_callback_that_can_be_switched_off(toy, tmp_path):
         not (tmp_path / "sweep" / "report.html").exists()
         and not (tmp_path / "sweep" / "heatmap.png").exists()
     )
+
+
+def test_a_failed_job_is_listed_and_the_sweep_still_ends_with_its_table_and_report(toy, tmp_path):
+    """One seed's training raises: the other seed's jobs finish, the end of the sweep writes the table and the
+    report listing the failed jobs with their error, and the command exits 1; the same command without the
+    fault then finishes the sweep, recomputing nothing that finished."""
+    conf, cache, _ = toy
+    args = command(conf, tmp_path / "sweep", tmp_path / "store", cache, *CELLS, "seed=0,1")
+    fault = """
+        import ablation.session as s
+        real = s.train
+        def train(model, data, cfg, seed, *a, **k):
+            if seed == 1:
+                raise RuntimeError("planted fault in the training of seed 1")
+            return real(model, data, cfg, seed, *a, **k)
+        s.train = train
+    """
+    done = run(args, fault)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "4 job(s) failed" in done.stderr and "planted fault in the training of seed 1" in done.stderr
+    failed = json.loads((tmp_path / "sweep" / "failed_jobs.json").read_text())
+    assert [f["job_num"] for f in failed] == [4, 5, 6, 7]
+    assert all(f["error"] == "RuntimeError: planted fault in the training of seed 1" for f in failed)
+    rows = pd.read_csv(tmp_path / "sweep" / "results.csv")
+    assert len(rows) == 4 and (rows["seed"] == 0).all()
+    page = (tmp_path / "sweep" / "report.html").read_text()
+    assert "Failed jobs (4)" in page and "planted fault in the training of seed 1" in page
+    again = run(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "sweep" / "failed_jobs.json").read_text()) == []
+    rows = pd.read_csv(tmp_path / "sweep" / "results.csv")
+    assert len(rows) == 8 and rows.groupby("seed")["trained_now"].sum().tolist() == [0, 1]
