@@ -113,7 +113,10 @@ def _header(runs: Runs) -> str:
             f"{int(df['first'].isna().sum())} intact models)",
         ),
         ("diverged rows", f"{diverged} (kept: scored with what the training left)"),
-        ("failed jobs", f"{len(runs.failed)} (jobs without a result: failed, cancelled or interrupted; listed below)"),
+        (
+            "failed jobs",
+            f"{len(runs.failed)} (jobs without a result: failed, cancelled or interrupted; listed below)",
+        ),
         ("studies", ", ".join(studies)),
         *([("preset", f"{preset}: fewer jobs and shorter training than the study")] if preset else []),
         (
