@@ -40,14 +40,15 @@ class EndOfSweep(Callback):
         if self.table:
             log.info(f"Table: {rebuild_table(sweep_dir)}")
         table = sweep_dir / RESULTS_CSV
-        if self.report is not None and table.exists() and len(table.read_text().splitlines()) < 2:
+        rows = len(table.read_text().splitlines()) - 1 if table.exists() else 0
+        if self.report is not None and rows == 0 and table.exists():
             log.warning(f"No report written: no job wrote a row ({table} is empty)")
-        elif self.report is not None and table.exists():
+        elif self.report is not None and rows > 0:
             try:
                 for line in get_method(self.report)(sweep_dir):
                     log.info(line)
             except (ValueError, KeyError, FileNotFoundError) as err:  # the rows are all written; say why
-                log.warning(f"No report written: {err}. Rows: {sweep_dir / RESULTS_CSV}")
+                log.warning(f"No report written: {err}. Rows: {table}")
         failed = sweep_dir / FAILED_JOBS
         jobs = json.loads(failed.read_text()) if failed.exists() else []
         if jobs:

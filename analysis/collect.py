@@ -28,6 +28,7 @@ from ablation.results import (
     COLUMNS,
     DIAGNOSTIC_COLUMNS,
     DIAGNOSTICS,
+    FAILED_JOBS,
     HISTORIES,
     KINDS,
     PREDICTIONS,
@@ -36,7 +37,6 @@ from ablation.results import (
     TEXT_DTYPE,
     typed,
 )
-from ablation.sweeper import FAILED_JOBS
 
 PREDICTION_KEYS = ("labels", "intact", "ablated")
 # job_dir looks numeric ("0", "17") but is a path: text columns are read as text so "007" or "a/3" survive.
