@@ -12,7 +12,7 @@ import importlib.util
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,11 @@ ABLATE_POSITIONS = ("both", "attention", "output")
 # zero: the adapters' contribution removed; mean: replaced by its mean over the validation tokens of the intact
 # model; scale: multiplied by ablate.alpha; keep: the complement, only first..last keep their adapters
 ABLATE_KINDS = ("zero", "mean", "scale", "keep")
-ABLATE_NORMS = ("trained", "pretrained")  # the LayerNorms the ablated layers run with
+ABLATE_NORMS = ("trained", "pretrained")
+# With adapter.load, the adapter options an AdapterHub folder decides (`derive` takes them from it) and those it
+# cannot express (they must keep their defaults).
+IMPORT_DECIDED = ("size", "activation", "positions", "scaling", "placement")
+IMPORT_FIXED = ("norm", "depth", "combine")  # the LayerNorms the ablated layers run with
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: ablation.precision decides per machine
 DEVICES = ("auto", "cpu", "cuda")
 # Experiment trackers (the `logger` group) and the package each needs (all in the `loggers` extra)
@@ -232,7 +236,6 @@ class MethodConfig:
             self.target,
             f"a non-empty list from {tuple(LORA_POSITIONS)}",
         )
-        self.target = [t for t in LORA_POSITIONS if t in self.target]  # one order: one key
         _check(
             isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
             "method.dropout",
@@ -393,7 +396,6 @@ class AblateConfig:
                 self.alpha,
                 "a finite number for ablate.kind=scale (0: removed, 1: intact)",
             )
-            self.alpha = float(self.alpha)  # 1 and 1.0 are one cell (the cache key holds the text)
         else:
             _check(
                 self.alpha is None, "ablate.alpha", self.alpha, f"only for ablate.kind=scale, not {self.kind}"
@@ -495,7 +497,7 @@ class RunConfig:
         _one_of("device", self.device, DEVICES)
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
         L = self.model.num_layers
-        self._read_imported()
+        self._check_imported()
         if self.method.name == "top_k":
             _check(self.method.k <= L, "method.k", self.method.k, f"the model has L={L} layers: use 1..{L}")
         _check(
@@ -517,28 +519,31 @@ class RunConfig:
             f"a position that has adapters: {have}",
         )
 
-    def _read_imported(self) -> None:
-        """A loaded folder's settings replace the method's (a PEFT LoRA folder) or the adapter group's (an
-        AdapterHub one), so keys and columns describe what was loaded; ConfigError if the folder does not fit."""
+    def _check_imported(self) -> None:
+        """A loaded folder must fit the model and task, and the options it cannot express must keep their
+        defaults; ConfigError naming what does not fit (the folder's own settings come in with `derive`)."""
         from ablation.imports import adapterhub_spec, peft_lora_spec  # JSON and headers only: no torch
 
         if self.method.load is not None:
-            spec = peft_lora_spec(self.method.load, self.model.family, self.model.num_layers)
-            self.method.r, self.method.alpha, self.method.target = spec.r, spec.alpha, spec.targets
-            self.method.dropout = spec.dropout
+            peft_lora_spec(self.method.load, self.model.family, self.model.num_layers)
         if self.trains_adapters and self.adapter.load is not None:
             hub = adapterhub_spec(self.adapter.load, self.model.family, self.task.num_labels)
             plain = AdapterConfig()
-            for name in ("norm", "depth", "placement", "combine"):
+            for name in IMPORT_FIXED:
                 _check(
                     getattr(self.adapter, name) == getattr(plain, name),
                     f"adapter.{name}",
                     getattr(self.adapter, name),
-                    f"{getattr(plain, name)!r} with adapter.load (the folder says what it is)",
+                    f"{getattr(plain, name)!r} with adapter.load (AdapterHub's bottleneck has no such option)",
                 )
-            self.adapter.size, self.adapter.activation = hub.size, hub.activation
-            self.adapter.positions, self.adapter.scaling = hub.positions, hub.scaling
-            self.adapter.placement = hub.placement
+            for name in IMPORT_DECIDED:  # the default (the folder's comes in with derive) or the folder's own
+                allowed = (getattr(plain, name), getattr(hub, name))
+                _check(
+                    getattr(self.adapter, name) in allowed,
+                    f"adapter.{name}",
+                    getattr(self.adapter, name),
+                    f"the folder adapter.load says {getattr(hub, name)!r} (leave adapter.{name} out)",
+                )
 
     @property
     def trains_adapters(self) -> bool:
@@ -549,6 +554,29 @@ class RunConfig:
     def ablatable(self) -> bool:
         """True when the method adds modules per layer (adapters, LoRA) that a layer ablation removes."""
         return self.method.name in ABLATABLE_METHODS
+
+
+def derive(cfg: RunConfig) -> RunConfig:
+    """The complete config of a validated one: an imported folder's settings in place of the method's (a PEFT
+    LoRA folder) or the adapter group's (an AdapterHub one), LoRA targets in one order, ablate.alpha a float,
+    so that keys and columns describe what runs. A new config; derive(derive(c)) == derive(c).
+
+    The machine's device and precisions are resolved after this, at the entry point (Process.resolve).
+    """
+    from ablation.imports import adapterhub_spec, peft_lora_spec  # JSON and headers only: no torch
+
+    method, adapter, ablate = cfg.method, cfg.adapter, cfg.ablate
+    if method.load is not None:
+        spec = peft_lora_spec(method.load, cfg.model.family, cfg.model.num_layers)
+        method = replace(method, r=spec.r, alpha=spec.alpha, target=spec.targets, dropout=spec.dropout)
+    if method.target is not None:  # one order: one key
+        method = replace(method, target=[t for t in LORA_POSITIONS if t in method.target])
+    if cfg.trains_adapters and adapter.load is not None:
+        hub = adapterhub_spec(adapter.load, cfg.model.family, cfg.task.num_labels)
+        adapter = replace(adapter, **{name: getattr(hub, name) for name in IMPORT_DECIDED})
+    if ablate.alpha is not None:  # 1 and 1.0 are one cell (the cache key holds the text)
+        ablate = replace(ablate, alpha=float(ablate.alpha))
+    return replace(cfg, method=method, adapter=adapter, ablate=ablate)
 
 
 @dataclass

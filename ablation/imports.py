@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,38 @@ def safetensors_header(path: Path) -> dict[str, Any]:
             header = json.loads(f.read(size))
         except (ValueError, UnicodeDecodeError, MemoryError):
             raise ConfigError(f"{path}: not a safetensors file (unreadable header)") from None
+    if not isinstance(header, dict):
+        raise ConfigError(f"{path}: not a safetensors file (unreadable header)")
     header.pop("__metadata__", None)
+    try:
+        end = max((int(info["data_offsets"][1]) for info in header.values()), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise ConfigError(f"{path}: not a safetensors file (a tensor without data_offsets)") from None
+    have = path.stat().st_size
+    if have != 8 + size + end:  # what safetensors would only find when loading, inside a job
+        raise ConfigError(
+            f"{path}: truncated or damaged: {have} bytes, its header describes {8 + size + end} "
+            "(copy or save the folder again)"
+        )
     return header
+
+
+def check_weights_file(path: Path) -> None:
+    """ConfigError naming `path` unless it is a complete safetensors file or torch zip (read without loading)."""
+    if path.suffix == ".safetensors":
+        safetensors_header(path)
+        return
+    with path.open("rb") as f:
+        if f.read(2) != b"PK":
+            return  # torch's legacy (pre-1.6) pickle format: only torch.load can tell
+    try:
+        # torch.save's zip: a truncated one has no central directory
+        with zipfile.ZipFile(path) as archive:
+            archive.infolist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ConfigError(
+            f"{path}: truncated or damaged: not a complete torch zip file ({err}); copy or save the folder again"
+        ) from None
 
 
 def _where(family_name: str, prefix: str) -> dict[str, tuple[int, str]]:
@@ -257,6 +288,8 @@ def adapterhub_spec(folder: str | Path, family_name: str, num_labels: int) -> Bo
         raise ConfigError(f"{where} is not allowed: no weights ({' or '.join(AH_WEIGHTS)})")
     if head is None or not (root / AH_HEAD_CONFIG).exists():
         raise ConfigError(f"{where}: no prediction head (save it with save_adapter(..., with_head=True))")
+    for path in (weights, head):
+        check_weights_file(path)
     head_config = json.loads((root / AH_HEAD_CONFIG).read_text()).get("config", {})
     wanted = {"head_type": "classification", "layers": 2, "activation_function": "tanh", "use_pooler": False}
     for option, value in wanted.items():

@@ -262,6 +262,18 @@ def _field(line: str, index: int) -> str | None:
     return fields[index] if index < len(fields) else None
 
 
+def _record(path: Path, sweep_dir: Path) -> dict:
+    """One job's result.json; ValueError naming the file when it is not one."""
+    fix = f"delete it and run the sweep's command again with hydra.sweep.dir={sweep_dir} to recompute it"
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not a result file ({err}); {fix}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not a result file (a JSON {type(record).__name__}, not an object); {fix}")
+    return record
+
+
 def rebuild_table(sweep_dir: Path) -> Path:
     """Rebuild results.csv from every job's result.json under sweep_dir, in SORT_COLUMNS order.
 
@@ -272,7 +284,7 @@ def rebuild_table(sweep_dir: Path) -> Path:
     with lock(out):
         clean(out)
         rows = [
-            json.loads(p.read_text())
+            _record(p, sweep_dir)
             for p in sorted([*sweep_dir.glob(RESULT_JSON), *sweep_dir.glob(f"*/{RESULT_JSON}")])
         ]
         df = typed(pd.DataFrame([{k: r.get(k) for k in COLUMNS} for r in rows], columns=list(COLUMNS)))

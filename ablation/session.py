@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ablation.adapters import remove_adapters, wrap_norms
 from ablation.atomic import clean_folder, lock, save_array, write_text
-from ablation.config import AblateConfig, CacheError, ModelConfig, RunConfig, TaskConfig
+from ablation.config import AblateConfig, CacheError, ModelConfig, RunConfig, TaskConfig, derive
 from ablation.data import Encoded, encode, load_task
 from ablation.evaluate import Ablation, Evaluator, bound_resident_memory
 from ablation.imports import load_adapterhub, load_peft_lora
@@ -320,7 +320,9 @@ class Process:
         self._memory_bound = False
 
     def resolve(self, cfg: RunConfig) -> RunConfig:
-        """The config with device and precisions resolved for this machine (measured once per process)."""
+        """The complete config of a validated one: what it derives (ablation.config.derive: an imported
+        folder's settings, canonical orders) and the device and precisions for this machine (measured once
+        per process). The one place a run's values are filled in; a resolved config resolves to itself."""
 
         def choose(requested: str, device: str, cache: str) -> tuple[str, str]:
             memo = (requested, device, cache)
@@ -328,7 +330,7 @@ class Process:
                 self._precisions[memo] = resolve_precision(requested, device, cache)
             return self._precisions[memo]
 
-        resolved, why = resolve(cfg, choose)
+        resolved, why = resolve(derive(cfg), choose)
         for name, text in why.items():
             if name not in self._logged:
                 print(f"[precision] {name}: {text}", flush=True)

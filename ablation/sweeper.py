@@ -26,7 +26,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ablation.atomic import write_text
-from ablation.config import ConfigError, RunConfig, check_writable
+from ablation.config import ConfigError, RunConfig, check_writable, derive
 from ablation.jobs import (
     ABLATE_KEYS,
     build_jobs,
@@ -178,7 +178,7 @@ class AblationSweeper(Sweeper):
                     del cfg["hydra"]
                     for key in ABLATE_KEYS:  # checked per job below (layer 0 exists in every model)
                         OmegaConf.update(cfg, key, 0 if ranged else None)
-                run = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), cfg))
+                run = derive(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)))
                 composed[group] = (run, base)
             run, base = composed[group]
             if "seed" in values and not re.fullmatch(r"\d+", values["seed"]):

@@ -6,13 +6,33 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from ablation.config import ABLATE_KINDS, ABLATE_NORMS, ABLATE_POSITIONS
 from analysis.collect import load_results, load_runs
-from analysis.select import PANEL_COLUMNS, ablated, split_panels
-from analysis.stats import cell_intervals, layer_matrix
+from analysis.select import (
+    ABLATION_DEFAULTS,
+    ALPHA,
+    KIND,
+    LAYERNORM,
+    PANEL_COLUMNS,
+    CellChoice,
+    ablated,
+    split_panels,
+    with_ablation,
+)
+from analysis.stats import Select, cell_intervals, layer_matrix
 
 PROG = "python -m analysis"
+# The flags that choose the cells of `table`, `ci` and `compare`, by the column each reads: (flag, what the
+# column's values are called).
+CELL_FLAGS = {
+    KIND: ("--kind", "ablation kinds"),
+    LAYERNORM: ("--layernorm", "LayerNorm choices"),
+    ALPHA: ("--alpha", "alphas"),
+    "positions": ("--positions", "adapter positions"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,15 +51,15 @@ def main(argv: list[str] | None = None) -> int:
             print(rebuild_table(args.sweep_dir))
             return 0
         if args.command == "ci":
-            print(format_intervals(load_runs([args.sweep_dir]).table, args.level).to_string(index=False))
+            df = load_runs([args.sweep_dir]).table
+            choice = choose_cells(df, args, f"ci: {args.sweep_dir}")
+            print(format_intervals(df, args.level, choice).to_string(index=False))
             return 0
-        df = ablated(load_results(args.sweep_dir))  # the paper's removal: other kinds have their own figures
-        if df.empty:
-            raise ValueError(f"{args.command}: no layer-ablation cells (kind zero) in {args.sweep_dir}")
+        df = load_results(args.sweep_dir)
         if args.command == "heatmap":
             _heatmap(df, args)
         else:
-            print(format_table(df, args.value))
+            print(format_table(df, args.value, choose_cells(df, args, f"table: {args.sweep_dir}")))
     except (FileNotFoundError, KeyError, ValueError) as err:
         # One line a researcher can act on; a traceback here would only bury the path that is wrong.
         print(f"{PROG}: error: {err.args[0] if err.args else err}", file=sys.stderr)
@@ -80,17 +100,24 @@ def _compare(args: argparse.Namespace) -> int:
     from analysis.plots import difference_figure
     from analysis.stats import difference_intervals
 
-    panels = []
+    panels, choices = [], []
     for path in (args.a, args.b):
-        rows = ablated(load_runs([path]).table)
-        if rows.empty:
-            raise ValueError(f"compare: {path} has no layer-ablation cells")
-        several = [c for c in ("model", "task", "method", "positions") if rows[c].nunique() > 1]
+        df = load_runs([path]).table
+        choice = choose_cells(df, args, f"compare: {path}")
+        rows = choice(df)
+        several = [c for c in PANEL_COLUMNS if rows[c].nunique() > 1]
         if several:
-            raise ValueError(f"compare: {path} holds several heatmaps (varying {several}); give one per side")
+            raise ValueError(
+                f"compare: {path} holds several heatmaps (varying {several}); give one per side"
+                + (" or choose the positions with --positions" if several == ["positions"] else "")
+            )
         panels.append(rows)
-    table = difference_intervals(*panels)
-    names = [f"{p['model'].iloc[0]} · {p['task'].iloc[0]}" for p in panels]
+        choices.append(choice)
+    table = difference_intervals(*panels, select=(choices[0], choices[1]))
+    names = [
+        " · ".join(filter(None, (p["model"].iloc[0], p["task"].iloc[0], c.label())))
+        for p, c in zip(panels, choices, strict=True)
+    ]
     title = f"relative decrease: A ({names[0]}) minus B ({names[1]})\nA = {args.a}\nB = {args.b}"
     out = args.out if args.out is not None else Path("compare")
     for path in difference_figure(table, out, title):
@@ -103,10 +130,48 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_table(df: pd.DataFrame, value: str = "relative_decrease") -> str:
-    """Render each panel as a first x last matrix of `value` in percent, lower triangle left blank."""
+def choose_cells(df: pd.DataFrame, args: argparse.Namespace, where: str) -> CellChoice:
+    """The cells `table`, `ci` and `compare` read: the kind, LayerNorm choice, alpha (kind scale) and
+    positions the flags give, each not given being the one value the cells hold; `where` starts each error."""
+    rows = with_ablation(df.dropna(subset=["first", "last"]))
+    if rows.empty:
+        raise ValueError(f"{where}: no layer-ablation cells")
+    kind = _pick(rows, KIND, args.kind, where)
+    rows = rows[(rows[KIND] == kind).to_numpy(dtype=bool)]
+    layernorm = _pick(rows, LAYERNORM, args.layernorm, where)
+    rows = rows[(rows[LAYERNORM] == layernorm).to_numpy(dtype=bool)]
+    if kind != "scale" and args.alpha is not None:
+        raise ValueError(f"{where}: --alpha {args.alpha:g} is for --kind scale only, not kind {kind}")
+    alpha = _pick(rows, ALPHA, args.alpha, where) if kind == "scale" else None
+    if args.positions is not None:
+        _pick(CellChoice(kind, layernorm, alpha)(rows), "positions", args.positions, where)
+    return CellChoice(kind, layernorm, alpha, args.positions)
+
+
+def _pick(rows: pd.DataFrame, column: str, given: object, where: str) -> object:
+    """`given` if some cell holds it, else the one value the cells hold; ValueError naming the values."""
+    flag, plural = CELL_FLAGS[column]
+    present = sorted(set(rows[column].dropna()))
+    text = ", ".join(map(_text, present))
+    if given is None:
+        if len(present) > 1:
+            raise ValueError(f"{where}: the cells are of several {plural} ({text}); choose one with {flag}")
+        return present[0] if present else None
+    same = np.isclose if isinstance(given, float) else lambda a, b: a == b
+    if not any(same(value, given) for value in present):
+        raise ValueError(f"{where}: no cells with {flag} {_text(given)} (their {plural}: {text})")
+    return given
+
+
+def _text(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def format_table(df: pd.DataFrame, value: str = "relative_decrease", select: Select = ablated) -> str:
+    """Render each panel of the cells `select` keeps (default: the paper's removal) as a first x last matrix
+    of `value` in percent, lower triangle left blank."""
     blocks = []
-    for panel in split_panels(ablated(df)):
+    for panel in split_panels(select(df)):
         matrix = layer_matrix(panel, value) * 100
         cells = matrix.map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
         names = [
@@ -114,6 +179,7 @@ def format_table(df: pd.DataFrame, value: str = "relative_decrease") -> str:
             for c in PANEL_COLUMNS
             if c in panel.columns and pd.notna(panel[c].iloc[0])
         ]
+        names += _ablation_names(panel)
         if "seed" in panel.columns:
             names.append(f"seeds={panel['seed'].nunique()}")
         header = f"{' '.join(names)}\n{value} (%): rows = first ablated layer, columns = last ablated layer"
@@ -121,16 +187,24 @@ def format_table(df: pd.DataFrame, value: str = "relative_decrease") -> str:
     return "\n\n".join(blocks)
 
 
-def format_intervals(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Per cell of each panel: accuracy, its drop from the intact model (points) and the relative decrease
-    (%), each with its 95% interval: `analysis.stats.cell_intervals`, the report's intervals."""
-    cells = ablated(df)
+def _ablation_names(panel: pd.DataFrame) -> list[str]:
+    """The ablation settings of a panel's cells that differ from the paper's removal, as 'column=value'."""
+    first = panel.iloc[0]
+    names = [f"{c}={first[c]}" for c in (KIND, LAYERNORM) if first[c] != ABLATION_DEFAULTS[c]]
+    return names + ([f"{ALPHA}={first[ALPHA]:g}"] if pd.notna(first[ALPHA]) else [])
+
+
+def format_intervals(df: pd.DataFrame, level: float = 0.95, select: Select = ablated) -> pd.DataFrame:
+    """Per cell of each panel of the cells `select` keeps (default: the paper's removal): accuracy, its drop
+    from the intact model (points) and the relative decrease (%), each with its 95% interval:
+    `analysis.stats.cell_intervals`, the report's intervals."""
+    cells = select(df)
     if cells.empty:
         raise ValueError("ci: no layer-ablation cells in these rows")
     tables = []
     for panel in split_panels(cells):
         names = {c: panel[c].iloc[0] for c in PANEL_COLUMNS if cells[c].nunique() > 1}
-        tables.append(cell_intervals(panel, level).drop(columns="includes_zero").assign(**names))
+        tables.append(cell_intervals(panel, level, select).drop(columns="includes_zero").assign(**names))
     return pd.concat(tables, ignore_index=True).round(2)
 
 
@@ -138,6 +212,16 @@ def _heatmap(df: pd.DataFrame, args: argparse.Namespace) -> None:
     # Imported here so that `table` does not pay for matplotlib and seaborn.
     from analysis.plots import heatmap_figure
 
+    cells = with_ablation(df.dropna(subset=["first", "last"]))
+    if cells.empty:
+        raise ValueError(f"heatmap: no layer-ablation cells in {args.sweep_dir}")
+    kinds = ", ".join(sorted(set(cells[KIND])))
+    df = ablated(df)  # the paper's removal: `figures` draws the heatmap of each other kind with its own title
+    if df.empty:
+        raise ValueError(
+            f"heatmap: no cells of kind zero in {args.sweep_dir} (its kinds: {kinds}); their heatmaps: "
+            f"`{PROG} figures {args.sweep_dir}`, their tables: `{PROG} table --kind KIND {args.sweep_dir}`"
+        )
     sweep = args.sweep_dir if args.sweep_dir.is_dir() else args.sweep_dir.parent
     out = args.out if args.out is not None else sweep / "heatmap"
     for path in heatmap_figure(df, out, value=args.value):
@@ -188,7 +272,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     for sub in (heat, table):
         sub.add_argument("--value", default="relative_decrease", help="column to show (default: %(default)s)")
+    for sub in (table, ci, compare):
+        _cell_flags(sub)
     return parser
+
+
+def _cell_flags(sub: argparse.ArgumentParser) -> None:
+    # Each defaults to the one value the cells hold; several present and none chosen is an error naming them.
+    only = "(default: the one the cells hold)"
+    sub.add_argument("--kind", choices=ABLATE_KINDS, default=None, help=f"ablate_kind of the cells {only}")
+    sub.add_argument(
+        "--layernorm", choices=ABLATE_NORMS, default=None, help=f"ablate_layernorm of the cells {only}"
+    )
+    sub.add_argument("--alpha", type=float, default=None, help=f"alpha of the cells of kind scale {only}")
+    sub.add_argument(
+        "--positions",
+        choices=ABLATE_POSITIONS,
+        default=None,
+        help="adapter positions ablated (default: each one the cells hold, one table each)",
+    )
 
 
 if __name__ == "__main__":

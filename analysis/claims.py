@@ -17,13 +17,14 @@ import pandas as pd
 
 from analysis.collect import conform
 from analysis.controls import removal_placement
-from analysis.select import PAPER_SIZES, figure_plan, head_rows, method_rows
+from analysis.select import PAPER_SIZES, STUDY_FIGURES, figure_plan, head_rows, method_rows
 from analysis.stats import LEVEL, Group, cell_groups, group, interval, relative_decrease, replicates
 from analysis.stats import mean_accuracy as _accuracy
 
 INF = float("inf")
 SMALL_INIT = 1e-2  # the paper: robust for init std <= 1e-2
 FEW_PERCENT = 0.05  # "a few percent of the parameters": at most 5% of full fine-tuning's
+NO_ROWS = "no rows for this claim"  # what a claim without data says, before why (where there is a why)
 
 
 @dataclass(frozen=True)
@@ -124,10 +125,15 @@ def evaluate_claims(df: pd.DataFrame) -> pd.DataFrame:
                 text += f"; shown: {name}, the most extreme of {len(judged)} comparisons ({inside} inside the region)"
             rows.append(_row(claim, f"{model} · {task}", text, value, lo, hi, _overall(results)))
         if not found:
-            rows.append(
-                _row(claim, "", "no rows for this claim" + skipped, np.nan, np.nan, np.nan, "no data")
-            )
+            # rows of its figure that measure nothing (e.g. no adapter within 5% of full's parameters)
+            why = skipped or (f" (the {claim.figure} rows hold nothing it compares)" if panels else "")
+            rows.append(_row(claim, "", NO_ROWS + why, np.nan, np.nan, np.nan, "no data"))
     return pd.DataFrame(rows)
+
+
+def claim_study(claim: Claim) -> str:
+    """The study whose rows measure the claim: the first in `STUDY_FIGURES` that draws its figure."""
+    return next(name for name, figures in STUDY_FIGURES.items() if claim.figure in figures)
 
 
 def _row(claim: Claim, panel: str, measured: str, value: float, lo: float, hi: float, result: str) -> dict:

@@ -426,14 +426,16 @@ def contribution_correlation(rows: pd.DataFrame) -> dict | None:
 
 @dataclass(frozen=True)
 class Control:
-    """One control: what it asks, the figure whose rows it reads, what its rows must hold, and its measure
-    (panel rows -> [(what the rows say, estimate or None, unit)], None when the panel lacks its rows)."""
+    """One control: what it asks, the figure whose rows it reads, what its rows must hold, its measure
+    (panel rows -> [(what the rows say, estimate or None, unit)], None when the panel lacks its rows), and
+    the settings of `study=controls` that add its rows."""
 
     name: str
     question: str
     figure: str
     needs: str
     measure: Callable[[pd.DataFrame], list[tuple[str, Estimate | None, str]] | None]
+    runs: str
 
 
 def _head(panel: pd.DataFrame):
@@ -541,6 +543,7 @@ CONTROL_LIST = (
         "controls",
         "method=head rows",
         _head,
+        "method=head",
     ),
     Control(
         "mean replacement",
@@ -549,6 +552,7 @@ CONTROL_LIST = (
         "controls",
         "whole-model cells of kind mean and kind zero",
         _mean,
+        "ablate.kind=mean",
     ),
     Control(
         "pretrained LayerNorms",
@@ -556,6 +560,7 @@ CONTROL_LIST = (
         "controls",
         "whole-model cells with ablate_layernorm=pretrained and trained",
         _layernorm,
+        "ablate.layernorm=pretrained",
     ),
     Control(
         "keep one span",
@@ -563,6 +568,7 @@ CONTROL_LIST = (
         "heatmap_keep",
         "cells of kind keep",
         _keep,
+        "ablate.kind=keep",
     ),
     Control(
         "scale α",
@@ -570,6 +576,7 @@ CONTROL_LIST = (
         "alpha",
         "cells of kind scale",
         _alpha,
+        "ablate.kind=scale ablate.alpha=0,0.25,0.5,0.75,1",
     ),
     Control(
         "contribution vs single-layer drop",
@@ -577,6 +584,7 @@ CONTROL_LIST = (
         "diagnostics",
         "diagnostics.csv and single-layer removal cells of at least 3 layers",
         _correlation,
+        "ablate.first=0..L-1 ablate.last=0..L-1",
     ),
 )
 

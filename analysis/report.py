@@ -17,9 +17,9 @@ import pandas as pd
 
 from ablation.atomic import write_text
 from ablation.results import RESULT_JSON
-from analysis.claims import CLAIMS, evaluate_claims
+from analysis.claims import CLAIMS, NO_ROWS, claim_study, evaluate_claims
 from analysis.collect import Runs, load_runs
-from analysis.controls import findings
+from analysis.controls import CONTROL_LIST, findings
 from analysis.plots import DRAWINGS, study_figures
 from analysis.select import (
     KIND,
@@ -51,6 +51,7 @@ th { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: ta
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #d0d7de; }
 figcaption { color: #57606a; font-size: 0.92em; max-width: 60em; }
 details { margin: 0.6em 0; } summary { cursor: pointer; color: #0969da; }
+.not-measured { font-size: 0.92em; } code { background: #f6f8fa; padding: 0 0.2em; white-space: nowrap; }
 """
 
 
@@ -144,13 +145,15 @@ def _kinds(df: pd.DataFrame) -> str:
 
 
 def _claims(df: pd.DataFrame) -> str:
+    """The claims these rows measure, one table row per claim and panel; the others in one line."""
     table = evaluate_claims(df)
+    measured = table[table["verdict"] != "no data"]
     head = (
         "<tr><th>claim</th><th>paper</th><th>model · task</th><th>measured</th><th>statistic</th>"
         "<th>95% interval</th><th>verdict</th></tr>"
     )
     rows = []
-    for _, r in table.iterrows():
+    for _, r in measured.iterrows():
         color = VERDICT_COLORS[r["verdict"]]
         value = "" if pd.isna(r["estimate"]) else f"{r['estimate']:.2f} {r['unit']}"
         ci = "" if pd.isna(r["lo"]) else f"[{r['lo']:.2f}, {r['hi']:.2f}]"
@@ -160,13 +163,35 @@ def _claims(df: pd.DataFrame) -> str:
             f"<td>{html.escape(r['measured'])}</td><td class='num'>{value}</td><td class='num'>{ci}</td>"
             f"<td><span class='verdict' style='background:{color}'>{r['verdict']}</span></td></tr>"
         )
+    count = measured["claim"].nunique()
     note = (
-        f"<p class='muted'>{len(CLAIMS)} claims of the paper, each judged per model and task by where its "
-        "95% bootstrap interval (validation examples and seeds resampled together, 2,000 replicates) lies "
-        "against the claim's region: inside, reproduced; outside, not reproduced; across the edge, "
-        "inconclusive. Computed from the rows on this page.</p>"
+        f"<p class='muted'>{count} of the paper's {len(CLAIMS)} claims measured by these rows, each judged per "
+        "model and task by where its 95% bootstrap interval (validation examples and seeds resampled together, "
+        "2,000 replicates) lies against the claim's region: inside, reproduced; outside, not reproduced; "
+        "across the edge, inconclusive. Computed from the rows on this page.</p>"
     )
-    return f"{note}<table>{head}{''.join(rows)}</table>"
+    listed = f"<table>{head}{''.join(rows)}</table>" if rows else ""
+    return note + listed + _not_measured(table[table["verdict"] == "no data"])
+
+
+def _not_measured(table: pd.DataFrame) -> str:
+    """One line: the claims without data, grouped by the study whose rows would measure them."""
+    if table.empty:
+        return ""
+    studies = {c.name: claim_study(c) for c in CLAIMS}
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, measured in zip(table["claim"], table["measured"], strict=True):
+        why = measured.removeprefix(NO_ROWS).strip()  # e.g. the rows of another method skipped
+        groups.setdefault((studies[name], why), []).append(name)
+    parts = [
+        f"{html.escape(', '.join(names))} — <code>study={study}</code>"
+        + (f" {html.escape(why)}" if why else "")
+        for (study, why), names in groups.items()
+    ]
+    return (
+        f"<p class='not-measured'><b>Not measured by these rows:</b> {'; '.join(parts)} "
+        "<span class='muted'>(each: <code>python -m ablation.run -m study=NAME</code>).</span></p>"
+    )
 
 
 def _training(df: pd.DataFrame) -> str | None:
@@ -210,37 +235,50 @@ def _number(value: object, fmt: str) -> str:
 
 
 def _controls(df: pd.DataFrame) -> str | None:
-    """The controls run, and what each says (`analysis.controls.findings`); None when the rows hold none."""
+    """The controls these rows hold, and what each says (`analysis.controls.findings`), the others in one
+    line; None when the rows allow no control figure."""
     table = findings(df)
     if table.empty:
         return None
-    ran = [c for c in dict.fromkeys(table["control"]) if table.loc[table["control"] == c, "run"].any()]
-    never = [c for c in dict.fromkeys(table["control"]) if c not in ran]
+    ran = table[table["run"].astype(bool)]
+    names = list(dict.fromkeys(ran["control"]))
     note = (
         f"<p class='muted'>Controls of what the adapters do, computed from the rows on this page: "
-        f"{len(ran)} of {len(ran) + len(never)} run ({html.escape(', '.join(ran)) or 'none'})"
-        + (f"; not run: {html.escape(', '.join(never))}" if never else "")
-        + ". Accuracies in %, each with its 95% interval (validation examples and seeds resampled together, "
-        "the intervals of the claims above); the rank correlation's interval resamples the single-layer "
-        "drops the same way.</p>"
+        f"{len(names)} of {len(CONTROL_LIST)} run ({html.escape(', '.join(names)) or 'none'}). Accuracies in %, "
+        "each with its 95% interval (validation examples and seeds resampled together, the intervals of the "
+        "claims above); the rank correlation's interval resamples the single-layer drops the same way.</p>"
     )
     head = (
         "<tr><th>control</th><th>model · task</th><th>what these rows say</th><th>statistic</th>"
         "<th>95% interval</th></tr>"
     )
     rows = []
-    for _, r in table.iterrows():
+    for _, r in ran.iterrows():
         value = "" if pd.isna(r["estimate"]) else f"{r['estimate']:.2f} {html.escape(r['unit'])}"
         ci = "" if pd.isna(r["lo"]) else f"[{r['lo']:.2f}, {r['hi']:.2f}]"
-        measured = html.escape(r["measured"])
-        if not r["run"]:
-            measured = f"<span class='muted'>{measured}</span>"
         rows.append(
             f"<tr><td><b>{html.escape(r['control'])}</b><div class='rule'>{html.escape(r['question'])}</div>"
-            f"</td><td>{html.escape(r['panel'])}</td><td>{measured}</td><td class='num'>{value}</td>"
-            f"<td class='num'>{ci}</td></tr>"
+            f"</td><td>{html.escape(r['panel'])}</td><td>{html.escape(r['measured'])}</td>"
+            f"<td class='num'>{value}</td><td class='num'>{ci}</td></tr>"
         )
-    return f"{note}<table>{head}{''.join(rows)}</table>"
+    listed = f"<table>{head}{''.join(rows)}</table>" if rows else ""
+    return note + listed + _not_run(table[~table["run"].astype(bool)], set(names))
+
+
+def _not_run(table: pd.DataFrame, ran: set[str]) -> str:
+    """One line: the controls without rows, each with the settings that add them (the panels it lacks where
+    other panels have it)."""
+    if table.empty:
+        return ""
+    runs = {c.name: c.runs for c in CONTROL_LIST}
+    parts = []
+    for name, rows in table.groupby("control", sort=False):
+        where = f" ({', '.join(rows['panel'])})" if name in ran else ""
+        parts.append(f"{html.escape(name + where)} — <code>{html.escape(runs[name])}</code>")
+    return (
+        f"<p class='not-measured'><b>Not run on these rows:</b> {'; '.join(parts)} "
+        "<span class='muted'>(each a part of <code>python -m ablation.run -m study=controls</code>).</span></p>"
+    )
 
 
 def _figures(df: pd.DataFrame, figures_dir: Path) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from ablation.config import ABLATE_KINDS, METHODS
@@ -65,6 +66,36 @@ def cells(df: pd.DataFrame, kind: str = "zero", layernorm: str = "trained") -> p
 def ablated(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of layer-ablation cells: the paper's removal (kind zero, the trained LayerNorms kept)."""
     return cells(df, "zero", "trained")
+
+
+@dataclass(frozen=True)
+class CellChoice:
+    """One kind of ablation cell as a selector: called on rows, it keeps the cells of `kind` and `layernorm`
+    (`cells`, as every heatmap of the report selects them), of `alpha` (kind scale) and of `positions` where
+    given (None: every position, one panel each)."""
+
+    kind: str = "zero"
+    layernorm: str = "trained"
+    alpha: float | None = None
+    positions: str | None = None
+
+    def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
+        rows = cells(df, self.kind, self.layernorm)
+        keep = np.ones(len(rows), dtype=bool)
+        if self.alpha is not None:
+            keep &= np.isclose(rows[ALPHA].astype(float).to_numpy(), self.alpha)
+        if self.positions is not None:
+            keep &= (rows["positions"] == self.positions).fillna(False).to_numpy(dtype=bool)
+        return rows[keep]
+
+    def label(self) -> str:
+        """What sets these cells apart from the paper's removal ('ablate_kind=scale alpha=0.5'); '' for it."""
+        names = [] if self.kind == ABLATION_DEFAULTS[KIND] else [f"{KIND}={self.kind}"]
+        if self.alpha is not None:
+            names.append(f"{ALPHA}={self.alpha:g}")
+        if self.layernorm != ABLATION_DEFAULTS[LAYERNORM]:
+            names.append(f"{LAYERNORM}={self.layernorm}")
+        return " ".join(names)
 
 
 def single_layer_cells(df: pd.DataFrame) -> pd.DataFrame:

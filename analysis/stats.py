@@ -336,15 +336,18 @@ def uncertain_cells(panel: pd.DataFrame, select: Select = ablated) -> pd.DataFra
     return layer_matrix(table, "includes_zero", layers).fillna(0.0) > 0.5
 
 
-def difference_intervals(a: pd.DataFrame, b: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+def difference_intervals(
+    a: pd.DataFrame, b: pd.DataFrame, level: float = LEVEL, select: tuple[Select, Select] = (ablated, ablated)
+) -> pd.DataFrame:
     """Per span both panels have: relative decrease in A minus in B (percentage points), with its interval.
 
     A and B are resampled as independent training runs; their validation examples are resampled together
     when both were scored on the same examples (same labels in the same order), independently otherwise.
+    `select` picks each side's cells (default: the paper's removal on both).
     """
     same = (a["task"].iloc[0] == b["task"].iloc[0]) and np.array_equal(_labels(a), _labels(b))
-    found_a = cell_groups(a, examples="shared" if same else "A", runs="A")
-    found_b = cell_groups(b, examples="shared" if same else "B", runs="B")
+    found_a = cell_groups(a, examples="shared" if same else "A", runs="A", select=select[0])
+    found_b = cell_groups(b, examples="shared" if same else "B", runs="B", select=select[1])
     if found_a is None or found_b is None:
         raise ValueError("compare: both runs need layer-ablation cells")
     (_, ia, ca), (_, ib, cb) = found_a, found_b

@@ -110,14 +110,26 @@ def test_adapter_load_sets_the_adapter_from_the_folder_and_keys_its_files(tmp_pa
     tensors["heads.houlsby.4.bias"] += 1
     torch.save(tensors, head)
     assert training_spec(run_config(copy))["adapter"]["load_sha256"] != digest
-    with pytest.raises(
-        ConfigError,
-        match=re.escape(
-            "adapter.placement='parallel' is not allowed: 'serial' with adapter.load (the folder says what it is)"
-        ),
-    ):
-        run_config(["model=bert_base_uncased", "task=tweets", f"adapter.load={FIXTURE / 'houlsby'}",
-                    "adapter.placement=parallel"])  # fmt: skip
+    houlsby = f"adapter.load={FIXTURE / 'houlsby'}"
+    for given, message in [
+        ("adapter.placement=parallel", "adapter.placement='parallel' is not allowed: the folder adapter.load says 'serial'"),
+        ("adapter.size=16", "adapter.size=16 is not allowed: the folder adapter.load says 8 (leave adapter.size out)"),
+        ("adapter.combine=multiply", "adapter.combine='multiply' is not allowed: 'add' with adapter.load"),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            run_config(["model=bert_base_uncased", "task=tweets", houlsby, given])
+    # the folder's own values, given or derived, are accepted unchanged
+    same = run_config(
+        [
+            "model=bert_base_uncased",
+            "task=tweets",
+            houlsby,
+            "adapter.size=8",
+            "adapter.activation=swish",
+            "device=cpu",
+        ]
+    )
+    assert same == cfg
     pfeiffer = run_config(["model=bert_base_uncased", "task=tweets", f"adapter.load={FIXTURE / 'pfeiffer'}"])
     assert (pfeiffer.adapter.placement, pfeiffer.adapter.positions) == ("normed", ["output"])
     config = json.loads((FIXTURE / "pfeiffer" / "adapter_config.json").read_text())

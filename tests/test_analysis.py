@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -348,6 +349,133 @@ def test_cli_ci_gives_the_reports_intervals_per_cell(tmp_path, capsys):
     pd.testing.assert_frame_equal(table, report.drop(columns="includes_zero"), check_dtype=False)
     assert main(["ci", str(tmp_path)]) == 0
     assert "relative_decrease" in capsys.readouterr().out
+
+
+# --- cells of every ablation kind: table, ci and compare ---------------------------------------------------
+
+EXAMPLES = np.array([0, 1] * 50)  # 100 validation labels; every intact model gets each one right
+CELL_LAYERS = 3
+SPANS = [(f, la) for f in range(CELL_LAYERS) for la in range(f, CELL_LAYERS)]
+KIND_OFFSET = {"zero": 0, "scale": 20, "mean": 40, "keep": 60}
+
+
+def mistakes(
+    first: int, last: int, kind: str = "zero", alpha: float | None = None, layernorm: str = "trained"
+) -> int:
+    """Examples the ablated model gets wrong: distinct per span, kind, alpha and LayerNorm choice, so that
+    reading the wrong cells cannot give the right numbers."""
+    extra = (0 if alpha is None else int(10 * alpha)) + (3 if layernorm == "pretrained" else 0)
+    return 10 * (last - first + 1) + first + KIND_OFFSET[kind] + extra
+
+
+def kind_sweep(path: Path, settings: list[dict]) -> Path:
+    """A sweep with every span ablated under each setting (`mistakes`' kind, alpha, layernorm), as the writer
+    leaves it: results.csv and each job's predictions.npz. Accuracy 1 - mistakes/100 from an intact 1.0."""
+    rows = []
+    for setting in settings:
+        for first, last in SPANS:
+            wrong = mistakes(first, last, **setting)
+            ablated = EXAMPLES.copy()
+            ablated[:wrong] = 1 - ablated[:wrong]
+            job = path / str(len(rows))
+            job.mkdir(parents=True)
+            np.savez(job / "predictions.npz", labels=EXAMPLES, intact=EXAMPLES, ablated=ablated)
+            ablation = {"ablate_kind": setting["kind"], "alpha": setting.get("alpha"),
+                        "ablate_layernorm": setting.get("layernorm", "trained")}  # fmt: skip
+            rows.append(full_row(study=None, first=first, last=last, accuracy=1 - wrong / 100, intact_accuracy=1.0,
+                                 relative_decrease=wrong / 100, job_dir=str(len(rows)), **ablation))  # fmt: skip
+    pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(path / "results.csv", index=False)
+    return path
+
+
+def printed_matrix(out: str) -> dict[tuple[int, int], float]:
+    """{(first, last): value} from the matrix `table` prints: the row of layer f lists spans f..L-1 in order."""
+    values = {}
+    for line in out.splitlines():
+        tokens = line.split()
+        if len(tokens) > 1 and tokens[0].isdigit():
+            first = int(tokens[0])
+            values.update({(first, first + i): float(v) for i, v in enumerate(tokens[1:])})
+    return values
+
+
+def printed_frame(out: str) -> pd.DataFrame:
+    """The table `ci` or `compare` prints (pandas' to_string, no index), read back."""
+    return pd.read_csv(io.StringIO(out), sep=r"\s+")
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_table_ci_and_compare_read_a_sweep_of_another_kind(tmp_path, capsys):
+    mean = kind_sweep(tmp_path / "mean", [{"kind": "mean"}])
+    assert main(["table", str(mean)]) == 0
+    out = capsys.readouterr().out
+    assert "ablate_kind=mean" in out.splitlines()[0]
+    assert printed_matrix(out) == {span: mistakes(*span, "mean") for span in SPANS}  # relative decrease (%)
+    assert main(["ci", str(mean)]) == 0
+    table = printed_frame(capsys.readouterr().out)
+    assert list(zip(table["first"], table["last"], strict=True)) == SPANS
+    assert table["drop_points"].tolist() == [mistakes(*span, "mean") for span in SPANS]
+    assert table["accuracy"].tolist() == [100 - mistakes(*span, "mean") for span in SPANS]
+    zero = kind_sweep(tmp_path / "zero", [{"kind": "zero"}])
+    assert main(["compare", str(mean), str(zero), "--out", str(tmp_path / "cmp")]) == 0
+    paths, summary, table = capsys.readouterr().out.partition(f"{len(SPANS)} of {len(SPANS)} spans differ")
+    assert paths.split() == [str(tmp_path / "cmp.png"), str(tmp_path / "cmp.pdf")] and summary
+    difference = printed_frame(table.split("\n", 1)[1])["difference"]
+    assert difference.tolist() == [KIND_OFFSET["mean"]] * len(SPANS)  # mean minus zero, every span
+    assert (tmp_path / "cmp.png").stat().st_size > 0
+    # the paper's heatmap stays the removal's, and says where the mean cells are drawn and printed
+    assert main(["heatmap", str(mean)]) == 2
+    err = one_line_error(capsys)
+    assert "no cells of kind zero" in err and "(its kinds: mean)" in err and f"figures {mean}" in err
+
+
+def test_mixed_kinds_need_a_choice_and_the_choice_picks_its_cells(tmp_path, capsys):
+    settings = [{"kind": "zero"}, {"kind": "zero", "layernorm": "pretrained"}, {"kind": "mean"},
+                {"kind": "scale", "alpha": 0.5}, {"kind": "scale", "alpha": 1.0}]  # fmt: skip
+    sweep = str(kind_sweep(tmp_path / "s", settings))
+    for command in (["table", sweep], ["ci", sweep], ["compare", sweep, sweep]):
+        assert main(command) == 2
+        err = one_line_error(capsys)
+        assert "several ablation kinds (mean, scale, zero); choose one with --kind" in err
+        assert err.startswith(f"python -m analysis: error: {command[0]}: {sweep}: ")
+    assert main(["table", sweep, "--kind", "mean"]) == 0
+    assert printed_matrix(capsys.readouterr().out) == {span: mistakes(*span, "mean") for span in SPANS}
+    assert main(["table", sweep, "--kind", "zero"]) == 2
+    assert "several LayerNorm choices (pretrained, trained); choose one with --layernorm" in one_line_error(
+        capsys
+    )
+    assert main(["table", sweep, "--kind", "zero", "--layernorm", "pretrained"]) == 0
+    expected = {span: mistakes(*span, layernorm="pretrained") for span in SPANS}
+    assert printed_matrix(capsys.readouterr().out) == expected
+    assert main(["ci", sweep, "--kind", "scale"]) == 2
+    assert "several alphas (0.5, 1); choose one with --alpha" in one_line_error(capsys)
+    assert main(["ci", sweep, "--kind", "scale", "--alpha", "0.5"]) == 0
+    table = printed_frame(capsys.readouterr().out)
+    assert table["drop_points"].tolist() == [mistakes(*span, "scale", 0.5) for span in SPANS]
+    refused = {
+        ("--kind", "keep"): "no cells with --kind keep (their ablation kinds: mean, scale, zero)",
+        ("--kind", "mean", "--alpha", "0.5"): "--alpha 0.5 is for --kind scale only, not kind mean",
+        ("--kind", "mean", "--positions", "attention"): "no cells with --positions attention (their adapter positions: both)",
+    }  # fmt: skip
+    for flags, message in refused.items():
+        assert main(["table", sweep, *flags]) == 2
+        assert message in one_line_error(capsys)
+
+
+def test_rebuild_names_a_corrupt_result_file(tmp_path, capsys):
+    sweep = write_sweep(tmp_path / "sweep", synthetic_results())
+    table = (sweep / "results.csv").read_bytes()
+    bad = sweep / "3" / "result.json"
+    bad.write_text('{"task"\n}')  # json: "Expecting ':' delimiter: line 2 column 1"
+    assert main(["rebuild", str(sweep)]) == 2
+    err = one_line_error(capsys)
+    assert str(bad) in err and "Expecting ':' delimiter" in err
+    assert (sweep / "results.csv").read_bytes() == table  # the table is left as it was
 
 
 def _loaded(code: str, modules: tuple[str, ...]) -> list[str]:

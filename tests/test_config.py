@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 import ablation.config  # noqa: F401  (registers the schema and the sweeper)
-from ablation.config import AdapterConfig, ConfigError, RunConfig
+from ablation.config import AdapterConfig, ConfigError, RunConfig, derive
 from ablation.jobs import expand_range
 from ablation.keys import variant
 
@@ -36,7 +40,8 @@ def compose_config(overrides: list[str]):
 
 
 def run_config(overrides: list[str]) -> RunConfig:
-    return OmegaConf.to_object(compose_config(overrides))
+    """The validated config of these overrides, completed as the entry point completes it (derive)."""
+    return derive(OmegaConf.to_object(compose_config(overrides)))
 
 
 def test_conf_has_the_expected_options():
@@ -281,6 +286,25 @@ CLI_CASES = {
     # nothing left to run: every job in the lower triangle, or a grid with no point
     "sweep_all_dropped": ["-m", "ablate.first=5", "ablate.last=2", "hydra.sweep.dir={out}"],
     "sweep_empty_grid": ["-m", "model=minilm_l6", "seed=range(3,3)", "hydra.sweep.dir={out}"],
+    # damaged imported folders ({bad}: made by the fixture): named before any job, not from inside one
+    "peft_truncated": [
+        "-m",
+        "model=bert_base_uncased",
+        "method=lora",
+        "method.load={bad}/peft",
+        "ablate.first=0..1",
+        "ablate.last=0..1",
+        "hydra.sweep.dir={out}",
+    ],
+    "adapterhub_truncated": [
+        "-m",
+        "model=bert_base_uncased",
+        "task=tweets",
+        "adapter.load={bad}/pfeiffer",
+        "ablate.first=0..1",
+        "ablate.last=0..1",
+        "hydra.sweep.dir={out}",
+    ],
     "dry_run": [
         "-m",
         "study=tradeoff",
@@ -291,9 +315,25 @@ CLI_CASES = {
 }
 
 
+def damaged_folders(root: Path) -> Path:
+    """A PEFT LoRA folder and an AdapterHub one, each with its safetensors file cut short (an interrupted copy)."""
+    from test_peft_import import save_peft
+    from transformers import BertConfig as Bert
+    from transformers import BertForSequenceClassification
+
+    bert = BertForSequenceClassification(Bert(vocab_size=100, hidden_size=32, num_hidden_layers=12,
+                                              num_attention_heads=4, intermediate_size=64))  # fmt: skip
+    save_peft(bert, "bert", root / "peft")
+    shutil.copytree(REPO / "tests" / "fixtures" / "adapterhub" / "pfeiffer", root / "pfeiffer")
+    for path in (root / "peft" / "adapter_model.safetensors", root / "pfeiffer" / "adapter.safetensors"):
+        path.write_bytes(path.read_bytes()[:-100])
+    return root
+
+
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory):
     """Start every CLI case in parallel; returns name -> (folder, returncode, output)."""
+    bad = damaged_folders(tmp_path_factory.mktemp("bad"))
     procs = {}
     for name, args in CLI_CASES.items():
         folder = tmp_path_factory.mktemp(name)
@@ -305,7 +345,7 @@ def cli(tmp_path_factory):
             "HF_HUB_OFFLINE": "1",
         }
         env.pop("HYDRA_FULL_ERROR", None)
-        argv = [a.format(out=folder / "out") for a in args]
+        argv = [a.format(out=folder / "out", bad=bad) for a in args]
         procs[name] = (
             folder,
             subprocess.Popen(
@@ -359,6 +399,11 @@ BAD_CLI = [
         ["the sweep has no job to run", "each of its 1 jobs has ablate.first > ablate.last"],
     ),
     ("sweep_empty_grid", ["the sweep has no job to run", "its grid is empty"]),
+    (
+        "peft_truncated",
+        ["peft/adapter_model.safetensors: truncated or damaged", "copy or save the folder again"],
+    ),
+    ("adapterhub_truncated", ["pfeiffer/adapter.safetensors: truncated or damaged", "its header describes"]),
 ]
 
 
@@ -379,3 +424,114 @@ def test_cli_dry_run_lists_a_study_without_running_it(cli):
     assert "Dry run: 10 jobs listed, none launched" in output
     assert "method=top_k" in output and "method.k=6" in output
     assert list(folder.iterdir()) == []
+
+
+# --- validation changes nothing: every composed config is accepted again, unchanged ----------------------------
+
+GROUPS = {p.name for p in CONF.iterdir() if p.is_dir()}
+
+
+def study_jobs(study: str, preset: str | None) -> list[dict[str, str]]:
+    """The jobs `python -m ablation.run -m study=<study> [preset=<preset>]` launches, as {key: value} dicts."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ablation.jobs import build_jobs, choose_grid, drop_lower_triangle, expand_layer_ranges
+
+    cli = [f"study={study}", *([f"preset={preset}"] if preset else [])]
+    sweeper = compose("config", overrides=cli, return_hydra_config=True).hydra.sweeper
+    params, grids, _ = choose_grid(
+        OmegaConf.to_container(sweeper.params) if sweeper.params else {},
+        OmegaConf.to_container(sweeper.grids) if sweeper.grids else [{}],
+        OmegaConf.to_container(sweeper.presets) if sweeper.presets else {},
+        preset,
+    )
+    layers = {m: OmegaConf.load(CONF / "model" / f"{m}.yaml").num_layers for m in MODELS}
+    default = "minilm_l6" if preset else "mpnet_base"  # the quick preset's model, else config.yaml's
+
+    def num_layers(overrides: tuple[str, ...]) -> int:
+        return layers[dict(o.split("=", 1) for o in overrides if "=" in o).get("model", default)]
+
+    jobs = build_jobs(params, grids, cli, OverridesParser.create())
+    jobs, _ = drop_lower_triangle(expand_layer_ranges(jobs, num_layers))
+    return [dict(arg.split("=", 1) for arg in job) for job in jobs]
+
+
+def _composed_runs(tmp_path: Path) -> dict[str, RunConfig]:
+    """Every config a user's command composes: each job of every study x preset (one cell and one seed per
+    setting), each method, and each kind of imported folder; name -> the completed config (derive)."""
+    from omegaconf import open_dict
+    from test_peft_import import save_peft
+    from transformers import BertConfig as Bert
+    from transformers import BertForSequenceClassification
+
+    jobs = {f"method={m}": [f"method={m}", *(["method.k=2"] if m == "top_k" else [])] for m in METHOD_FILES}
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        planned = {(s, p): study_jobs(s, p) for s in STUDIES for p in [None, *PRESETS]}
+    for job in (job for study in planned.values() for job in study):
+        job = {k: v for k, v in job.items() if k != "seed"} | {"seed": "1"}
+        if "ablate.first" in job:  # one cell per setting: the top layer alone
+            job |= {"ablate.first": job["ablate.last"]}
+        jobs[" ".join(f"{k}={v}" for k, v in sorted(job.items()))] = [f"{k}={v}" for k, v in job.items()]
+    hub = REPO / "tests" / "fixtures" / "adapterhub"
+    for name in ("houlsby", "pfeiffer"):
+        jobs[f"adapterhub {name}"] = ["model=bert_base_uncased", "task=tweets", f"adapter.load={hub / name}"]
+    bert = BertForSequenceClassification(Bert(vocab_size=100, hidden_size=32, num_hidden_layers=12,
+                                              num_attention_heads=4, intermediate_size=64))  # fmt: skip
+    save_peft(bert, "bert", tmp_path / "peft")
+    jobs["peft lora"] = ["model=bert_base_uncased", "method=lora", f"method.load={tmp_path / 'peft'}"]
+    composed: dict[tuple[str, ...], object] = {}  # composing is the slow part: once per group choice
+    runs = {}
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for name, overrides in jobs.items():
+            # a study file holds only its sweep (hydra.sweeper): the jobs above are what it makes
+            groups = tuple(sorted(o for o in overrides if o.split("=")[0] in GROUPS - {"study"}))
+            if groups not in composed:
+                composed[groups] = compose("config", overrides=list(groups))
+            cfg = composed[groups].copy()
+            with open_dict(cfg):
+                for override in overrides:
+                    key, value = override.split("=", 1)
+                    if key not in GROUPS:
+                        OmegaConf.update(cfg, key, yaml.safe_load(value), force_add=False)
+            runs[name] = derive(OmegaConf.to_object(cfg))
+    return runs
+
+
+METHOD_FILES = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
+
+
+def test_every_composed_config_is_accepted_again_unchanged_and_its_columns_name_the_same_run(tmp_path):
+    from ablation.keys import cell_name, config_columns
+
+    runs = _composed_runs(tmp_path)
+    assert len(runs) > 100 and {"peft lora", "adapterhub pfeiffer"} <= set(runs)
+    for name, cfg in runs.items():
+        assert dataclasses.replace(cfg) == cfg, name  # validation again: nothing changes
+        assert derive(cfg) == cfg, name  # complete already: nothing more to derive
+        again = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.structured(cfg))
+        )
+        assert again == cfg, name  # through Hydra's schema, as the sweeper's check builds it
+        rebuilt = derive(from_columns(config_columns(cfg), cfg))
+        assert config_columns(rebuilt) == config_columns(cfg), name
+        assert cell_name(rebuilt.ablate) == cell_name(cfg.ablate), name
+
+
+def from_columns(columns: dict, like: RunConfig) -> RunConfig:
+    """The config whose fields with a column take the row's values (lists from their '+'-joined text) and whose
+    other fields are `like`'s: what a row alone says of its run."""
+    from ablation.keys import _leaves
+
+    sections: dict[tuple[str, ...], dict] = {}
+    for path, _, f, hint in _leaves(RunConfig):
+        column = f.metadata.get("column")
+        if column is None or columns.get(column) is None:
+            continue
+        value = columns[column]
+        if any(typing.get_origin(h) is list for h in (hint, *typing.get_args(hint))):
+            value = value.split("+")
+        sections.setdefault(path, {})[f.name] = value
+    top = sections.pop((), {})
+    return dataclasses.replace(
+        like, **top, **{p[0]: dataclasses.replace(getattr(like, p[0]), **v) for p, v in sections.items()}
+    )

@@ -8,6 +8,8 @@ diagnostics.csv. Predictions flip a fixed share of examples, so every accuracy i
 
 from __future__ import annotations
 
+import html
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -257,6 +259,11 @@ def test_the_command_line_tables_read_the_removal_only(tmp_path, capsys):
     spans = format_intervals(df)[["first", "last"]].apply(tuple, axis=1).tolist()
     assert sorted(spans) == sorted([(la, la) for la in range(LAYERS)] + [(0, LAYERS - 1)])
     assert format_table(df) == format_table(ablated(df))
+    # On the command line, a sweep of several kinds names them and waits for a choice.
+    assert main(["table", str(tmp_path / "s")]) == 2
+    assert "several ablation kinds (mean, zero); choose one with --kind" in capsys.readouterr().err
+    assert main(["table", str(tmp_path / "s"), "--kind", "zero", "--layernorm", "trained"]) == 0
+    assert capsys.readouterr().out.strip() == format_table(ablated(df))
     assert main(["heatmap", str(tmp_path / "s"), "--out", str(tmp_path / "h")]) == 0
     capsys.readouterr()
     head_only = tmp_path / "head"
@@ -479,12 +486,27 @@ def test_report_section_with_every_control(tmp_path):
     assert page.count("data:image/png;base64,") == len(CONTROL_FIGURES)
 
 
+def controls_section(page: str) -> tuple[list[str], str]:
+    """The controls in the report's controls table (one per row), and its line of those not run (as text)."""
+    section = page.split("<h2>What the adapters do</h2>")[1].split("<h2>")[0]
+    listed = [html.unescape(name) for name in re.findall(r"<tr><td><b>(.*?)</b>", section)]
+    line = re.search(r"Not run on these rows:(.*?)</p>", section)
+    return listed, html.unescape(re.sub(r"<[^>]+>", "", line.group(1))) if line else ""
+
+
 def test_report_section_with_some_controls_and_without_any(tmp_path):
     some = controls_sweep(tmp_path / "some", skip=("head", "keep", "scale"), diagnostics=False)
     page = build_report([some.path], tmp_path / "some.html").read_text()
     section = page.split("<h2>What the adapters do</h2>")[1].split("<h2>")[0]
     assert "2 of 6 run (mean replacement, pretrained LayerNorms)" in section
-    assert section.count("not run (needs") == 4 and "75.00 % of the loss" in section
+    assert "75.00 % of the loss" in section and "not run (needs" not in section
+    listed, line = controls_section(page)
+    assert listed == ["mean replacement", "pretrained LayerNorms"]
+    assert line.strip().startswith(
+        "head-only baseline — method=head; keep one span — ablate.kind=keep; scale α — ablate.kind=scale "
+        "ablate.alpha=0,0.25,0.5,0.75,1; contribution vs single-layer drop — ablate.first=0..L-1 "
+        "ablate.last=0..L-1 (each a part of python -m ablation.run -m study=controls)"
+    )
     frame = findings(runs(some.path)).set_index("control")
     assert not frame.loc["head-only baseline", "run"]
     assert np.isnan(frame.loc["scale α", "estimate"])
@@ -493,3 +515,19 @@ def test_report_section_with_some_controls_and_without_any(tmp_path):
     page = build_report([plain.path], tmp_path / "plain.html").read_text()
     assert "What the adapters do" not in page
     assert findings(runs(plain.path)).empty
+
+
+def test_the_main_jobs_report_tables_the_one_control_its_rows_measure(tmp_path):
+    """The main job (no study, every span removed, each job's diagnostics.csv): the contribution control in
+    the table, the five others in one line with their settings."""
+    main_job = controls_sweep(
+        tmp_path / "main", study=None, skip=("head", "pretrained", "mean", "keep", "scale")
+    )
+    page = build_report([main_job.path], tmp_path / "main.html").read_text()
+    listed, line = controls_section(page)
+    assert listed == ["contribution vs single-layer drop"]
+    expected = {"head-only baseline": "method=head", "mean replacement": "ablate.kind=mean",
+                "pretrained LayerNorms": "ablate.layernorm=pretrained", "keep one span": "ablate.kind=keep",
+                "scale α": "ablate.kind=scale ablate.alpha=0,0.25,0.5,0.75,1"}  # fmt: skip
+    assert line.split(" (each")[0].strip() == "; ".join(f"{name} — {runs}" for name, runs in expected.items())
+    assert "1 of 6 run (contribution vs single-layer drop)" in page and "not run (needs" not in page

@@ -4,6 +4,7 @@ weights and the head, counts its parameters by the formula, and comes off withou
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from conftest import padded_batch, tiny_model
 from test_evaluate import big_lora
 
 from ablation.adapters import adapter_slots, encoder_layers, inject_lora, remove_adapters, set_ablation
-from ablation.config import ConfigError, MethodConfig
+from ablation.config import ConfigError, MethodConfig, ModelConfig, RunConfig, TaskConfig, derive
 from ablation.families import LORA_POSITIONS, family
 from ablation.methods import prepare
 
@@ -83,8 +84,9 @@ def test_lora_config_values_are_checked_naming_the_field():
         MethodConfig(name="lora", r=4, alpha=8, target=["keys"], dropout=0.0)
     with pytest.raises(ConfigError, match="method.r=4 is not allowed: only for method=lora"):
         MethodConfig(name="adapters", r=4)
-    # one order of targets, one training key
-    assert MethodConfig(name="lora", r=4, alpha=8, target=["value", "query"], dropout=0.0).target == [
-        "query",
-        "value",
-    ]
+    # validation changes nothing; derive puts the targets in one order: one training key
+    given = MethodConfig(name="lora", r=4, alpha=8, target=["value", "query"], dropout=0.0)
+    assert given.target == ["value", "query"]
+    base = RunConfig(task=TaskConfig(name="t", artifact="rotten-tomatoes"),
+                     model=ModelConfig(name="m", artifact="all-minilm-l6-v2", num_layers=2))  # fmt: skip
+    assert derive(dataclasses.replace(base, method=given)).method.target == ["query", "value"]

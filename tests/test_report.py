@@ -7,6 +7,7 @@ a fixed share of examples gives that share.
 
 from __future__ import annotations
 
+import html
 import re
 import subprocess
 import sys
@@ -64,9 +65,11 @@ class Sweep:
         pd.DataFrame(self.rows).to_csv(self.path / "results.csv", index=False)
 
 
-def ablation_sweep(path: Path, drop, n_layers: int = 6, seeds=(0, 1)) -> Sweep:
+def ablation_sweep(
+    path: Path, drop, n_layers: int = 6, seeds=(0, 1), study: str | None = "layer_ablation"
+) -> Sweep:
     """Every span first..last; drop(first, last) is the share of examples the ablated model gets wrong."""
-    sweep = Sweep(path, "layer_ablation")
+    sweep = Sweep(path, study)
     for seed in seeds:
         intact = wrong(sweep.truth, 0.1, offset=seed)
         for first in range(n_layers):
@@ -228,6 +231,8 @@ def test_tradeoff_claims_pass_and_fail(tmp_path):
     # adapters with more than 5% of full fine-tuning's parameters are not "a few percent": no data
     tradeoff_sweep(tmp_path / "big", adapter_drop=0.0, norm_drop=0.04, adapter_params=20_000)
     assert verdicts(tmp_path / "big", "adapters close to full fine-tuning") == ["no data"]
+    row = claim(evaluate_claims(load_runs([tmp_path / "big"]).table), "adapters close to full fine-tuning")
+    assert row["measured"].tolist() == ["no rows for this claim (the tradeoff rows hold nothing it compares)"]
 
 
 def variants_sweep(path: Path, gain: float) -> None:
@@ -315,8 +320,57 @@ def test_report_is_self_contained_and_lists_claims_figures_and_runs(tmp_path):
     for c in CLAIMS:
         assert c.name.replace("'", "&#x27;") in page
     assert "failed jobs</th><td>1 " in page and "ValueError: something went wrong" in page
-    assert "reproduced" in page and "no data" in page
+    assert "reproduced" in page and "Not measured by these rows:" in page
     assert str(tmp_path / "abl") in page
+
+
+LAYER_CLAIMS = {
+    "single-layer removal costs little",
+    "all adapters removed: majority class",
+    "lower layers matter less",
+}
+INIT_CLAIMS = ["init std ≤ 1e-2 is robust", "larger init std degrades"]
+# The claims a layer-ablation sweep cannot judge, by the study whose rows would.
+OTHER_STUDIES = {
+    "bottleneck": ["sizes 8/64/256 perform alike"],
+    "tradeoff": ["adapters close to full fine-tuning", "LayerNorm-only costs a few points"],
+    "variants": ["no variant beats the plain adapter"],
+}
+
+
+def claims_section(page: str) -> tuple[set[str], str]:
+    """The claims in the report's claims table, and its line of those not measured (as text, tags removed)."""
+    section = page.split("<h2>What the paper claimed, and what these runs measured</h2>")[1].split("<h2>")[0]
+    listed = {html.unescape(name) for name in re.findall(r"<tr><td><b>(.*?)</b>", section)}
+    line = re.search(r"Not measured by these rows:(.*?)</p>", section)
+    return listed, html.unescape(re.sub(r"<[^>]+>", "", line.group(1))) if line else ""
+
+
+def test_a_layer_ablation_report_tables_only_the_claims_its_rows_measure(tmp_path):
+    """The main job (no study: `ablate.first=0..L-1 ablate.last=0..L-1`) judges the three layer claims; the
+    others are one line, each with the study that would measure it, and no row says "no data"."""
+    ablation_sweep(tmp_path / "main", lambda f, la: 0.0, n_layers=4, study=None)
+    page = build_report([tmp_path / "main"], tmp_path / "main.html").read_text()
+    listed, line = claims_section(page)
+    assert listed == LAYER_CLAIMS
+    for study, names in {"init_scale": INIT_CLAIMS, **OTHER_STUDIES}.items():
+        assert f"{', '.join(names)} — study={study}" in line
+    assert line.count(" — study=") == 4 and "no data" not in page
+    assert "3 of the paper's 9 claims measured by these rows" in page
+
+
+def test_a_studys_rows_move_its_claims_into_the_table(tmp_path):
+    ablation_sweep(tmp_path / "main", lambda f, la: 0.0, n_layers=4, study=None)
+    init_sweep(tmp_path / "init", small_drop=0.0, large_drop=0.3)
+    page = build_report([tmp_path / "main", tmp_path / "init"], tmp_path / "both.html").read_text()
+    listed, line = claims_section(page)
+    assert listed == LAYER_CLAIMS | set(INIT_CLAIMS)
+    assert "study=init_scale" not in line and not any(name in line for name in INIT_CLAIMS)
+    for study, names in OTHER_STUDIES.items():
+        assert f"{', '.join(names)} — study={study}" in line
+    # the table holds exactly the claims that got a verdict from these rows
+    everything = evaluate_claims(load_runs([tmp_path / "main", tmp_path / "init"]).table)
+    assert set(everything.loc[everything["verdict"] != "no data", "claim"]) == listed
 
 
 def test_a_quick_preset_says_so_in_the_report_and_figure_titles(tmp_path):
