@@ -1,6 +1,6 @@
 """LoRA and imported adapters end to end: the heatmap sweep trains LoRA once on the tiny model (cells,
-diagnostics, the row's LoRA settings); a PEFT folder and an AdapterHub folder are analysed with no training;
-bad folders stop the sweep before anything is written."""
+diagnostics, the row's LoRA settings); a PEFT folder is analysed with no training; bad folders stop the sweep
+before anything is written. AdapterHub folders in a sweep: tests/test_matrix.py."""
 
 from __future__ import annotations
 
@@ -65,41 +65,3 @@ def test_a_peft_folder_is_analysed_without_training_and_bad_folders_write_nothin
         assert done.returncode != 0 and message in done.stderr
         assert len([line for line in done.stderr.splitlines() if "method.load" in line]) == 1
         assert not (tmp_path / "b").exists()
-
-
-def test_an_adapterhub_folder_is_analysed_without_training(tmp_path):
-    """The issue's command on the AdapterHub fixture: its base (with a tokenizer) as the model, a 3-label CSV."""
-    import shutil
-
-    import numpy as np
-    from conftest import tiny_tokenizer
-
-    fixture = Path(__file__).parent / "fixtures" / "adapterhub"
-    shutil.copytree(fixture / "base", tmp_path / "base")
-    tiny_tokenizer().save_pretrained(tmp_path / "base")
-    rng = np.random.default_rng(0)
-    words = ["the", "movie", "film", "plot", "good", "bad", "great", "awful", "is", "was"]
-    texts = [" ".join(rng.choice(words, size=6)) for _ in range(120)]
-    pd.DataFrame({"text": texts, "label": [i % 3 for i in range(120)]}).to_csv(
-        tmp_path / "three.csv", index=False
-    )
-    conf = tmp_path / "conf"
-    (conf / "model").mkdir(parents=True)
-    (conf / "task").mkdir()
-    (conf / "model" / "hub_base.yaml").write_text(
-        f"name: hub_base\nfamily: bert\nsource: hub\nhub_id: {tmp_path / 'base'}\nnum_layers: 3\n"
-    )
-    (conf / "task" / "three.yaml").write_text(
-        f"name: three\nsource: csv\npath: {tmp_path / 'three.csv'}\nnum_labels: 3\nvalidation_size: 40\n"
-    )
-    args = ["-m", f"hydra.searchpath=[file://{conf}]", "model=hub_base", "task=three", "eval.precision=fp32",
-            f"adapter.load={fixture / 'houlsby'}", "ablate.first=0..2", "ablate.last=0..2",
-            f"paths.store={tmp_path / 'store'}", f"paths.cache={tmp_path / 'cache'}",
-            f"hydra.sweep.dir={tmp_path / 'a'}"]  # fmt: skip
-    done = run(args)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = pd.read_csv(tmp_path / "a" / "results.csv")
-    assert len(rows) == 6 and (rows["train_steps"] == 0).all() and rows["trained_now"].sum() == 1
-    assert (rows["adapter_size"] == 8).all() and (rows["adapter_activation"] == "swish").all()
-    assert (rows["adapter_loaded_from"] == str(fixture / "houlsby")).all()
-    assert rows["accuracy"].notna().all() and (tmp_path / "a" / "heatmap.png").exists()
