@@ -4,8 +4,6 @@ before anything is written. AdapterHub folders in a sweep: tests/test_matrix.py.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import torch
