@@ -11,6 +11,9 @@
   runs its jobs again; a training resumes from its last checkpoint (`train.checkpoint_seconds`), and a job
   that had finished finds its row's work in the caches.
 
+- Without SLURM's commands on PATH, `check_slurm_available` says so in one line before any job is planned
+  (submitit would fail only once the array is submitted, with a traceback).
+
 Every option of `submitit_slurm` (partition, account, qos, timeout_min, cpus_per_task, mem_gb,
 gpus_per_node, array_parallelism, setup, additional_parameters, ...) means the same here.
 """
@@ -18,17 +21,40 @@ gpus_per_node, array_parallelism, setup, additional_parameters, ...) means the s
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+# The launchers that submit to SLURM (`_target_` -> the `hydra/launcher` choice), and the commands they run
+# here: sbatch submits the array, its script runs each task under srun.
+SLURM_LAUNCHERS = {
+    "hydra_plugins.ablation_sweeper.SlurmLauncher": "slurm",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher": "submitit_slurm",
+}
+SLURM_COMMANDS = ("sbatch", "srun")
+
+
+def check_slurm_available(launcher: DictConfig) -> None:
+    """Raise ConfigError when `launcher` submits to SLURM and sbatch or srun is not on PATH."""
+    from ablation.config import ConfigError  # here: ablation.config imports this module when it registers
+
+    name = SLURM_LAUNCHERS.get(str(launcher.get("_target_")))
+    missing = [cmd for cmd in SLURM_COMMANDS if shutil.which(cmd) is None]
+    if name is not None and missing:
+        raise ConfigError(
+            f"no SLURM found here: {'/'.join(missing)} not on PATH (hydra/launcher={name} submits to a SLURM "
+            "cluster; run on a login node, or use hydra/launcher=basic|joblib|submitit_local)"
+        )
 
 
 @dataclass
@@ -45,6 +71,11 @@ class SlurmLauncher(SubmititSlurmLauncher):
     def __init__(self, jobs_per_task: int = 1, **params: Any) -> None:
         super().__init__(**params)
         self.jobs_per_task = jobs_per_task  # checked with the other options by the sweeper
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        """Refuse a machine without SLURM, then keep the context (Hydra calls this before the sweep starts)."""
+        check_slurm_available(config.hydra.launcher)
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def __call__(self, pack: list[tuple]) -> list[JobReturn]:  # type: ignore[override]
         """Run a pack's jobs one after another (in the array task); a job's exception stays in its return."""

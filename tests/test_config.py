@@ -305,6 +305,21 @@ CLI_CASES = {
         "ablate.last=0..1",
         "hydra.sweep.dir={out}",
     ],
+    # a SLURM launcher where sbatch/srun are not on PATH (the fixture hides them, even where slurm-wlm is installed)
+    "launcher_no_slurm": [
+        "-m",
+        "model=minilm_l6",
+        "seed=0,1",
+        "hydra/launcher=slurm",
+        "hydra.sweep.dir={out}",
+    ],
+    "launcher_no_slurm_submitit": [
+        "-m",
+        "model=minilm_l6",
+        "seed=0,1",
+        "hydra/launcher=submitit_slurm",
+        "hydra.sweep.dir={out}",
+    ],
     "dry_run": [
         "-m",
         "study=tradeoff",
@@ -330,6 +345,11 @@ def damaged_folders(root: Path) -> Path:
     return root
 
 
+# run with PATH = a folder that does not exist: no sbatch or srun anywhere (the CLI runs as sys.executable by its
+# full path and needs nothing else from PATH before it stops)
+NO_SLURM = {"launcher_no_slurm", "launcher_no_slurm_submitit"}
+
+
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory):
     """Start every CLI case in parallel; returns name -> (folder, returncode, output)."""
@@ -345,6 +365,8 @@ def cli(tmp_path_factory):
             "HF_HUB_OFFLINE": "1",
         }
         env.pop("HYDRA_FULL_ERROR", None)
+        if name in NO_SLURM:
+            env["PATH"] = str(folder / "no-commands")  # never created: the folder stays empty
         argv = [a.format(out=folder / "out", bad=bad) for a in args]
         procs[name] = (
             folder,
@@ -399,6 +421,21 @@ BAD_CLI = [
         ["the sweep has no job to run", "each of its 1 jobs has ablate.first > ablate.last"],
     ),
     ("sweep_empty_grid", ["the sweep has no job to run", "its grid is empty"]),
+    (
+        "launcher_no_slurm",
+        [
+            "no SLURM found here: sbatch/srun not on PATH",
+            "hydra/launcher=slurm submits to a SLURM cluster",
+            "hydra/launcher=basic|joblib|submitit_local",
+        ],
+    ),
+    (
+        "launcher_no_slurm_submitit",
+        [
+            "no SLURM found here: sbatch/srun not on PATH",
+            "hydra/launcher=submitit_slurm submits to a SLURM cluster",
+        ],
+    ),
     (
         "peft_truncated",
         ["peft/adapter_model.safetensors: truncated or damaged", "copy or save the folder again"],

@@ -72,38 +72,69 @@ def _submitit_logs(sweep: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in sorted((sweep / ".submitit").glob("*/*_log.*")))
 
 
-# A training of ~50 s on this machine's 2 cores (4,000 steps of the tiny model), a checkpoint every second
-LONG = ["train.epochs=1000", "train.max_steps=4000", "train.checkpoint_seconds=1"]
+# GATE, a sitecustomize module the task's Python loads (PYTHONPATH, set by a `setup` line of the sbatch
+# script), holds the training once, when its optimizer has taken HOLD steps of 400 (a checkpoint is written
+# after every step, so that of step HOLD is on disk), until SLURM's time-limit warning ends the run. Whatever
+# the machine's speed, that run cannot finish, and the next one resumes from step HOLD exactly.
+HOLD = 200
+LONG = ["train.epochs=1000", "train.max_steps=400", "train.checkpoint_seconds=0"]
+GATE = f"""
+import time
+from pathlib import Path
+import torch.optim
+
+held, step = Path(__file__).with_name("held"), torch.optim.AdamW.step
+
+def gated(self, *args, **kwargs):
+    # the optimizer's own count: restored with its state when a run resumes
+    taken = max((int(s["step"]) for s in self.state.values() if "step" in s), default=0)
+    if taken == {HOLD} and not held.exists():
+        held.touch()
+        print("[gate] holding the training at step {HOLD} until the time limit", flush=True)
+        while True:
+            time.sleep(1)  # SLURM's USR2 runs submitit's handler here, which requeues the task and exits
+    return step(self, *args, **kwargs)
+
+torch.optim.AdamW.step = gated
+"""
+MAX_TIMEOUTS = 20
 
 
 def test_a_training_past_its_time_limit_is_requeued_and_resumes_where_it_stopped(slurm, toy4, tmp_path):
-    """timeout_min=1 with the warning 15 s before it: SLURM sends it 15-45 s into each run (its time checks
-    are 30 s apart), submitit requeues the task, and the training goes on from its last checkpoint."""
+    """timeout_min=2 with the warning 30 s before it: SLURM sends USR2 60-90 s into a run (its time checks are
+    30 s apart) to the training held at step HOLD. submitit takes it for a time limit, not a preemption (it
+    does once a run has lasted min(0.8 x limit, limit - 10 min): from its start under a 2-minute limit), uses
+    up one of max_num_timeout requeues, and the training goes on from its checkpoint."""
     conf, cache, _ = toy4
     cell = ["ablate.first=1", "ablate.last=2", *LONG]
     # the uninterrupted run, on the other core meanwhile
     reference = start(
         command(conf, tmp_path / "sequential", tmp_path / "store-ref", cache, *cell), tmp_path / "ref.log"
     )
-    limits = ["hydra/launcher=slurm", "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=15",
-              "hydra.launcher.max_num_timeout=20"]  # fmt: skip
+    (tmp_path / "gate").mkdir()
+    (tmp_path / "gate" / "sitecustomize.py").write_text(GATE)
+    limits = ["hydra/launcher=slurm", "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30",
+              f"hydra.launcher.max_num_timeout={MAX_TIMEOUTS}",
+              f"hydra.launcher.setup=['export PYTHONPATH={tmp_path / 'gate'}']"]  # fmt: skip
+    # the bound is for a hang only: one held run (at most 2 min) and a few short ones
     done = run(
         command(conf, tmp_path / "sweep", tmp_path / "store", cache, *cell, *limits), env=slurm, timeout=900
     )
     assert reference.wait(timeout=600) == 0, (tmp_path / "ref.log").read_text()[-3000:]
     assert done.returncode == 0, done.stderr[-3000:]
     log = _submitit_logs(tmp_path / "sweep")
-    assert "this job is timed-out" in log and "Requeued job" in log, log[-3000:]
-    resumed = [int(s) for s in re.findall(r"resuming from step (\d+) of 4000", log)]
-    assert resumed and all(0 < s < 4000 for s in resumed), log[-3000:]
+    assert log.count("[gate] holding") == 1, log[-3000:]
+    # the warning was taken for a time limit: one of the requeues after a timeout was used up
+    assert "this job is timed-out" in log and f"({MAX_TIMEOUTS - 1} remaining timeouts)" in log, log[-3000:]
+    resumed = [int(s) for s in re.findall(r"resuming from step (\d+) of 400", log)]
+    assert HOLD in resumed and all(0 < s < 400 for s in resumed), log[-3000:]
     rows = pd.read_csv(tmp_path / "sweep" / "results.csv")
-    assert rows["train_steps"].tolist() == [4000]
-    # The attempt that finished the training resumed it (the store entry's metrics say from where); the row's
-    # trained_now is False when the time limit struck after the training had finished (the last attempt
-    # then loads it from the store), so the store is where to read this.
+    assert rows["train_steps"].tolist() == [400]
+    # The run that finished the training resumed it (the store entry's metrics say from where); under load a
+    # requeued run may be warned too, after the training or during it, so the last resume is the one.
     (key,) = _keys(tmp_path / "store")
     finished = json.loads((tmp_path / "store" / key / "metrics.json").read_text())
-    assert finished["resumed_at_step"] == max(resumed) and finished["steps"] == 4000
+    assert finished["resumed_at_step"] == max(resumed) and finished["steps"] == 400
     assert_frame_equal(table(tmp_path / "sweep"), table(tmp_path / "sequential"), check_exact=True)
     assert leftovers(tmp_path) == [] and not list((tmp_path / "store").glob("*.partial.pt"))
 
