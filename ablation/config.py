@@ -44,11 +44,11 @@ ABLATE_POSITIONS = ("both", "attention", "output")
 # zero: the adapters' contribution removed; mean: replaced by its mean over the validation tokens of the intact
 # model; scale: multiplied by ablate.alpha; keep: the complement, only first..last keep their adapters
 ABLATE_KINDS = ("zero", "mean", "scale", "keep")
-ABLATE_NORMS = ("trained", "pretrained")
+ABLATE_NORMS = ("trained", "pretrained")  # the LayerNorms the ablated layers run with
 # With adapter.load, the adapter options an AdapterHub folder decides (`derive` takes them from it) and those it
 # cannot express (they must keep their defaults).
 IMPORT_DECIDED = ("size", "activation", "positions", "scaling", "placement")
-IMPORT_FIXED = ("norm", "depth", "combine")  # the LayerNorms the ablated layers run with
+IMPORT_FIXED = ("norm", "depth", "combine")
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: ablation.precision decides per machine
 DEVICES = ("auto", "cpu", "cuda")
 # Experiment trackers (the `logger` group) and the package each needs (all in the `loggers` extra)

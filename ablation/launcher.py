@@ -11,8 +11,8 @@
   runs its jobs again; a training resumes from its last checkpoint (`train.checkpoint_seconds`), and a job
   that had finished finds its row's work in the caches.
 
-- Without SLURM's commands on PATH, `check_slurm_available` says so in one line before any job is planned
-  (submitit would fail only once the array is submitted, with a traceback).
+- Without SLURM's commands on PATH, `check_slurm_available` (called with the sweeper's launcher checks) says so
+  in one line before any job is planned (submitit would fail only once the array is submitted, with a traceback).
 
 Every option of `submitit_slurm` (partition, account, qos, timeout_min, cpus_per_task, mem_gb,
 gpus_per_node, array_parallelism, setup, additional_parameters, ...) means the same here.
@@ -28,7 +28,6 @@ from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
 from omegaconf import DictConfig, OmegaConf
@@ -71,11 +70,6 @@ class SlurmLauncher(SubmititSlurmLauncher):
     def __init__(self, jobs_per_task: int = 1, **params: Any) -> None:
         super().__init__(**params)
         self.jobs_per_task = jobs_per_task  # checked with the other options by the sweeper
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        """Refuse a machine without SLURM, then keep the context (Hydra calls this before the sweep starts)."""
-        check_slurm_available(config.hydra.launcher)
-        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def __call__(self, pack: list[tuple]) -> list[JobReturn]:  # type: ignore[override]
         """Run a pack's jobs one after another (in the array task); a job's exception stays in its return."""

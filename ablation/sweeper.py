@@ -65,10 +65,11 @@ def check_launcher(launcher: DictConfig) -> None:
     for name, (ok, allowed) in LAUNCHER_OPTIONS.items():
         if name in launcher and not ok(launcher[name]):
             raise ConfigError(f"hydra.launcher.{name}={launcher[name]!r} is not allowed: {allowed}")
-    if str(launcher.get("_target_", "")).endswith(".SlurmLauncher"):  # only then is the cluster extra there
+    try:
         from ablation.launcher import check_slurm_available
-
-        check_slurm_available(launcher)
+    except ImportError:  # no `cluster` extra: no SLURM launcher to check
+        return
+    check_slurm_available(launcher)
 
 
 class AblationSweeper(Sweeper):

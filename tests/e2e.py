@@ -22,7 +22,7 @@ from transformers import BertConfig, BertModel
 REPO = Path(__file__).resolve().parents[1]
 # A learnable toy: the label word decides the label, so the adapters matter and cells differ.
 FILLER = ["the", "movie", "film", "plot", "is", "was", "very"]
-LABEL_WORDS = (["bad", "awful"], ["good", "great"])
+LABEL_WORDS = (["bad", "awful"], ["good", "great"], ["not", "a"])  # the toy uses 2 labels; the matrix's 3
 # Enough training that ablation changes predictions: 200 steps (the default cap), about 2 s; fp32
 # evaluation, so that tables compare across machines whatever eval.precision=auto measures.
 TRAIN = ["train.lr=1e-2", "train.epochs=20", "train.batch_size=8", "eval.precision=fp32"]

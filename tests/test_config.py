@@ -330,15 +330,21 @@ CLI_CASES = {
 }
 
 
-def damaged_folders(root: Path) -> Path:
-    """A PEFT LoRA folder and an AdapterHub one, each with its safetensors file cut short (an interrupted copy)."""
+def peft_folder(folder: Path) -> Path:
+    """A PEFT LoRA folder saved by PEFT on a tiny 12-layer BERT: one that fits model=bert_base_uncased's config."""
     from test_peft_import import save_peft
     from transformers import BertConfig as Bert
     from transformers import BertForSequenceClassification
 
     bert = BertForSequenceClassification(Bert(vocab_size=100, hidden_size=32, num_hidden_layers=12,
                                               num_attention_heads=4, intermediate_size=64))  # fmt: skip
-    save_peft(bert, "bert", root / "peft")
+    save_peft(bert, "bert", folder)
+    return folder
+
+
+def damaged_folders(root: Path) -> Path:
+    """A PEFT LoRA folder and an AdapterHub one, each with its safetensors file cut short (an interrupted copy)."""
+    peft_folder(root / "peft")
     shutil.copytree(REPO / "tests" / "fixtures" / "adapterhub" / "pfeiffer", root / "pfeiffer")
     for path in (root / "peft" / "adapter_model.safetensors", root / "pfeiffer" / "adapter.safetensors"):
         path.write_bytes(path.read_bytes()[:-100])
@@ -468,43 +474,15 @@ def test_cli_dry_run_lists_a_study_without_running_it(cli):
 GROUPS = {p.name for p in CONF.iterdir() if p.is_dir()}
 
 
-def study_jobs(study: str, preset: str | None) -> list[dict[str, str]]:
-    """The jobs `python -m ablation.run -m study=<study> [preset=<preset>]` launches, as {key: value} dicts."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from ablation.jobs import build_jobs, choose_grid, drop_lower_triangle, expand_layer_ranges
-
-    cli = [f"study={study}", *([f"preset={preset}"] if preset else [])]
-    sweeper = compose("config", overrides=cli, return_hydra_config=True).hydra.sweeper
-    params, grids, _ = choose_grid(
-        OmegaConf.to_container(sweeper.params) if sweeper.params else {},
-        OmegaConf.to_container(sweeper.grids) if sweeper.grids else [{}],
-        OmegaConf.to_container(sweeper.presets) if sweeper.presets else {},
-        preset,
-    )
-    layers = {m: OmegaConf.load(CONF / "model" / f"{m}.yaml").num_layers for m in MODELS}
-    default = "minilm_l6" if preset else "mpnet_base"  # the quick preset's model, else config.yaml's
-
-    def num_layers(overrides: tuple[str, ...]) -> int:
-        return layers[dict(o.split("=", 1) for o in overrides if "=" in o).get("model", default)]
-
-    jobs = build_jobs(params, grids, cli, OverridesParser.create())
-    jobs, _ = drop_lower_triangle(expand_layer_ranges(jobs, num_layers))
-    return [dict(arg.split("=", 1) for arg in job) for job in jobs]
-
-
 def _composed_runs(tmp_path: Path) -> dict[str, RunConfig]:
     """Every config a user's command composes: each job of every study x preset (one cell and one seed per
     setting), each method, and each kind of imported folder; name -> the completed config (derive)."""
     from omegaconf import open_dict
-    from test_peft_import import save_peft
-    from transformers import BertConfig as Bert
-    from transformers import BertForSequenceClassification
+    from test_sweeper import study_jobs
 
     jobs = {f"method={m}": [f"method={m}", *(["method.k=2"] if m == "top_k" else [])] for m in METHOD_FILES}
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        planned = {(s, p): study_jobs(s, p) for s in STUDIES for p in [None, *PRESETS]}
-    for job in (job for study in planned.values() for job in study):
+    planned = [study_jobs(s, *([f"preset={p}"] if p else [])) for s in STUDIES for p in [None, *PRESETS]]
+    for job in (job for study in planned for job in study):
         job = {k: v for k, v in job.items() if k != "seed"} | {"seed": "1"}
         if "ablate.first" in job:  # one cell per setting: the top layer alone
             job |= {"ablate.first": job["ablate.last"]}
@@ -512,10 +490,11 @@ def _composed_runs(tmp_path: Path) -> dict[str, RunConfig]:
     hub = REPO / "tests" / "fixtures" / "adapterhub"
     for name in ("houlsby", "pfeiffer"):
         jobs[f"adapterhub {name}"] = ["model=bert_base_uncased", "task=tweets", f"adapter.load={hub / name}"]
-    bert = BertForSequenceClassification(Bert(vocab_size=100, hidden_size=32, num_hidden_layers=12,
-                                              num_attention_heads=4, intermediate_size=64))  # fmt: skip
-    save_peft(bert, "bert", tmp_path / "peft")
-    jobs["peft lora"] = ["model=bert_base_uncased", "method=lora", f"method.load={tmp_path / 'peft'}"]
+    jobs["peft lora"] = [
+        "model=bert_base_uncased",
+        "method=lora",
+        f"method.load={peft_folder(tmp_path / 'peft')}",
+    ]
     composed: dict[tuple[str, ...], object] = {}  # composing is the slow part: once per group choice
     runs = {}
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

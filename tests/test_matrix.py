@@ -25,7 +25,7 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_tokenizer
-from e2e import REPO, run
+from e2e import FILLER, LABEL_WORDS, REPO, run
 from transformers import AutoModel, BertConfig, MPNetConfig, PreTrainedTokenizerFast, RobertaConfig
 
 from ablation.config import ABLATE_KINDS, ABLATE_NORMS, COMBINES, NORMS, PLACEMENTS
@@ -62,8 +62,6 @@ def required() -> set[tuple[str, str]]:
 # --- tiny stand-ins on disk -----------------------------------------------------------------------------------
 
 _CONFIGS = {"bert": BertConfig, "mpnet": MPNetConfig, "roberta": RobertaConfig}
-FILLER = ["the", "movie", "film", "plot", "is", "was", "very"]
-LABEL_WORDS = [["bad", "awful"], ["good", "great"], ["not", "a"]]
 
 
 def _tiny_model(folder: Path, family: str, num_layers: int) -> Path:
@@ -162,20 +160,13 @@ def _validation(df: pd.DataFrame, size: int, seed: int) -> list[str]:
 
 
 def peft_folder(root: Path, model: Path) -> Path:
-    """A PEFT LoRA folder saved by PEFT itself on the tiny BERT (large B, so removing a layer matters)."""
-    from peft import LoraConfig, TaskType, get_peft_model
+    """A PEFT LoRA folder saved by PEFT itself on the tiny BERT (tests/test_peft_import.py's)."""
+    from test_peft_import import save_peft
     from transformers import AutoModelForSequenceClassification
 
-    peft_model = get_peft_model(
-        AutoModelForSequenceClassification.from_pretrained(model, num_labels=2),
-        LoraConfig(task_type=TaskType.SEQ_CLS, r=2, lora_alpha=4),
+    save_peft(
+        AutoModelForSequenceClassification.from_pretrained(model, num_labels=2), "bert", root / "peft-lora"
     )
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name or "modules_to_save" in name:
-                p.copy_(torch.randn(p.shape, generator=generator) * (10 if "lora_B" in name else 1))
-    peft_model.save_pretrained(root / "peft-lora")
     return root / "peft-lora"
 
 

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
 from ablation.config import ConfigError  # noqa: E402
-from ablation.launcher import SLURM_LAUNCHERS, SlurmLauncher, check_slurm_available  # noqa: E402
+from ablation.launcher import SLURM_LAUNCHERS, check_slurm_available  # noqa: E402
 
 
 def _commands(folder: Path, *names: str) -> str:
@@ -49,13 +49,3 @@ def test_with_sbatch_and_srun_or_another_launcher_nothing_is_said(tmp_path, monk
     local = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
     for target in (local, "hydra._internal.core_plugins.basic_launcher.BasicLauncher"):
         check_slurm_available(OmegaConf.create({"_target_": target}))
-
-
-def test_the_suites_launcher_checks_when_hydra_sets_it_up(tmp_path, monkeypatch):
-    """Hydra calls setup() when it builds the launcher, before the sweep is planned or its folder made."""
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    config = OmegaConf.create(
-        {"hydra": {"launcher": {"_target_": "hydra_plugins.ablation_sweeper.SlurmLauncher"}}}
-    )
-    with pytest.raises(ConfigError, match="no SLURM found here"):
-        SlurmLauncher().setup(hydra_context=None, task_function=None, config=config)

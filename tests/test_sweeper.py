@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from ablation.jobs import (
 from ablation.jobs import product as jobs_product
 
 KEY = "ablate.first"
+LAYER_CHOICES = ("model", "preset", "study")  # what decides the model's layer count
 
 
 def product(*arguments: str) -> list[list[str]]:
@@ -155,8 +157,13 @@ def study_jobs(study: str, *arguments: str) -> list[dict[str, str]]:
         groups = [arg for arg in cli if arg.split("=")[0] in ("study", "preset", "model")]  # no sweep values
         sweeper = compose("config", overrides=groups, return_hydra_config=True).hydra.sweeper
 
+        @functools.cache
+        def layers_of(choices: tuple[str, ...]) -> int:
+            return compose("config", overrides=list(choices)).model.num_layers
+
         def num_layers(overrides: tuple[str, ...]) -> int:
-            return compose("config", overrides=[o for o in overrides if "=" in o]).model.num_layers
+            # the model's layer count follows from the model, preset and study alone: composed once per choice
+            return layers_of(tuple(o for o in overrides if o.split("=")[0].split(".")[0] in LAYER_CHOICES))
 
         params, grids, _ = choose_grid(
             OmegaConf.to_container(sweeper.params) if sweeper.params else {},
