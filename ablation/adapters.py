@@ -248,14 +248,21 @@ def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
 def inject_adapters(
     model: nn.Module, family_name: str, cfg: AdapterConfig
 ) -> dict[tuple[int, str], AdapterLayer]:
-    """Wrap each layer's post-projection dropout(s) with an adapter; returns the slots by (layer, position)."""
+    """Wrap the post-projection dropout(s) of each layer in cfg.layers (None: every layer) with an adapter;
+    returns the slots by (layer, position)."""
     slots_of, inputs_of = family(family_name).slots, family(family_name).inputs
     if adapter_slots(model):
         raise RuntimeError("adapters are already injected: remove_adapters(model) first")
     d = model.config.hidden_size
     parallel = cfg.placement in ("parallel", "normed")  # both read the sub-layer's input (the residual)
     slots = {}
-    for i, layer in enumerate(encoder_layers(model)):
+    layers = encoder_layers(model)
+    chosen = range(len(layers)) if cfg.layers is None else cfg.layers
+    if not set(chosen) <= set(range(len(layers))):
+        raise ValueError(f"adapter.layers={cfg.layers}: the model has {len(layers)} layers")
+    for i, layer in enumerate(layers):
+        if i not in chosen:
+            continue
         for position in cfg.positions:
             path = slots_of[position]
             norm = (

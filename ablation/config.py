@@ -40,6 +40,14 @@ COMBINES = ("add", "multiply")
 METHODS = ("adapters", "top_k", "layernorm", "full", "head", "lora")
 ADAPTER_METHODS = ("adapters",)  # the methods that train the `adapter` group's modules
 ABLATABLE_METHODS = ("adapters", "lora")  # the methods whose modules a layer ablation removes
+# method.layernorms: which LayerNorms train beside the adapters or LoRA (adapted: those of the layers that have
+# them; the embeddings' LayerNorm only with train); unset: the method's own recipe, RECIPE_LAYERNORMS
+LAYERNORMS = ("train", "adapted", "freeze")
+RECIPE_LAYERNORMS = {"adapters": "train", "lora": "freeze"}  # Houlsby et al.; PEFT's LoRA
+# method.head: what of the head trains with the classifier (pooler: BERT's pooler too, the two-layer head
+# AdapterHub trains; the other families' heads train their dense layer already); top_k and full train the pooler
+HEADS = ("classifier", "pooler")
+HEAD_METHODS = ("adapters", "lora", "layernorm", "head")  # the methods whose head is a choice
 ABLATE_POSITIONS = ("both", "attention", "output")
 # zero: the adapters' contribution removed; mean: replaced by its mean over the validation tokens of the intact
 # model; scale: multiplied by ablate.alpha; keep: the complement, only first..last keep their adapters
@@ -47,7 +55,7 @@ ABLATE_KINDS = ("zero", "mean", "scale", "keep")
 ABLATE_NORMS = ("trained", "pretrained")  # the LayerNorms the ablated layers run with
 # With adapter.load, the adapter options an AdapterHub folder decides (`derive` takes them from it) and those it
 # cannot express (they must keep their defaults).
-IMPORT_DECIDED = ("size", "activation", "positions", "scaling", "placement")
+IMPORT_DECIDED = ("size", "activation", "positions", "scaling", "placement", "layers")
 IMPORT_FIXED = ("norm", "depth", "combine")
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: ablation.precision decides per machine
 DEVICES = ("auto", "cpu", "cuda")
@@ -74,6 +82,7 @@ def param(
     variant: bool = False,
     digest: str | None = None,
     when_set: bool = False,
+    unset: Callable[[Any], Any] | None = None,
 ) -> Any:
     """A config field and what it makes of a run.
 
@@ -81,9 +90,17 @@ def param(
     are written joined by '+'); variant: a value other than its default names an adapter variant; digest:
     the key holds the content hash of what the value names, 'file' (a local file), 'folder' (an imported
     checkpoint's files) or 'artifact' (a pinned offline artifact), besides the value; when_set: the field
-    enters its keys only when not None, so adding it (None by default) left every key made before it unchanged.
+    enters its keys only when not None, so adding it (None by default) left every key made before it unchanged;
+    unset(run): what None means for that run, the value its column shows (a row says what ran).
     """
-    metadata = {"keys": keys, "column": column, "variant": variant, "digest": digest, "when_set": when_set}
+    metadata = {
+        "keys": keys,
+        "column": column,
+        "variant": variant,
+        "digest": digest,
+        "when_set": when_set,
+        "unset": unset,
+    }
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -108,6 +125,26 @@ def _positive(field_name: str, value: float, what: str = "a positive integer") -
 
 def _one_of(field_name: str, value: object, allowed: tuple, hint: str = "") -> None:
     _check(value in allowed, field_name, value, f"one of {allowed}{hint}")
+
+
+def recipe_layernorms(run: Any) -> str | None:
+    """The LayerNorms a run's method trains when method.layernorms is unset (None: not a choice of it)."""
+    return RECIPE_LAYERNORMS.get(run.method.name)
+
+
+def recipe_head(run: Any) -> str:
+    """What of the head a run's method trains when method.head is unset."""
+    pooled = FAMILIES[run.model.family].pooler and run.method.name not in HEAD_METHODS
+    return "pooler" if pooled else "classifier"
+
+
+def hub_head(family_name: str) -> str | None:
+    """What an imported AdapterHub head trains, as method.head (on BERT its first layer is the pooler)."""
+    return "pooler" if FAMILIES[family_name].pooler else None
+
+
+def _all_layers(run: Any) -> list[int]:
+    return list(range(run.model.num_layers))
 
 
 @dataclass
@@ -198,9 +235,23 @@ class MethodConfig:
     # lora: a PEFT LoRA folder to analyse instead of training (its r, alpha, target and dropout replace the
     # values above); the key holds its files' content hash
     load: str | None = param(None, keys=(TRAIN,), column="lora_loaded_from", digest="folder", when_set=True)
+    # adapters, lora: the LayerNorms that train with them (LAYERNORMS); None: the method's recipe
+    layernorms: str | None = param(
+        None, keys=(TRAIN,), column="layernorms", when_set=True, unset=recipe_layernorms
+    )
+    # HEAD_METHODS: classifier, or pooler (BERT family: its pooler trains too); None: classifier
+    head: str | None = param(None, keys=(TRAIN,), column="head", when_set=True, unset=recipe_head)
 
     def __post_init__(self) -> None:
         _one_of("method.name", self.name, METHODS, " (e.g. method=top_k)")
+        _one_of("method.layernorms", self.layernorms, (None, *LAYERNORMS))
+        _check(
+            self.layernorms is None or self.name in RECIPE_LAYERNORMS,
+            "method.layernorms",
+            self.layernorms,
+            f"only for method=adapters or lora, not {self.name} (its recipe decides its LayerNorms)",
+        )
+        _one_of("method.head", self.head, (None, *HEADS))
         if self.name == "top_k":
             _check(
                 isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 1,
@@ -269,8 +320,12 @@ class AdapterConfig:
     combine: str = param("add", keys=(TRAIN,), column="adapter_combine", variant=True)
     # delta = scaling * up(...): AdapterHub's `scaling` (1.0 in its Houlsby and Pfeiffer configs)
     scaling: float = param(1.0, keys=(TRAIN,), column="adapter_scaling", variant=True)
-    # an AdapterHub adapter folder to analyse instead of training (its size, activation, positions and
-    # scaling replace the values above); the key holds its files' content hash
+    # the layers that get adapters (0-based; `a..b` on the command line); None: every layer
+    layers: list[int] | None = param(
+        None, keys=(TRAIN,), column="adapter_layers", when_set=True, unset=_all_layers
+    )
+    # an AdapterHub adapter folder to analyse instead of training (its size, activation, positions, scaling,
+    # placement and layers replace the values above); the key holds its files' content hash
     load: str | None = param(
         None, keys=(TRAIN,), column="adapter_loaded_from", digest="folder", when_set=True
     )
@@ -290,6 +345,17 @@ class AdapterConfig:
         _one_of("adapter.placement", self.placement, PLACEMENTS)
         _one_of("adapter.combine", self.combine, COMBINES)
         _positive("adapter.scaling", self.scaling, "a positive float")
+        _check(
+            self.layers is None
+            or (
+                len(self.layers) > 0
+                and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers)
+                and len(set(self.layers)) == len(self.layers)
+            ),
+            "adapter.layers",
+            self.layers,
+            "None (every layer) or distinct layer indices >= 0, e.g. adapter.layers=3..5 or [0,2]",
+        )
 
 
 @dataclass
@@ -500,6 +566,13 @@ class RunConfig:
         self._check_imported()
         if self.method.name == "top_k":
             _check(self.method.k <= L, "method.k", self.method.k, f"the model has L={L} layers: use 1..{L}")
+        if self.trains_adapters and self.adapter.layers is not None:
+            _check(
+                max(self.adapter.layers) < L,
+                "adapter.layers",
+                self.adapter.layers,
+                f"the model has L={L} layers: use 0..{L - 1}",
+            )
         _check(
             self.ablatable or self.ablate.first is None,
             "ablate.first",
@@ -518,6 +591,30 @@ class RunConfig:
             self.ablate.positions,
             f"a position that has adapters: {have}",
         )
+        _check(
+            self.method.head in (None, recipe_head(self)) or self.method.name in HEAD_METHODS,
+            "method.head",
+            self.method.head,
+            f"{recipe_head(self)!r} for method={self.method.name}: its recipe decides the head (a choice for "
+            f"method={'|'.join(HEAD_METHODS)})",
+        )
+        _check(
+            self.method.head != "pooler" or FAMILIES[self.model.family].pooler,
+            "method.head",
+            self.method.head,
+            f"'classifier' for model.family={self.model.family} (no pooler: its head's dense layer trains "
+            "with the classifier already)",
+        )
+        if not self.trains_adapters or self.adapter.layers is None:
+            return
+        missing = sorted(set(self.ablated_range()) - set(self.adapter.layers))
+        _check(
+            not missing,
+            "ablate.first..last",
+            f"{self.ablate.first}..{self.ablate.last}",
+            f"layers {missing} have no adapters (adapter.layers={sorted(self.adapter.layers)}): a range "
+            "within the adapted layers",
+        )
 
     def _check_imported(self) -> None:
         """A loaded folder must fit the model and task, and the options it cannot express must keep their
@@ -527,7 +624,9 @@ class RunConfig:
         if self.method.load is not None:
             peft_lora_spec(self.method.load, self.model.family, self.model.num_layers)
         if self.trains_adapters and self.adapter.load is not None:
-            hub = adapterhub_spec(self.adapter.load, self.model.family, self.task.num_labels)
+            hub = adapterhub_spec(
+                self.adapter.load, self.model.family, self.task.num_labels, self.model.num_layers
+            )
             plain = AdapterConfig()
             for name in IMPORT_FIXED:
                 _check(
@@ -538,12 +637,37 @@ class RunConfig:
                 )
             for name in IMPORT_DECIDED:  # the default (the folder's comes in with derive) or the folder's own
                 allowed = (getattr(plain, name), getattr(hub, name))
+                value = getattr(self.adapter, name)
+                if name == "layers" and value is not None and sorted(value) == _all_layers(self):
+                    value = None  # every layer, written out
                 _check(
-                    getattr(self.adapter, name) in allowed,
+                    value in allowed,
                     f"adapter.{name}",
                     getattr(self.adapter, name),
                     f"the folder adapter.load says {getattr(hub, name)!r} (leave adapter.{name} out)",
                 )
+            # AdapterHub trains no LayerNorm, and on BERT its head's first layer is the pooler
+            head = hub_head(self.model.family) or "classifier"
+            for name, value in (("layernorms", "freeze"), ("head", head)):
+                _check(
+                    getattr(self.method, name) in (None, value),
+                    f"method.{name}",
+                    getattr(self.method, name),
+                    f"{value!r} with adapter.load (what AdapterHub trained; leave method.{name} out)",
+                )
+
+    def ablated_range(self) -> list[int]:
+        """The layers first..last of the ablation ([] for the intact model)."""
+        return [] if self.ablate.cell is None else list(range(self.ablate.first, self.ablate.last + 1))
+
+    def adapted_layers(self) -> list[int]:
+        """The layers that have adapters (every layer for LoRA and without adapter.layers); [] for methods
+        without per-layer modules."""
+        if not self.ablatable:
+            return []
+        if self.trains_adapters and self.adapter.layers is not None:
+            return sorted(self.adapter.layers)
+        return list(range(self.model.num_layers))
 
     @property
     def trains_adapters(self) -> bool:
@@ -572,8 +696,17 @@ def derive(cfg: RunConfig) -> RunConfig:
     if method.target is not None:  # one order: one key
         method = replace(method, target=[t for t in LORA_POSITIONS if t in method.target])
     if cfg.trains_adapters and adapter.load is not None:
-        hub = adapterhub_spec(adapter.load, cfg.model.family, cfg.task.num_labels)
+        hub = adapterhub_spec(adapter.load, cfg.model.family, cfg.task.num_labels, cfg.model.num_layers)
         adapter = replace(adapter, **{name: getattr(hub, name) for name in IMPORT_DECIDED})
+        method = replace(method, layernorms="freeze", head=hub_head(cfg.model.family))
+    # a method's own recipe is written unset: one training, one key (and the keys made before the option)
+    if method.layernorms == RECIPE_LAYERNORMS.get(method.name):
+        method = replace(method, layernorms=None)
+    if method.head == recipe_head(replace(cfg, method=method)):
+        method = replace(method, head=None)
+    if adapter.layers is not None:
+        layers = sorted(adapter.layers)
+        adapter = replace(adapter, layers=None if layers == _all_layers(cfg) else layers)
     if ablate.alpha is not None:  # 1 and 1.0 are one cell (the cache key holds the text)
         ablate = replace(ablate, alpha=float(ablate.alpha))
     return replace(cfg, method=method, adapter=adapter, ablate=ablate)

@@ -64,6 +64,11 @@ class Family:
     # bytes held per batch of n x width tokens besides the hidden states and the mask (fp32)
     extra_state_bytes: Callable[[Any, int, int], int] = _no_extra
 
+    @property
+    def pooler(self) -> bool:
+        """True when the head reads a pooler (BERT's dense-tanh layer) besides the classifier."""
+        return self.head is _pooled_head
+
 
 _BERT_SLOTS = {"attention": "attention.output.dropout", "output": "output.dropout"}
 _BERT_INPUTS = {"attention": "attention.self", "output": "intermediate"}

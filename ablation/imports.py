@@ -221,7 +221,7 @@ _AH_ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "gelu": "g
 # SeqBnConfig, placement=normed); any other value is refused, naming the option
 _AH_REQUIRED = {"original_ln_after": True, "residual_before_ln": True,
                 "ln_before": False, "ln_after": False, "is_parallel": False, "use_gating": False,
-                "phm_layer": False, "inv_adapter": None, "cross_adapter": False, "leave_out": [],
+                "phm_layer": False, "inv_adapter": None, "cross_adapter": False,
                 "stochastic_depth": 0.0}  # fmt: skip
 _AH_WHY = {"residual_before_ln": "the adapter's residual taken after the LayerNorm"}
 # the head's two linear layers (dropout, dense, tanh, dropout, out) -> the family's modules
@@ -238,6 +238,7 @@ class BottleneckSpec:
     positions: list[str]
     scaling: float
     placement: str  # serial (Houlsby) or normed (Pfeiffer: fed LayerNorm(s + residual))
+    layers: list[int] | None  # the layers with adapters (AdapterHub's leave_out is the complement); None: all
     weights: Path
     head: Path
     files: list[Path]  # what the training key hashes
@@ -247,9 +248,9 @@ def _first(root: Path, names: tuple[str, ...]) -> Path | None:
     return next((root / n for n in names if (root / n).exists()), None)
 
 
-def adapterhub_spec(folder: str | Path, family_name: str, num_labels: int) -> BottleneckSpec:
-    """Read and check an AdapterHub adapter folder for a model of `family_name` and a task of `num_labels`
-    labels; ConfigError naming what does not fit or what the suite cannot reproduce."""
+def adapterhub_spec(folder: str | Path, family_name: str, num_labels: int, num_layers: int) -> BottleneckSpec:
+    """Read and check an AdapterHub adapter folder for a model of `family_name` with `num_layers` layers and a
+    task of `num_labels` labels; ConfigError naming what does not fit or what the suite cannot reproduce."""
     root = Path(folder).expanduser()
     where = f"adapter.load={str(folder)!r}"
     if not root.is_dir():
@@ -283,6 +284,14 @@ def adapterhub_spec(folder: str | Path, family_name: str, num_labels: int) -> Bo
     positions = [
         p for p, key in (("attention", "mh_adapter"), ("output", "output_adapter")) if config.get(key)
     ]
+    leave_out = config.get("leave_out") or []
+    if not isinstance(leave_out, list) or not set(leave_out) <= set(range(num_layers)):
+        raise ConfigError(
+            f"{where}: leave_out={leave_out!r} is not a list of this model's layers 0..{num_layers - 1}"
+        )
+    layers = [i for i in range(num_layers) if i not in leave_out]
+    if not layers:
+        raise ConfigError(f"{where}: leave_out={leave_out!r} leaves no layer with adapters")
     weights, head = _first(root, AH_WEIGHTS), _first(root, AH_HEAD_WEIGHTS)
     if weights is None:
         raise ConfigError(f"{where} is not allowed: no weights ({' or '.join(AH_WEIGHTS)})")
@@ -305,6 +314,7 @@ def adapterhub_spec(folder: str | Path, family_name: str, num_labels: int) -> Bo
         positions=positions,
         scaling=float(config.get("scaling", 1.0)),
         placement="normed" if config.get("original_ln_before") else "serial",
+        layers=None if not leave_out else layers,
         weights=weights,
         head=head,
         files=[root / AH_CONFIG, root / AH_HEAD_CONFIG, weights, head],
@@ -320,11 +330,13 @@ def _read_weights(path: Path) -> dict:
     return torch.load(path, weights_only=True)  # torch's restricted unpickler: tensors and containers only
 
 
-def load_adapterhub(model: Any, folder: str | Path, family_name: str, num_labels: int) -> None:
+def load_adapterhub(
+    model: Any, folder: str | Path, family_name: str, num_labels: int, num_layers: int
+) -> None:
     """Copy an AdapterHub folder's adapters into the model's (inject_adapters with its spec first) and its
     head into the family's head modules; ConfigError naming the first tensor without a place or of another
     shape."""
-    spec = adapterhub_spec(folder, family_name, num_labels)
+    spec = adapterhub_spec(folder, family_name, num_labels, num_layers)
     places = {}
     for name, tensor in _read_weights(spec.weights).items():
         module, _, rest = name.partition(".adapters.")

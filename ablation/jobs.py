@@ -37,8 +37,40 @@ class RangeError(ConfigError):
     """A sweep value written with `..` that is not an integer range a..b with a <= b."""
 
 
+# Fields whose value is a list of layers: there `a..b` is one value, the list [a, ..., b], not a sweep.
+LAYER_LIST_KEYS = ("adapter.layers",)
+
+
+def _layer_list(key: str, value: str) -> str:
+    """A layer-list field's value with each `a..b` or single index as Hydra's list `[a,...,b]` (a sweep of
+    lists when comma-separated); L-expressions stay for the sweeper (expand_layer_ranges)."""
+    text = value.strip()
+    if text.startswith(("[", "'", '"')) or text in ("null", ""):
+        return value
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        match = _RANGE.match(part)
+        if re.fullmatch(r"\d+", part):
+            out.append(f"[{part}]")
+        elif match:
+            out.append(str(list(range(int(match.group(1)), int(match.group(2)) + 1))).replace(" ", ""))
+            if out[-1] == "[]":
+                raise RangeError(f"{key}={value}: empty range {part}, a..b needs a <= b")
+        elif _LAYER_RANGE.match(part):
+            out.append(part)
+        else:
+            raise RangeError(
+                f"{key}={value}: layers are written a..b, a list [a,b,...], or a..L-1 / L/2..L-1 in a sweep"
+            )
+    return ",".join(out)
+
+
 def expand_range(key: str, value: str) -> str:
-    """Rewrite an inclusive `a..b` value as Hydra's `range(a,b+1)`; other values pass through."""
+    """Rewrite an inclusive `a..b` value as Hydra's `range(a,b+1)` (for a layer-list field: the list
+    [a,...,b]); other values pass through."""
+    if key.lstrip("+~") in LAYER_LIST_KEYS:
+        return _layer_list(key, value)
     text = value.strip()
     if ".." not in text or set(text) == {"."} or "/" in text or "\\" in text or text.startswith(("'", '"')):
         return value
@@ -186,7 +218,10 @@ def expand_layer_ranges(
         rest = [arg for arg in job if arg not in ranged]
         L = num_layers(tuple(rest))
         choices = [
-            [f"{k}={v}" for v in layer_range(value, L)] for k, value in (a.split("=", 1) for a in ranged)
+            [f"{k}={str(layer_range(value, L)).replace(' ', '')}"]  # one list
+            if k in LAYER_LIST_KEYS
+            else [f"{k}={v}" for v in layer_range(value, L)]
+            for k, value in (a.split("=", 1) for a in ranged)
         ]
         out += [rest + list(combo) for combo in itertools.product(*choices)]
     return out

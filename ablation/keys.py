@@ -208,7 +208,8 @@ def config_columns(cfg: RunConfig) -> dict[str, Any]:
                 applies = f.metadata.get("applies")
                 fill(value, active and (applies is None or applies(cfg)))
             elif f.metadata.get("column") and active:
-                out[f.metadata["column"]] = _text(value)
+                unset = f.metadata.get("unset")
+                out[f.metadata["column"]] = _text(unset(cfg) if value is None and unset else value)
 
     fill(cfg, True)
     return out

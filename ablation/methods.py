@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ablation.adapters import Adapter, LoraSlot, encoder_layers, inject_adapters, inject_lora
+from ablation.adapters import Adapter, LoraSlot, adapter_slots, encoder_layers, inject_adapters, inject_lora
 
 if TYPE_CHECKING:
     from ablation.config import AdapterConfig, MethodConfig
@@ -41,35 +41,62 @@ def _module_params(model: nn.Module, kinds: tuple[type, ...]) -> set[str]:
     return names
 
 
-def trained_names(model: nn.Module, method: str, k: int | None = None) -> set[str]:
+def trained_names(
+    model: nn.Module,
+    method: str,
+    k: int | None = None,
+    layernorms: str | None = None,
+    head: str | None = None,
+) -> set[str]:
     """Names of the parameters `method` trains.
 
-    adapters: every adapter, every LayerNorm (the embeddings' too) and the classifier (pooler frozen, as
-    in the official code); layernorm: the same without adapters; top_k: layers L-k..L-1 and everything
-    above them (BERT's pooler, the classifier); full: everything; head: the classifier alone (the frozen
-    encoder's features, pretrained LayerNorms included; BERT's pooler frozen as for adapters); lora: the
-    LoRA weights and the classifier.
+    adapters: the adapters, the LayerNorms `layernorms` names (None: every one, the embeddings' too) and the
+    classifier; layernorm: every LayerNorm and the classifier; top_k: layers L-k..L-1 and everything above
+    them (BERT's pooler, the classifier); full: everything; head: the classifier alone (the frozen encoder's
+    features); lora: the LoRA weights, the LayerNorms `layernorms` names (None: none) and the classifier.
+    layernorms="adapted": the LayerNorms of the layers that have adapters (or LoRA). head="pooler": BERT's
+    pooler trains with the classifier (None: frozen, as in the official code).
     """
     names = [n for n, _ in model.named_parameters()]
-    head = {n for n in names if n.startswith(HEAD_PREFIX)}
+    trained = {n for n in names if n.startswith(HEAD_PREFIX)}
+    pooler = _pooler_prefix(model)
+    if head == "pooler":
+        if pooler is None:
+            raise ValueError("head='pooler': this model's head has no pooler")
+        trained |= {n for n in names if n.startswith(pooler)}
     if method == "full":
         return set(names)
     if method == "head":
-        return head
-    if method == "lora":
-        return head | _lora_params(model)
-    if method in ("adapters", "layernorm"):
-        kinds = (Adapter, nn.LayerNorm) if method == "adapters" else (nn.LayerNorm,)
-        return head | _module_params(model, kinds)
+        return trained
+    if method == "layernorm":
+        return trained | _module_params(model, (nn.LayerNorm,))
+    if method in ("adapters", "lora"):
+        own = _module_params(model, (Adapter,)) if method == "adapters" else _lora_params(model)
+        which = layernorms or ("train" if method == "adapters" else "freeze")
+        return trained | own | _layernorms(model, which)
     if method == "top_k":
         L = len(encoder_layers(model))
         if k is None or not 1 <= k <= L:
             raise ValueError(f"method.k={k!r}: the model has L={L} layers, use 1..{L}")
         above = tuple(f"{_layers_prefix(model)}{i}." for i in range(L - k, L))
-        if _pooler_prefix(model) is not None:
-            above += (_pooler_prefix(model),)
-        return head | {n for n in names if n.startswith(above)}
+        if pooler is not None:
+            above += (pooler,)
+        return trained | {n for n in names if n.startswith(above)}
     raise ValueError(f"method={method!r}: one of adapters, top_k, layernorm, full, head, lora")
+
+
+def _layernorms(model: nn.Module, which: str) -> set[str]:
+    """The LayerNorm parameters of `which`: train (all), adapted (the layers with adapters or LoRA), freeze."""
+    norms = _module_params(model, (nn.LayerNorm,)) - _module_params(model, (Adapter,))
+    if which == "train":
+        return norms
+    if which == "freeze":
+        return set()
+    if which != "adapted":
+        raise ValueError(f"layernorms={which!r}: one of train, adapted, freeze")
+    layers = sorted({layer for layer, _ in adapter_slots(model)})
+    prefixes = tuple(f"{_layers_prefix(model)}{i}." for i in layers)
+    return {n for n in norms if n.startswith(prefixes)}
 
 
 def _lora_params(model: nn.Module) -> set[str]:
@@ -83,9 +110,15 @@ def _lora_params(model: nn.Module) -> set[str]:
     return names
 
 
-def freeze(model: nn.Module, method: str, k: int | None = None) -> None:
-    """Set requires_grad on exactly the parameters `method` trains."""
-    train = trained_names(model, method, k)
+def freeze(
+    model: nn.Module,
+    method: str,
+    k: int | None = None,
+    layernorms: str | None = None,
+    head: str | None = None,
+) -> None:
+    """Set requires_grad on exactly the parameters `method` trains (trained_names)."""
+    train = trained_names(model, method, k, layernorms, head)
     for name, p in model.named_parameters():
         p.requires_grad = name in train
 
@@ -99,13 +132,7 @@ def prepare(
         inject_adapters(model, family, adapter)
     if method.name == "lora":
         inject_lora(model, family, method.r, method.alpha, method.target, method.dropout)
-    freeze(model, method.name, method.k)
-    pooler = _pooler_prefix(model)
-    if adapter is not None and adapter.load is not None and pooler is not None:
-        # an imported AdapterHub head is dense-tanh-out: on BERT its first layer is the pooler, so the pooler
-        # belongs to what is stored for the key
-        for name, p in model.named_parameters():
-            p.requires_grad = p.requires_grad or name.startswith(pooler)
+    freeze(model, method.name, method.k, method.layernorms, method.head)
     return count_parameters(model)
 
 

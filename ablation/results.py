@@ -77,7 +77,9 @@ class Outcome:
     train_key: str
     trained_now: bool
     cell_computed: bool
-    train_seconds: float
+    train_seconds: float  # spent training in this job (0 when the training was stored already)
+    # the training's own duration, whichever job trained it (its stored metrics): what a training costs
+    fit_seconds: float | None
     eval_seconds: float
     job_seconds: float
     job_dir: str

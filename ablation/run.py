@@ -114,6 +114,7 @@ def run_job(cfg: RunConfig, dcfg: DictConfig, process: Process, tracker: Tracker
         trained_now=trained_now,
         cell_computed=computed,
         train_seconds=trained["train_seconds"] if trained_now else 0.0,
+        fit_seconds=trained["train_seconds"],
         eval_seconds=eval_seconds,
         job_seconds=time.perf_counter() - tic,
         job_dir=hc.sweep.subdir if multirun else ".",

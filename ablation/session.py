@@ -267,7 +267,7 @@ def build_session(cfg: RunConfig, base: Base, on_step: Callable[[dict], None] | 
         if cfg.method.load is not None:
             load_peft_lora(model, source)
         else:
-            load_adapterhub(model, source, cfg.model.family, cfg.task.num_labels)
+            load_adapterhub(model, source, cfg.model.family, cfg.task.num_labels, cfg.model.num_layers)
         metrics = {"steps": 0, "planned_steps": 0, "train_seconds": 0.0, "diverged": False, "counts": counts,
                    "imported_from": str(Path(source).expanduser().resolve())}  # fmt: skip
         save_trained(

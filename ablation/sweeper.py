@@ -116,7 +116,13 @@ class AblationSweeper(Sweeper):
         planned = expand_layer_ranges(build_jobs(params, grids, arguments, parser), self._num_layers)
         # Before the triangle filter: a layer the model does not have is an error even when every job
         # asking for it would be dropped (first=12 on a 12-layer model only appears with first > last).
-        self._check_jobs(planned)
+        unadapted = self._check_jobs(planned)
+        if unadapted:
+            log.info(
+                f"Dropped {len(unadapted)} of {len(planned)} jobs whose ablate.first..last leaves the layers "
+                "with adapters (adapter.layers)"
+            )
+            planned = [job for n, job in enumerate(planned) if n not in unadapted]
         jobs, dropped = drop_lower_triangle(planned)
         if not jobs:
             why = (
@@ -124,6 +130,8 @@ class AblationSweeper(Sweeper):
                 if dropped
                 else "its grid is empty"
             )
+            if unadapted and not dropped:
+                why = f"each of its {len(unadapted)} jobs ablates layers without adapters (adapter.layers)"
             raise ConfigError(f"the sweep has no job to run: {why}")
         if dropped:
             log.info(f"Dropped {dropped} of {len(planned)} jobs with ablate.first > ablate.last")
@@ -162,17 +170,19 @@ class AblationSweeper(Sweeper):
             self._layers[overrides] = int(OmegaConf.select(cfg, "model.num_layers"))
         return self._layers[overrides]
 
-    def _check_jobs(self, jobs: list[list[str]]) -> None:
-        """Validate every job's config before any output is written.
+    def _check_jobs(self, jobs: list[list[str]]) -> set[int]:
+        """Validate every job's config before any output is written; the indices of the jobs whose cell
+        ablates layers without adapters (adapter.layers), which the sweep drops like first > last.
 
         Jobs that differ only in ablate.first/last or the seed share one composed config (composing is
         the slow part, ~0.1 s a job); those values are then checked against it directly.
         """
+        unadapted: set[int] = set()
         loader = self.hydra_context.config_loader
         too_high: dict[str, list[int]] = defaultdict(list)
         layers: dict[str, int] = {}
         composed: dict[tuple, tuple[RunConfig, dict]] = {}
-        for job in jobs:
+        for n, job in enumerate(jobs):
             values = dict(arg.split("=", 1) for arg in job)
             ranged = any(k in values for k in ABLATE_KEYS)
             group = (ranged, *(arg for arg in job if arg.split("=", 1)[0] not in (*ABLATE_KEYS, "seed")))
@@ -181,8 +191,10 @@ class AblationSweeper(Sweeper):
                 base = {k: OmegaConf.select(cfg, k) for k in ABLATE_KEYS}
                 with open_dict(cfg):
                     del cfg["hydra"]
-                    for key in ABLATE_KEYS:  # checked per job below (layer 0 exists in every model)
-                        OmegaConf.update(cfg, key, 0 if ranged else None)
+                    # checked per job below: a placeholder layer that exists and has adapters
+                    layer = min(OmegaConf.select(cfg, "adapter.layers") or [0])
+                    for key in ABLATE_KEYS:
+                        OmegaConf.update(cfg, key, layer if ranged else None)
                 run = derive(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)))
                 composed[group] = (run, base)
             run, base = composed[group]
@@ -198,6 +210,13 @@ class AblationSweeper(Sweeper):
                 continue
             if first is not None and last is not None and first > last:
                 continue  # dropped by the triangle filter; its layers are checked above
+            if (
+                first is not None
+                and run.ablatable
+                and not set(range(first, last + 1)) <= set(run.adapted_layers())
+            ):
+                unadapted.add(n)
+                continue
             # replace() runs RunConfig's checks again: layers in range, ablation only with adapters.
             dataclasses.replace(run, ablate=dataclasses.replace(run.ablate, first=first, last=last))
         if too_high:
@@ -207,6 +226,7 @@ class AblationSweeper(Sweeper):
                 for m, v in too_high.items()
             ]
             raise ConfigError("; ".join(msgs))
+        return unadapted
 
 
 def _failure(job_num: int, ret: JobReturn) -> dict[str, Any]:

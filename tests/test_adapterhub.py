@@ -37,14 +37,15 @@ def _batch(expected: dict) -> dict:
 )
 def test_an_adapterhub_folder_gives_adapterhub_s_logits_intact_and_for_every_skipped_span(name, want):
     expected = json.loads((FIXTURE / "expected.json").read_text())
-    spec = adapterhub_spec(FIXTURE / name, "bert", num_labels=3)
+    spec = adapterhub_spec(FIXTURE / name, "bert", num_labels=3, num_layers=3)
     assert (spec.size, spec.activation, spec.positions, spec.placement) == want and spec.scaling == 1.0
     model = BertForSequenceClassification.from_pretrained(FIXTURE / "base", num_labels=3).eval()
     adapter = AdapterConfig(size=spec.size, activation=spec.activation, positions=spec.positions,
                             placement=spec.placement, load=str(FIXTURE / name))  # fmt: skip
-    counts = prepare(model, "bert", MethodConfig(), adapter)
+    counts = prepare(model, "bert", MethodConfig(layernorms="freeze", head="pooler"), adapter)  # as derive sets
     assert counts["head"] == 32 * 32 + 32 + 3 * 32 + 3  # the pooler joins what is stored: AdapterHub's head
-    load_adapterhub(model, FIXTURE / name, "bert", 3)
+    assert counts["layernorm"] == 0  # AdapterHub trains none: they stay pretrained
+    load_adapterhub(model, FIXTURE / name, "bert", 3, 3)
     spans = expected["adapters"][name]
     assert len(spans) == 7
     for span, logits in spans.items():
@@ -65,7 +66,7 @@ def test_what_the_suite_cannot_reproduce_or_does_not_fit_is_one_line(tmp_path):
     ]
     for folder, family, labels, message in cases:
         with pytest.raises(ConfigError, match=re.escape(message)) as err:
-            adapterhub_spec(folder, family, labels)
+            adapterhub_spec(folder, family, labels, 3)
         assert "\n" not in str(err.value)
     wider = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=48, num_hidden_layers=3,
                                                      num_attention_heads=4, intermediate_size=64, num_labels=3))  # fmt: skip
@@ -76,7 +77,7 @@ def test_what_the_suite_cannot_reproduce_or_does_not_fit_is_one_line(tmp_path):
         AdapterConfig(size=8, activation="swish", load=str(FIXTURE / "houlsby")),
     )
     with pytest.raises(ConfigError, match="is \\(8, 32\\), this model's .* is \\(8, 48\\)"):
-        load_adapterhub(wider, FIXTURE / "houlsby", "bert", 3)
+        load_adapterhub(wider, FIXTURE / "houlsby", "bert", 3, 3)
 
 
 @pytest.mark.parametrize("name", ["houlsby", "pfeiffer"])
@@ -137,4 +138,4 @@ def test_adapter_load_sets_the_adapter_from_the_folder_and_keys_its_files(tmp_pa
     shutil.copytree(FIXTURE / "pfeiffer", tmp_path / "gated")
     (tmp_path / "gated" / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=re.escape("unsupported option use_gating=True")):
-        adapterhub_spec(tmp_path / "gated", "bert", 3)
+        adapterhub_spec(tmp_path / "gated", "bert", 3, 3)

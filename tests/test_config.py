@@ -499,8 +499,8 @@ def _composed_runs(tmp_path: Path) -> dict[str, RunConfig]:
     runs = {}
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for name, overrides in jobs.items():
-            # a study file holds only its sweep (hydra.sweeper): the jobs above are what it makes
-            groups = tuple(sorted(o for o in overrides if o.split("=")[0] in GROUPS - {"study"}))
+            # a study file holds its sweep (the jobs above) and may choose the model (study=recipe: a BERT one)
+            groups = tuple(sorted(o for o in overrides if o.split("=")[0] in GROUPS))
             if groups not in composed:
                 composed[groups] = compose("config", overrides=list(groups))
             cfg = composed[groups].copy()
@@ -544,8 +544,10 @@ def from_columns(columns: dict, like: RunConfig) -> RunConfig:
         if column is None or columns.get(column) is None:
             continue
         value = columns[column]
-        if any(typing.get_origin(h) is list for h in (hint, *typing.get_args(hint))):
-            value = value.split("+")
+        lists = [h for h in (hint, *typing.get_args(hint)) if typing.get_origin(h) is list]
+        if lists:
+            (item,) = typing.get_args(lists[0])
+            value = [item(v) for v in value.split("+")]
         sections.setdefault(path, {})[f.name] = value
     top = sections.pop((), {})
     return dataclasses.replace(

@@ -276,6 +276,8 @@ QUICK_JOBS = {
     "variants": 8,
     "layer_ablation": 21,
     "controls": 80,
+    "recipe": 42,  # the suite's recipe and AdapterHub's: 2 x 21 cells
+    "placement": 25,  # the all-layer training's 21 keep cells, top and bottom 1 and L/2 retrained
 }
 
 
