@@ -223,7 +223,8 @@ def expand_layer_ranges(
             else [f"{k}={v}" for v in layer_range(value, L)]
             for k, value in (a.split("=", 1) for a in ranged)
         ]
-        out += [rest + list(combo) for combo in itertools.product(*choices)]
+        # two values may name one job on this model (adapter.layers=L/2..L-1 and L-1..L-1 when L = 2)
+        out += [job for combo in itertools.product(*choices) if (job := rest + list(combo)) not in out]
     return out
 
 

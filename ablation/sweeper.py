@@ -130,8 +130,11 @@ class AblationSweeper(Sweeper):
                 if dropped
                 else "its grid is empty"
             )
-            if unadapted and not dropped:
-                why = f"each of its {len(unadapted)} jobs ablates layers without adapters (adapter.layers)"
+            if unadapted:
+                why = (
+                    f"of its {dropped + len(unadapted)} jobs, {dropped} have ablate.first > ablate.last and "
+                    f"{len(unadapted)} ablate layers without adapters (adapter.layers)"
+                )
             raise ConfigError(f"the sweep has no job to run: {why}")
         if dropped:
             log.info(f"Dropped {dropped} of {len(planned)} jobs with ablate.first > ablate.last")

@@ -42,7 +42,9 @@ def test_an_adapterhub_folder_gives_adapterhub_s_logits_intact_and_for_every_ski
     model = BertForSequenceClassification.from_pretrained(FIXTURE / "base", num_labels=3).eval()
     adapter = AdapterConfig(size=spec.size, activation=spec.activation, positions=spec.positions,
                             placement=spec.placement, load=str(FIXTURE / name))  # fmt: skip
-    counts = prepare(model, "bert", MethodConfig(layernorms="freeze", head="pooler"), adapter)  # as derive sets
+    counts = prepare(
+        model, "bert", MethodConfig(layernorms="freeze", head="pooler"), adapter
+    )  # as derive sets
     assert counts["head"] == 32 * 32 + 32 + 3 * 32 + 3  # the pooler joins what is stored: AdapterHub's head
     assert counts["layernorm"] == 0  # AdapterHub trains none: they stay pretrained
     load_adapterhub(model, FIXTURE / name, "bert", 3, 3)
@@ -139,3 +141,42 @@ def test_adapter_load_sets_the_adapter_from_the_folder_and_keys_its_files(tmp_pa
     (tmp_path / "gated" / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=re.escape("unsupported option use_gating=True")):
         adapterhub_spec(tmp_path / "gated", "bert", 3, 3)
+
+
+def test_a_folder_with_leave_out_imports_into_adapter_layers_and_equals_the_span_removed(tmp_path):
+    """AdapterHub's leave_out (layers trained without adapters) is adapter.layers' complement: a folder with
+    leave_out=[0] is the full folder without layer 0's adapters, so its logits are the full folder's with
+    layer 0 removed, and its spec and derived config name layers 1 and 2."""
+    from test_config import run_config
+
+    folder = tmp_path / "houlsby-leave-out"
+    shutil.copytree(FIXTURE / "houlsby", folder)
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    saved["config"]["leave_out"] = [0]
+    (folder / "adapter_config.json").write_text(json.dumps(saved))
+    weights = torch.load(folder / "pytorch_adapter.bin", weights_only=True)
+    torch.save({k: v for k, v in weights.items() if ".layer.0." not in k}, folder / "pytorch_adapter.bin")
+
+    spec = adapterhub_spec(folder, "bert", num_labels=3, num_layers=3)
+    assert spec.layers == [1, 2]
+    expected = json.loads((FIXTURE / "expected.json").read_text())
+    logits = {}
+    for name, layers in (("houlsby", None), (folder, [1, 2])):
+        model = BertForSequenceClassification.from_pretrained(FIXTURE / "base", num_labels=3).eval()
+        adapter = AdapterConfig(size=8, activation="swish", layers=layers, load=str(FIXTURE / name))
+        counts = prepare(model, "bert", MethodConfig(layernorms="freeze", head="pooler"), adapter)
+        load_adapterhub(model, FIXTURE / name, "bert", 3, 3)
+        set_ablation(model, [0] if layers is None else [])  # the full folder with layer 0 removed
+        with torch.no_grad():
+            logits[str(layers)] = model(**_batch(expected)).logits
+        assert counts["adapters"] == 2 * (3 if layers is None else 2) * (2 * 8 * 32 + 32 + 8)
+    assert torch.equal(logits["None"], logits["[1, 2]"])
+    bert3 = ["model=bert_base_uncased", "model.num_layers=3", "task=tweets", f"adapter.load={folder}"]
+    cfg = run_config(bert3)
+    assert cfg.adapter.layers == [1, 2] and cfg.method.layernorms == "freeze" and cfg.method.head == "pooler"
+    with pytest.raises(ConfigError, match="layers \\[0\\] have no adapters"):
+        run_config([*bert3, "ablate.first=0", "ablate.last=1"])
+    saved["config"]["leave_out"] = [0, 1, 2]
+    (folder / "adapter_config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="leaves no layer with adapters"):
+        adapterhub_spec(folder, "bert", num_labels=3, num_layers=3)

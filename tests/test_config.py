@@ -165,6 +165,16 @@ BAD_VALUES = [
     (["train.eval_every=0"], "train.eval_every=0 is not allowed: None (off) or a positive"),
     (["logger=none", "logger.name=comet"], "logger='comet' is not allowed"),
     (["logger=wandb", "logger.mode=cloud"], "logger.mode='cloud' is not allowed"),
+    (["method.layernorms=some"], "method.layernorms='some' is not allowed"),
+    (["method=top_k", "method.layernorms=freeze"], "only for method=adapters or lora, not top_k"),
+    (["method.head=pooler"], "method.head='pooler' is not allowed: 'classifier' for model.family=mpnet"),
+    (["model=minilm_l6", "method=top_k", "method.head=classifier"], "'pooler' for method=top_k"),
+    (["method.head=dense"], "method.head='dense' is not allowed"),
+    (["model=minilm_l6", "adapter.layers=[6]"], "adapter.layers=[6] is not allowed: the model has L=6"),
+    (["adapter.layers=[]"], "adapter.layers=[] is not allowed"),
+    (["adapter.layers=[1,1]"], "adapter.layers=[1, 1] is not allowed: None (every layer) or distinct"),
+    (["adapter.layers=[3,4]", "ablate.first=2", "ablate.last=3"], "layers [2] have no adapters"),
+    (["adapter.layers=[3,4]", "ablate.kind=keep", "ablate.first=4", "ablate.last=5"], "layers [5] have no"),
 ]  # fmt: skip
 
 
@@ -320,6 +330,23 @@ CLI_CASES = {
         "hydra/launcher=submitit_slurm",
         "hydra.sweep.dir={out}",
     ],
+    # adapters in chosen layers only: a range written backwards, a cell outside them, a sweep left with none
+    "layers_backwards": ["model=minilm_l6", "adapter.layers=5..3", "hydra.run.dir={out}"],
+    "run_unadapted_cell": [
+        "model=minilm_l6",
+        "adapter.layers=3..5",
+        "ablate.first=1",
+        "ablate.last=4",
+        "hydra.run.dir={out}",
+    ],
+    "sweep_all_unadapted": [
+        "-m",
+        "model=minilm_l6",
+        "adapter.layers=[5]",
+        "ablate.first=0..4",
+        "ablate.last=0..4",
+        "hydra.sweep.dir={out}",
+    ],
     "dry_run": [
         "-m",
         "study=tradeoff",
@@ -447,6 +474,14 @@ BAD_CLI = [
         ["peft/adapter_model.safetensors: truncated or damaged", "copy or save the folder again"],
     ),
     ("adapterhub_truncated", ["pfeiffer/adapter.safetensors: truncated or damaged", "its header describes"]),
+    ("layers_backwards", ["adapter.layers=5..3: empty range 5..3"]),
+    ("run_unadapted_cell", ["ablate.first..last='1..4' is not allowed", "layers [1, 2] have no adapters"]),
+    (
+        "sweep_all_unadapted",
+        [
+            "the sweep has no job to run: of its 25 jobs, 10 have ablate.first > ablate.last and 15 ablate layers without"
+        ],
+    ),
 ]
 
 

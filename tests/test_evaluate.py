@@ -42,8 +42,10 @@ def make_evaluator(
             AdapterConfig(
                 size=16,
                 init_std=2.0,
-                placement=placement,
+                placement=placement.removesuffix("-some-layers"),
                 combine="multiply" if placement in ("parallel", "normed") else "add",
+                # adapter.layers: adapters in layers 1 and 3 only, the others' cells pass through
+                layers=[1, 3] if placement.endswith("-some-layers") else None,
             ),
         )
     wrap_norms(model, family, pretrained)  # as the session does: layernorm=pretrained can restore them
@@ -70,6 +72,7 @@ def big_lora(slots, seed: int = 4) -> None:
         ("fp32", "parallel"),
         ("fp32", "normed"),
         ("fp32", "lora"),
+        ("fp32", "serial-some-layers"),
     ],
     ids=lambda p: "-".join(p),
 )

@@ -28,7 +28,7 @@ from conftest import tiny_tokenizer
 from e2e import FILLER, LABEL_WORDS, REPO, run
 from transformers import AutoModel, BertConfig, MPNetConfig, PreTrainedTokenizerFast, RobertaConfig
 
-from ablation.config import ABLATE_KINDS, ABLATE_NORMS, COMBINES, NORMS, PLACEMENTS
+from ablation.config import ABLATE_KINDS, ABLATE_NORMS, COMBINES, HEADS, LAYERNORMS, NORMS, PLACEMENTS
 from ablation.data import deduplicate, split_frame
 from ablation.imports import AH_HEAD_WEIGHTS, AH_WEIGHTS
 
@@ -56,6 +56,8 @@ def required() -> set[tuple[str, str]]:
     need |= {("adapter.placement", v) for v in PLACEMENTS} | {("adapter.combine", v) for v in COMBINES}
     need |= {("adapter.norm", v) for v in NORMS} | {("import", v) for v in IMPORTS}
     need |= {("hydra/launcher", v) for v in LAUNCHERS}
+    need |= {("method.layernorms", v) for v in LAYERNORMS} | {("method.head", v) for v in HEADS}
+    need |= {("adapter.layers", v) for v in ("every layer", "some layers")}
     return need
 
 
@@ -281,6 +283,12 @@ def _covers(sweep: Path, folders: dict[str, Path]) -> set[tuple[str, str]]:
         for column in ("adapter_placement", "adapter_combine", "adapter_norm"):
             if row[column] is not None:
                 got.add((column.replace("_", "."), row[column]))
+        for column in ("layernorms", "head"):
+            if row[column] is not None:
+                got.add((f"method.{column}", row[column]))
+        if row["adapter_layers"] is not None:
+            every = "+".join(map(str, range(row["config"]["model"]["num_layers"])))
+            got.add(("adapter.layers", "every layer" if row["adapter_layers"] == every else "some layers"))
         for column in ("adapter_loaded_from", "lora_loaded_from"):
             if row[column] is not None:
                 got.add(("import", names[row[column]]))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import HIDDEN, NUM_LABELS, tiny_model
+from conftest import HIDDEN, NUM_LABELS, padded_batch, tiny_model
 
+from ablation.adapters import encoder_layers
 from ablation.config import AdapterConfig, MethodConfig
 from ablation.methods import count_parameters, freeze, prepare, trained_names, trained_state
 
@@ -147,3 +148,62 @@ def test_trained_state_holds_batchnorm_statistics(family):
     assert len(buffers) == 3 * 2 * L
     assert {n for n, p in model.named_parameters() if p.requires_grad} == set(state) - set(buffers)
     assert count_parameters(model)["adapters"] == 2 * L * adapter_params({**PLAIN, "norm": "batchnorm"})
+
+
+RECIPES = [
+    (layers, norms, head)
+    for layers in (None, [1], [0, 2])
+    for norms in ("train", "adapted", "freeze")
+    for head in ("classifier", "pooler")
+]
+
+
+@pytest.mark.parametrize(("layers", "norms", "head"), RECIPES, ids=lambda v: str(v))
+def test_recipe_counts_equal_the_formula(family, layers, norms, head):
+    """adapter.layers x method.layernorms x method.head: adapters only in the chosen layers, the LayerNorms
+    of all (train: the embeddings' too), of the adapted layers or none, the classifier with BERT's pooler."""
+    model = tiny_model(family, num_layers=L)
+    method = MethodConfig(layernorms=norms, head=head)
+    if head == "pooler" and family != "bert":  # the config refuses it first (test_config); the model too
+        with pytest.raises(ValueError, match="no pooler"):
+            prepare(model, family, method, AdapterConfig(**PLAIN, layers=layers))
+        return
+    counts = prepare(model, family, method, AdapterConfig(**PLAIN, layers=layers))
+    adapted = L if layers is None else len(layers)
+    norms_expected = {"train": layernorm_params(), "adapted": 2 * 2 * D * adapted, "freeze": 0}[norms]
+    head_expected = head_params(family) + (pooler_params(family) if head == "pooler" else 0)
+    assert counts["adapters"] == 2 * adapted * adapter_params(PLAIN)
+    assert counts["layernorm"] == norms_expected
+    assert counts["head"] == head_expected
+    assert counts["trainable"] == counts["adapters"] + norms_expected + head_expected
+    assert counts["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("norms", ["train", "adapted", "freeze"])
+def test_lora_layernorm_recipes_count_the_formula(norms):
+    model = tiny_model("bert", num_layers=L)
+    method = MethodConfig("lora", r=2, alpha=2, target=["query", "value"], dropout=0.0, layernorms=norms)
+    counts = prepare(model, "bert", method, None)
+    assert counts["lora"] == L * 2 * (2 * D + 2 * D)  # A: r x d, B: d x r, on two projections per layer
+    assert counts["layernorm"] == {"train": layernorm_params(), "adapted": 4 * D * L, "freeze": 0}[norms]
+
+
+@pytest.mark.parametrize(
+    ("layers", "norms", "graph_from"),
+    [([2], "adapted", 2), ([1, 2], "freeze", 1), ([2], "train", 0), (None, "adapted", 0)],
+)
+def test_no_backward_pass_below_the_lowest_layer_that_trains(family, layers, norms, graph_from):
+    """Where nothing below the lowest adapted layer trains, autograd records no graph there: the backward
+    pass stops at that layer (what makes top-layer adapters train faster, ablation.bench)."""
+    model = tiny_model(family, num_layers=L)
+    prepare(model, family, MethodConfig(layernorms=norms), AdapterConfig(**PLAIN, layers=layers))
+    recorded = []
+    hooks = [
+        layer.register_forward_hook(lambda m, i, out: recorded.append(out[0].requires_grad))
+        for layer in encoder_layers(model)
+    ]
+    model.train()
+    model(**padded_batch(family)).logits.sum().backward()
+    for hook in hooks:
+        hook.remove()
+    assert recorded == [i >= graph_from for i in range(L)]
