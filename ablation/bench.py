@@ -4,6 +4,7 @@
     python -m ablation.bench model=minilm_l6       # any Hydra override of the run config
     python -m ablation.bench --skip-overhead       # leave out the sweep subprocesses
     python -m ablation.bench --skip-kinds          # leave out the other ablation kinds' heatmaps
+    python -m ablation.bench --only-placement      # only the training steps of adapters in some layers
 
 Trains the adapters first if the store does not have them (as the sweep would).
 """
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
+from ablation.adapters import remove_adapters
 from ablation.data import collate, to_device, train_batches
 from ablation.evaluate import Ablation, Evaluator
+from ablation.methods import prepare
 from ablation.precision import BF16_SPEEDUP, autocast, cpu_bf16_speedup, machine_id
 from ablation.session import this_process
 from ablation.train import HISTORY_COLUMNS, record_step
@@ -213,12 +217,52 @@ def kind_costs(new_evaluator, removal_passes: float, ref: float, report) -> None
         )
 
 
+def placement_costs(model, pristine: dict, cfg, data, report, rounds: int = 3) -> None:
+    """Seconds per training step with adapters in the top half only against every layer (AdapterDrop's
+    speed-up): with the adapted layers' LayerNorms only, no backward pass runs below the lowest adapted
+    layer; with every LayerNorm training (the embeddings' too) it runs through all of them. Alternating
+    rounds, each setup's mean."""
+    L = cfg.model.num_layers
+    top = list(range(L // 2, L))
+    setups = {
+        "every layer (LayerNorms: adapted)": ("adapted", None),
+        f"the top half {top[0]}..{L - 1} (LayerNorms: adapted)": ("adapted", top),
+        f"the top half {top[0]}..{L - 1} (LayerNorms: train, all)": ("train", top),
+    }
+    models = {}
+    for name, (norms, layers) in setups.items():
+        copy_ = copy.deepcopy(model)
+        remove_adapters(copy_)
+        copy_.load_state_dict(pristine)
+        method = replace(cfg.method, name="adapters", layernorms=norms)
+        counts = prepare(copy_, cfg.model.family, method, replace(cfg.adapter, layers=layers, load=None))
+        models[name] = copy_, counts["trainable"]
+    seconds: dict[str, list[float]] = {name: [] for name in setups}
+    for _ in range(rounds):
+        for name, (m, _) in models.items():
+            seconds[name].append(
+                train_step_seconds(m, data, cfg.train.batch_size, cfg.train.precision, cfg.device)[0]
+            )
+    every = float(np.mean(seconds[next(iter(setups))]))
+    for name, (_, trained) in models.items():
+        mean = float(np.mean(seconds[name]))
+        report(
+            f"train step {cfg.train.precision}, adapters in {name}",
+            f"{mean:.3f} s = {mean / every:.2f}x every layer's ({trained:,} trained; {rounds} rounds, alternating)",
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Measure and print the benchmark table."""
     parser = argparse.ArgumentParser(prog="python -m ablation.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--skip-overhead", action="store_true", help="skip the per-job overhead subprocesses")
     parser.add_argument(
         "--skip-kinds", action="store_true", help="skip the heatmaps of the other ablation kinds"
+    )
+    parser.add_argument(
+        "--only-placement",
+        action="store_true",
+        help="only the training steps of adapters in the top half against every layer",
     )
     args, overrides = parser.parse_known_args(argv)
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
@@ -233,6 +277,13 @@ def main(argv: list[str] | None = None) -> None:
 
     def report(name: str, value: str) -> None:
         print(f"{name:<52} {value}", flush=True)
+
+    if args.only_placement:
+        print(
+            f"device {device}: {device_name(device)}, threads {torch.get_num_threads()}, model {cfg.model.name}"
+        )
+        placement_costs(model, this_process().base.pristine, cfg, data, report)
+        return
 
     print(
         f"device {device}: {device_name(device)}\n"
@@ -321,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
         kind_costs(
             lambda: Evaluator(stages, data, cfg.eval.batch_size, p, device), ev.layer_passes / L, ref, report
         )
+    placement_costs(model, this_process().base.pristine, cfg, data, report)
     report("memory peaks", memory_peaks(device))
     if not args.skip_overhead:
         study_overhead(overrides, report)

@@ -26,7 +26,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ablation.atomic import write_text
-from ablation.config import ConfigError, RunConfig, check_writable, derive
+from ablation.config import AblateConfig, ConfigError, RunConfig, check_writable, derive
 from ablation.jobs import (
     ABLATE_KEYS,
     build_jobs,
@@ -187,25 +187,21 @@ class AblationSweeper(Sweeper):
         composed: dict[tuple, tuple[RunConfig, dict]] = {}
         for n, job in enumerate(jobs):
             values = dict(arg.split("=", 1) for arg in job)
-            ranged = any(k in values for k in ABLATE_KEYS)
-            group = (ranged, *(arg for arg in job if arg.split("=", 1)[0] not in (*ABLATE_KEYS, "seed")))
+            group = tuple(arg for arg in job if arg.split("=", 1)[0] not in (*ABLATE_KEYS, "seed"))
             if group not in composed:
                 cfg = loader.load_sweep_config(self.config, list(job))
-                base = {k: OmegaConf.select(cfg, k) for k in ABLATE_KEYS}
+                ablate = OmegaConf.to_container(cfg.ablate)  # checked per job below, with its first and last
                 with open_dict(cfg):
                     del cfg["hydra"]
-                    # checked per job below: a placeholder layer that exists and has adapters
-                    layer = min(OmegaConf.select(cfg, "adapter.layers") or [0])
-                    for key in ABLATE_KEYS:
-                        OmegaConf.update(cfg, key, layer if ranged else None)
+                    cfg.ablate = OmegaConf.structured(AblateConfig())  # intact: the run is derived first
                 run = derive(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)))
-                composed[group] = (run, base)
-            run, base = composed[group]
+                composed[group] = (run, ablate)
+            run, ablate = composed[group]
             if "seed" in values and not re.fullmatch(r"\d+", values["seed"]):
                 raise ConfigError(
                     f"seed={values['seed']!r} is not allowed: an integer >= 0 (seeds sweep as seed=0..2)"
                 )
-            first, last = (int(values[k]) if k in values else base[k] for k in ABLATE_KEYS)
+            first, last = (int(values[k]) if k in values else ablate[k.split(".")[1]] for k in ABLATE_KEYS)
             layers[run.model.name] = run.model.num_layers
             high = [v for v in (first, last) if v is not None and v >= run.model.num_layers]
             if high:
@@ -221,7 +217,7 @@ class AblationSweeper(Sweeper):
                 unadapted.add(n)
                 continue
             # replace() runs RunConfig's checks again: layers in range, ablation only with adapters.
-            dataclasses.replace(run, ablate=dataclasses.replace(run.ablate, first=first, last=last))
+            dataclasses.replace(run, ablate=AblateConfig(**{**ablate, "first": first, "last": last}))
         if too_high:
             msgs = [
                 f"model {m} has {layers[m]} layers but the sweep asks for layer {max(v)}: "

@@ -42,7 +42,11 @@ AH_FORMATS = {
     Path(name).suffix.lstrip("."): (name, head)
     for name, head in zip(AH_WEIGHTS, AH_HEAD_WEIGHTS, strict=True)
 }
-IMPORTS = (*(f"adapterhub-{a}-{f}" for a in ("houlsby", "pfeiffer") for f in AH_FORMATS), "peft-lora")
+IMPORTS = (
+    *(f"adapterhub-{a}-{f}" for a in ("houlsby", "pfeiffer") for f in AH_FORMATS),
+    "adapterhub-leaveout-bin",  # Houlsby trained with leave_out=[0]: adapter.layers=[1, 2]
+    "peft-lora",
+)
 # Hydra's choice of each group when the command line names none (conf/config.yaml's defaults)
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 TRAIN = ["train.lr=1e-2", "train.batch_size=8", "eval.precision=fp32"]  # as tests/e2e.py: the toy learns
@@ -127,6 +131,15 @@ def adapterhub_world(root: Path) -> tuple[dict[str, Path], Path, Path, dict, lis
                         torch.save(load_file(folder / other), folder / weights)
                     (folder / other).unlink()
             folders[folder.name] = folder
+    # leave_out=[0]: the Houlsby folder without layer 0's adapters, as AdapterHub saves one trained so
+    leave_out = root / "adapterhub-leaveout-bin"
+    shutil.copytree(FIXTURE / "houlsby", leave_out)
+    saved = json.loads((leave_out / "adapter_config.json").read_text())
+    saved["config"]["leave_out"] = [0]
+    (leave_out / "adapter_config.json").write_text(json.dumps(saved))
+    weights = torch.load(leave_out / "pytorch_adapter.bin", weights_only=True)
+    torch.save({k: v for k, v in weights.items() if ".layer.0." not in k}, leave_out / "pytorch_adapter.bin")
+    folders[leave_out.name] = leave_out
     expected = json.loads((FIXTURE / "expected.json").read_text())
     texts = [
         " ".join(f"w{t}" for t, m in zip(ids, mask, strict=True) if m)
@@ -139,13 +152,16 @@ def adapterhub_world(root: Path) -> tuple[dict[str, Path], Path, Path, dict, lis
     order = [texts.index(t) for t in _validation(df, len(texts), seed)]
     predictions = {}
     for name in folders:
-        spans = expected["adapters"][name.split("-")[1]]
+        spans = expected["adapters"][name.split("-")[1].replace("leaveout", "houlsby")]
         predictions[name] = {
             None if span == "intact" else tuple(map(int, span.split("-"))): np.argmax(logits, -1)[
                 order
             ].tolist()
             for span, logits in spans.items()
         }
+    # without layer 0's adapters: intact is the Houlsby folder's 0..0 cell, 1..last its 0..last
+    houlsby = predictions["adapterhub-houlsby-bin"]
+    predictions[leave_out.name] = {None: houlsby[(0, 0)], (1, 1): houlsby[(0, 1)], (1, 2): houlsby[(0, 2)]}
     return (
         folders,
         base,
@@ -226,12 +242,13 @@ MATRIX: dict[str, tuple[str, str, list[str]]] = {
         "ablate.kind=mean", "ablate.layernorm=pretrained", "logger=tensorboard", "train=paper",
         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
     "normed-batchnorm-keep": ("mpnet_base", "mrpc", [
-        *CELLS, "adapter.placement=normed", "adapter.norm=batchnorm", "ablate.kind=keep", "logger=mlflow"]),
+        *CELLS, "adapter.placement=normed", "adapter.norm=batchnorm", "ablate.kind=keep", "logger=mlflow",
+        "adapter.layers=1..2", "method.layernorms=adapted"]),  # the cells with layer 0 dropped: 2 jobs
     "lora-scale-pretrained": ("roberta_base", "mnli", [
         *CELLS, "method=lora", "ablate.kind=scale", "ablate.alpha=0.5", "ablate.layernorm=pretrained",
-        "logger=wandb", "logger.mode=offline"]),
+        "logger=wandb", "logger.mode=offline", "method.layernorms=train"]),
     "serial-zero-pretrained": ("bert_base_uncased", "qnli", [
-        *CELLS, "ablate.layernorm=pretrained", "train.max_steps=100"]),
+        *CELLS, "ablate.layernorm=pretrained", "train.max_steps=100", "method.head=pooler"]),
     "mean-keep-trained": ("mpnet_base", "qqp", [
         *CELLS[:1], "ablate.last=2", "ablate.kind=mean,keep", "train.max_steps=100"]),
     "keep-pretrained": ("roberta_base", "rte", [
@@ -241,7 +258,8 @@ MATRIX: dict[str, tuple[str, str, list[str]]] = {
     "adapterhub-folders": ("bert_base_uncased/fixture", "tweets/fixture", [
         "ablate.first=0..2", "ablate.last=0..2",
         "adapter.load={folders[adapterhub-houlsby-bin]},{folders[adapterhub-houlsby-safetensors]},"
-        "{folders[adapterhub-pfeiffer-bin]},{folders[adapterhub-pfeiffer-safetensors]}"]),
+        "{folders[adapterhub-pfeiffer-bin]},{folders[adapterhub-pfeiffer-safetensors]},"
+        "{folders[adapterhub-leaveout-bin]}"]),
     "peft-folder": ("bert_base_uncased", "rotten_tomatoes", [
         *CELLS, "method=lora", "method.load={folders[peft-lora]}"]),
     **{
@@ -354,14 +372,21 @@ def test_imported_adapterhub_folders_give_the_library_s_own_predictions_for_ever
     assert first.returncode == 0, first.stderr[-3000:]
     names = {str(path): name for name, path in world["folders"].items()}
     rows = pd.read_csv(sweep / "results.csv")
-    assert len(rows) == 4 * 6 and (rows["train_steps"] == 0).all()
+    # 6 cells of each full folder; the leave_out one's 3 within layers 1..2 (those with layer 0 dropped)
+    assert len(rows) == 4 * 6 + 3 and (rows["train_steps"] == 0).all()
+    checked = 0
     for row in rows.itertuples():
         expected = world["predictions"][names[row.adapter_loaded_from]]
         saved = np.load(sweep / str(row.job_dir) / "predictions.npz")
         assert saved["intact"].tolist() == expected[None]
-        assert saved["ablated"].tolist() == expected[(row.first, row.last)], (
-            row.adapter_loaded_from,
-            row.first,
-        )
+        if (row.first, row.last) in expected:  # leave_out's cell 2..2 (layers 0 and 2 off) has no fixture
+            assert saved["ablated"].tolist() == expected[(row.first, row.last)], (
+                row.adapter_loaded_from,
+                row.first,
+            )
+            checked += 1
+    assert checked == 4 * 6 + 2
+    leave_out = rows[rows["adapter_loaded_from"] == str(world["folders"]["adapterhub-leaveout-bin"])]
+    assert set(leave_out["adapter_layers"]) == {"1+2"} and set(leave_out["layernorms"]) == {"freeze"}
     pfeiffer = rows[rows["adapter_placement"] == "normed"]
     assert len(pfeiffer) == 12 and pfeiffer["accuracy"].nunique() > 1  # its cells differ: the check has teeth
