@@ -17,9 +17,11 @@ from analysis.select import (
     KIND,
     LAYERNORM,
     PANEL_COLUMNS,
+    RECIPE_COLUMNS,
     CellChoice,
     ablated,
     split_panels,
+    varying,
     with_ablation,
 )
 from analysis.stats import Select, cell_intervals, layer_matrix
@@ -171,13 +173,15 @@ def format_table(df: pd.DataFrame, value: str = "relative_decrease", select: Sel
     """Render each panel of the cells `select` keeps (default: the paper's removal) as a first x last matrix
     of `value` in percent, lower triangle left blank."""
     blocks = []
-    for panel in split_panels(select(df)):
+    rows = select(df)
+    recipe = varying(rows)  # named where the cells hold several recipes (constant in most sweeps)
+    for panel in split_panels(rows):
         matrix = layer_matrix(panel, value) * 100
         cells = matrix.map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
         names = [
             f"{c}={panel[c].iloc[0]}"
             for c in PANEL_COLUMNS
-            if c in panel.columns and pd.notna(panel[c].iloc[0])
+            if c in panel.columns and pd.notna(panel[c].iloc[0]) and (c not in RECIPE_COLUMNS or c in recipe)
         ]
         names += _ablation_names(panel)
         if "seed" in panel.columns:
@@ -202,8 +206,13 @@ def format_intervals(df: pd.DataFrame, level: float = 0.95, select: Select = abl
     if cells.empty:
         raise ValueError("ci: no layer-ablation cells in these rows")
     tables = []
+    recipe = varying(cells)  # a LoRA panel's LayerNorms beside the adapters' are no second recipe
     for panel in split_panels(cells):
-        names = {c: panel[c].iloc[0] for c in PANEL_COLUMNS if cells[c].nunique() > 1}
+        names = {
+            c: panel[c].iloc[0]
+            for c in PANEL_COLUMNS
+            if cells[c].nunique() > 1 and (c not in RECIPE_COLUMNS or c in recipe)
+        }
         tables.append(cell_intervals(panel, level, select).drop(columns="includes_zero").assign(**names))
     return pd.concat(tables, ignore_index=True).round(2)
 

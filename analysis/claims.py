@@ -17,7 +17,23 @@ import pandas as pd
 
 from analysis.collect import conform
 from analysis.controls import removal_placement
-from analysis.select import PAPER_SIZES, STUDY_FIGURES, figure_plan, head_rows, method_rows
+from analysis.select import (
+    FIGURES,
+    PAPER_SIZES,
+    RECIPE_COLUMNS,
+    STUDY_FIGURES,
+    every_layer,
+    figure_plan,
+    halves,
+    head_rows,
+    layers_text,
+    method_rows,
+    model_layers,
+    panel_order,
+    recipe_label,
+    top_half_pair,
+    varying,
+)
 from analysis.stats import LEVEL, Group, cell_groups, group, interval, relative_decrease, replicates
 from analysis.stats import mean_accuracy as _accuracy
 
@@ -45,6 +61,11 @@ class Claim:
     # the training methods the claim is about (None: whichever the figure reads); rows of other methods in
     # the figure's rows (a LoRA heatmap beside the adapters') are skipped, and the measured text says so
     methods: tuple[str, ...] | None = None
+    # about adapters in every layer: trainings with adapters in some layers only are skipped, and said so
+    every_layer: bool = False
+    # a requirement besides the interval (AdapterDrop's "trains faster"), judged on the panel: False makes
+    # the verdict "not reproduced", None (the rows cannot tell) at best "inconclusive"
+    condition: Callable[[pd.DataFrame], bool | None] | None = None
 
 
 def verdict(lo: float, hi: float, region: tuple[float, float]) -> str:
@@ -84,25 +105,29 @@ def _shown(region: tuple[float, float], values: list[float]) -> int:
 def evaluate_claims(df: pd.DataFrame) -> pd.DataFrame:
     """One row per claim and panel: claim, paper, panel, measured, estimate, lo, hi, unit, verdict, rule.
 
+    A panel is a model and task, and a training recipe where the claim's figure splits on it and the rows
+    hold several (the `recipe` study: each recipe judged on its own, never over mixed rows).
     `df` comes from `analysis.collect.load_runs` (its `sweep` column locates the per-example predictions).
     """
     plan = figure_plan(df)
     table = conform(df)
+    layers = model_layers(table)
     rows = []
     for claim in CLAIMS:
         source = plan.get(claim.figure)
         if source is None and claim.figure == "bottleneck":
             source = plan.get("tradeoff")  # the trade-off grid has adapters of the paper's sizes too
-        skipped = ""
-        if source is not None and claim.methods is not None:
-            other = sorted(set(source["method"].dropna()) - set(claim.methods))
-            if other:
-                skipped = f" (rows of method {', '.join(other)} skipped: the claim is about {', '.join(claim.methods)})"
-            source = source[source["method"].isin(claim.methods)]
-        panels = [] if source is None else list(source.groupby(["model", "task"], sort=True))
+        source, skipped = _claim_rows(claim, source, layers)
+        split = [] if source is None else varying(source, _recipe_split(claim))
+        groups = [] if source is None else source.groupby(["model", "task", *split], sort=True, dropna=False)
+        # per model and task, the suite's recipe first (as the figures)
+        panels = sorted(groups, key=lambda kv: panel_order(kv[1]))
         extra = None if claim.baseline is None else claim.baseline(table)
         found = False
-        for (model, task), panel in panels:
+        for (model, task, *_), panel in panels:
+            name = f"{model} · {task}"
+            if split:
+                name += f" · {recipe_label(panel.iloc[0], layers.get(str(model)))}"
             if extra is not None:
                 same = extra[((extra["model"] == model) & (extra["task"] == task)).to_numpy(dtype=bool)]
                 panel = (
@@ -115,20 +140,65 @@ def evaluate_claims(df: pd.DataFrame) -> pd.DataFrame:
             text, comparisons = measured
             text += skipped
             if not comparisons:  # the rows exist but cannot test the claim (e.g. every model collapsed)
-                rows.append(_row(claim, f"{model} · {task}", text, np.nan, np.nan, np.nan, "inconclusive"))
+                rows.append(_row(claim, name, text, np.nan, np.nan, np.nan, "inconclusive"))
                 continue
-            judged = [(name, *interval(value, reps, LEVEL)) for name, value, reps in comparisons]
+            judged = [(label, *interval(value, reps, LEVEL)) for label, value, reps in comparisons]
             results = [verdict(lo, hi, claim.region) for _, _, lo, hi in judged]
-            name, value, lo, hi = judged[_shown(claim.region, [v for _, v, _, _ in judged])]
+            shown, value, lo, hi = judged[_shown(claim.region, [v for _, v, _, _ in judged])]
             if len(judged) > 1:
                 inside = results.count("reproduced")
-                text += f"; shown: {name}, the most extreme of {len(judged)} comparisons ({inside} inside the region)"
-            rows.append(_row(claim, f"{model} · {task}", text, value, lo, hi, _overall(results)))
+                text += f"; shown: {shown}, the most extreme of {len(judged)} comparisons ({inside} inside the region)"
+            result = _overall(results)
+            if claim.condition is not None:
+                result = _with_condition(result, claim.condition(panel))
+            rows.append(_row(claim, name, text, value, lo, hi, result))
         if not found:
             # rows of its figure that measure nothing (e.g. no adapter within 5% of full's parameters)
             why = skipped or (f" (the {claim.figure} rows hold nothing it compares)" if panels else "")
             rows.append(_row(claim, "", NO_ROWS + why, np.nan, np.nan, np.nan, "no data"))
     return pd.DataFrame(rows)
+
+
+def _claim_rows(
+    claim: Claim, source: pd.DataFrame | None, layers: dict[str, int]
+) -> tuple[pd.DataFrame | None, str]:
+    """The figure's rows the claim is about (its methods; adapters in every layer where it says so), and
+    what was skipped, in words ('' for nothing)."""
+    if source is None:
+        return None, ""
+    skipped = ""
+    if claim.methods is not None:
+        other = sorted(set(source["method"].dropna()) - set(claim.methods))
+        if other:
+            skipped = (
+                f" (rows of method {', '.join(other)} skipped: the claim is about {', '.join(claim.methods)})"
+            )
+        source = source[source["method"].isin(claim.methods)]
+    if claim.every_layer:
+        full = every_layer(source, layers).to_numpy(dtype=bool)
+        if not full.all():
+            skipped += (
+                " (trainings with adapters in some layers only skipped: the claim is about adapters in "
+                "every layer)"
+            )
+        source = source[full]
+    return source, skipped
+
+
+def _recipe_split(claim: Claim) -> tuple[str, ...]:
+    """The recipe columns the claim's figure splits panels on: its rows are judged per recipe where these
+    vary (a heatmap per recipe; the placement figure per recipe whatever its adapted layers)."""
+    return tuple(c for c in FIGURES[claim.figure].panel if c in RECIPE_COLUMNS)
+
+
+def _with_condition(result: str, holds: bool | None) -> str:
+    """The verdict with the claim's second requirement: failed, not reproduced; unknown, at best
+    inconclusive."""
+    if holds is False:
+        return "not reproduced"
+    if holds is None and result == "reproduced":
+        return "inconclusive"
+    return result
 
 
 def claim_study(claim: Claim) -> str:
@@ -364,6 +434,52 @@ def _no_variant_better(panel: pd.DataFrame):
     ]
 
 
+# --- adapter placement (AdapterDrop) -------------------------------------------------------------------
+
+
+def time_ratio(top: pd.DataFrame, whole: pd.DataFrame) -> tuple[float, float, float] | None:
+    """fit_seconds of the top-half training over the all-layer one's, per seed (rows in the same seed
+    order): (mean, smallest, largest) over seeds; None where a training's time is not recorded."""
+    ratio = top["fit_seconds"].to_numpy(dtype=float) / whole["fit_seconds"].to_numpy(dtype=float)
+    if len(ratio) == 0 or not np.isfinite(ratio).all():
+        return None
+    return float(ratio.mean()), float(ratio.min()), float(ratio.max())
+
+
+def _trains_faster(panel: pd.DataFrame) -> bool | None:
+    """Does the top-half training take less time than the all-layer one (mean ratio over seeds below 1)?"""
+    pair = top_half_pair(panel)
+    ratio = None if pair is None else time_ratio(pair[0], pair[1])
+    return None if ratio is None else ratio[0] < 1.0
+
+
+def _top_half_only(panel: pd.DataFrame):
+    pair = top_half_pair(panel)
+    if pair is None:
+        return None
+    top, whole, n_layers = pair
+    task = str(panel["task"].iloc[0])
+    # two trainings: their seeds resampled independently, their examples together (as the other claims)
+    a, t = group(whole, "intact", examples=task), group(top, "intact", examples=task)
+    first, last = halves(n_layers)[1]
+    span = layers_text(range(first, last + 1))
+    if _collapsed(panel, [a, t]):
+        return f"adapters in layers {span} only and in every layer: {COLLAPSED}", []
+    reps = 100.0 * replicates([a, t])
+    ratio = time_ratio(top, whole)
+    if ratio is None:
+        timing = "training time not recorded (fit_seconds): whether it trains faster is not measured"
+    else:
+        timing = f"training time {ratio[0]:.2f}× the all-layer training's"
+        timing += f" (seeds {ratio[1]:.2f}–{ratio[2]:.2f})" if len(top) > 1 else ""
+    text = (
+        f"adapters in layers {span} only: {100 * _accuracy(t):.1f}%, in all {n_layers} layers: "
+        f"{100 * _accuracy(a):.1f}% ({len(top)} seed{'s' if len(top) != 1 else ''}); {timing}"
+    )
+    diff = 100.0 * (_accuracy(t) - _accuracy(a))
+    return text, [(f"layers {span} only minus every layer", diff, reps[:, 1] - reps[:, 0])]
+
+
 CLAIMS = (
     Claim(
         name="single-layer removal costs little",
@@ -374,6 +490,7 @@ CLAIMS = (
         region=(-INF, 2.0),
         figure="heatmap",
         methods=("adapters",),
+        every_layer=True,
         measure=_single_layer,
     ),
     Claim(
@@ -387,6 +504,7 @@ CLAIMS = (
         region=(-INF, 2.0),
         figure="heatmap",
         methods=("adapters",),
+        every_layer=True,
         measure=_all_removed,
         baseline=head_rows,
     ),
@@ -399,6 +517,7 @@ CLAIMS = (
         region=(0.0, INF),
         figure="heatmap",
         methods=("adapters",),
+        every_layer=True,
         measure=_lower_vs_upper,
     ),
     Claim(
@@ -459,5 +578,20 @@ CLAIMS = (
         region=(-INF, 0.5),
         figure="variants",
         measure=_no_variant_better,
+    ),
+    Claim(
+        name="lower layers' adapters can be dropped",
+        paper="AdapterDrop (Rücklé et al. 2021): dropping the adapters of the lower layers keeps accuracy "
+        "within 1 point and trains faster",
+        rule="accuracy of the training with adapters in the top half of the layers only minus the all-layer "
+        "training's (same task and seeds); reproduced if its interval lies above −1 point and the top half "
+        "trains faster (fit_seconds, mean ratio over seeds below 1), not reproduced if the interval lies "
+        "below −1 point or it trains no faster",
+        unit="points",
+        region=(-1.0, INF),
+        figure="placement",
+        methods=("adapters",),
+        measure=_top_half_only,
+        condition=_trains_faster,
     ),
 )

@@ -30,10 +30,13 @@ from analysis.select import (
     head_rows,
     keep_cells,
     mean_cells,
+    model_layers,
     n_layers,
     pretrained_layernorm_cells,
+    recipe_label,
     scale_cells,
     single_layer_cells,
+    varying,
     whole_model,
 )
 from analysis.stats import (
@@ -589,6 +592,26 @@ CONTROL_LIST = (
 )
 
 
+def _recipe_panels(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(name, rows) per model and task, and per adapter recipe where the adapter rows hold several (each
+    with the other methods' rows of its model and task: the head-only baseline)."""
+    recipe = varying(rows)
+    if not recipe:
+        return [(f"{m} · {t}", panel) for (m, t), panel in rows.groupby(["model", "task"], sort=True)]
+    layers = model_layers(rows)
+    adapters = (rows["method"] == "adapters").fillna(False).to_numpy(dtype=bool)
+    out = []
+    for (model, task, *_), panel in rows[adapters].groupby(
+        ["model", "task", *recipe], sort=True, dropna=False
+    ):
+        others = rows[
+            ~adapters & (rows["model"] == model).to_numpy(bool) & (rows["task"] == task).to_numpy(bool)
+        ]
+        name = f"{model} · {task} · {recipe_label(panel.iloc[0], layers.get(str(model)))}"
+        out.append((name, pd.concat([panel, others]).sort_index()))
+    return out
+
+
 def findings(df: pd.DataFrame) -> pd.DataFrame:
     """One row per control and model · task: control, question, panel, run (bool), measured (what the rows
     say, with their numbers and intervals), estimate, lo, hi, unit. A control without its rows in a panel is
@@ -604,8 +627,7 @@ def findings(df: pd.DataFrame) -> pd.DataFrame:
     rows = pd.concat(parts)
     rows = rows[~rows.index.duplicated()]
     out = []
-    for (model, task), panel in rows.groupby(["model", "task"], sort=True):
-        name = f"{model} · {task}"
+    for name, panel in _recipe_panels(rows):
         for control in CONTROL_LIST:
             measured = control.measure(panel) if control.figure in plan else None
             if not measured:

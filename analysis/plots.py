@@ -3,6 +3,10 @@ parameter/accuracy trade-off (Figures 3/4) and adapter variants; and the control
 the heatmaps of mean replacement and of keeping one span, accuracy against a scaled contribution (alpha),
 the adapters' diagnostics beside the single-layer drop, and the controls' summary.
 
+And the recipe and placement studies: per training recipe, the cost of removing the bottom or the top half
+of the layers' adapters; accuracy against where and how many layers have adapters (retrained, or kept from
+the all-layer training), against trained parameters and against training time.
+
 Every `*_plot(df, ax, selection)` draws one panel on a given Axes and returns the table it plotted; each
 figure is one `Drawing` (its panel function, title, caption and panel size) beside the rows
 `analysis.select` gives it; `study_figures` draws every figure a result table allows, as PNG and PDF.
@@ -24,6 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from matplotlib.transforms import offset_copy
 
 from analysis.collect import load_histories
 from analysis.controls import (
@@ -35,22 +40,36 @@ from analysis.controls import (
 )
 from analysis.select import (
     ALPHA,
+    BOTTOM_KEPT,
+    BOTTOM_RETRAINED,
     FIGURES,
+    PANEL_COLUMNS,
     PAPER_SIZES,
+    PLACEMENT_SERIES,
     PRESET_NOTE,
+    RECIPE_COLUMNS,
+    TOP_KEPT,
+    TOP_RETRAINED,
+    adapted_layers,
     best_seed_rows,
     curve_factor,
     figure_plan,
     head_rows,
     keep_cells,
+    layers_text,
     mean_cells,
+    model_layers,
     n_layers,
     panel_rows,
+    placement_table,
     preset_label,
+    recipe_label,
+    recipe_order,
     split_panels,
+    varying,
 )
 from analysis.stability import stability_table
-from analysis.stats import layer_matrix, summarize_seeds, uncertain_cells
+from analysis.stats import layer_matrix, recipe_profile, summarize_seeds, uncertain_cells
 
 __all__ = [
     "alpha_plot",
@@ -62,6 +81,10 @@ __all__ = [
     "keep_heatmap_plot",
     "loss_curves_plot",
     "mean_heatmap_plot",
+    "placement_layers_plot",
+    "placement_params_plot",
+    "placement_time_plot",
+    "recipe_plot",
     "stability_plot",
     "study_figures",
 ]  # figure_plan: re-exported from select
@@ -176,12 +199,38 @@ def heatmap_figure(
 
     `uncertain(panel)` gives each panel's cells to hatch (e.g. `analysis.claims.uncertain_cells`).
     """
-    panels = split_panels(df)
+    panels, columns = _panel_grid(split_panels(df), df, PANEL_COLUMNS)
     side = 0.45 * (int(df["last"].max()) + 1) + 2.0
-    fig, axes = _figure(len(panels), min(len(panels), MAX_COLUMNS), (1.2 * side, side + 0.3))
+    fig, axes = _figure(len(panels), columns, (1.2 * side, side + 0.3))
     for ax, panel in zip(axes, panels, strict=False):
         heatmap(panel, ax, value=value, note=note, uncertain=None if uncertain is None else uncertain(panel))
+        _name_recipe(ax, panel, df, PANEL_COLUMNS)
     return _save(fig, out_stem)
+
+
+def _panel_grid(
+    panels: list[pd.DataFrame], rows: pd.DataFrame, columns: tuple[str, ...]
+) -> tuple[list[pd.DataFrame], int]:
+    """The panels in drawing order and the grid's column count: as split, at most MAX_COLUMNS a row; where
+    the rows hold several recipes (`columns` split them), one row of panels per recipe (the suite's first),
+    one column per model and task."""
+    if not varying(rows, tuple(c for c in columns if c in RECIPE_COLUMNS)):
+        return panels, min(len(panels), MAX_COLUMNS)
+    ordered = sorted(
+        panels, key=lambda p: (recipe_order(p.iloc[0]), str(p["model"].iloc[0]), str(p["task"].iloc[0]))
+    )
+    places = len({(str(p["model"].iloc[0]), str(p["task"].iloc[0])) for p in panels})
+    return ordered, min(places, MAX_COLUMNS)
+
+
+def _name_recipe(ax: Axes, panel: pd.DataFrame, rows: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    """Put the panel's training recipe on top of its title where the figure's rows hold several (one panel
+    per recipe: `columns` split them)."""
+    if not varying(rows, tuple(c for c in columns if c in RECIPE_COLUMNS)):
+        return
+    label = recipe_label(panel.iloc[0], model_layers(rows).get(str(panel["model"].iloc[0])))
+    title = ax.get_title()
+    ax.set_title(f"{label}\n{title}" if title else label, fontsize=ax.title.get_fontsize())
 
 
 def init_scale_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
@@ -466,6 +515,188 @@ def controls_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.Dat
     return table
 
 
+def recipe_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """Per training recipe (one line each, the suite's first): the relative decrease removing the adapters
+    of the bottom half and of the top half of the layers, each with its 95% interval over examples and seeds
+    where the rows carry their predictions; returns `analysis.stats.recipe_profile`'s table."""
+    rows = panel_rows(df, "recipe")
+    shown = rows
+    if selection == "best":
+        shown = best_seed_rows(rows, ["task", "model", *(c for c in RECIPE_COLUMNS if c in rows.columns)])
+    table = recipe_profile(shown)
+    if table.empty:
+        raise ValueError("recipe: no cell removes the bottom or the top half of the layers' adapters")
+    recipes = list(dict.fromkeys(table["recipe"]))
+    removed = [f"{h} removed (layers {f}..{la})" for h, f, la in table[["half", "first", "last"]].to_numpy()]
+    order = list(dict.fromkeys(removed))
+    # the two halves of one recipe side by side on its line
+    offsets = dict(zip(order, np.linspace(-0.14, 0.14, len(order)) if len(order) > 1 else [0.0], strict=True))
+    y = [recipes.index(r) + offsets[h] for r, h in zip(table["recipe"], removed, strict=True)]
+    points = table.assign(removed=removed, y=y)
+    colors = dict(zip(order, sns.color_palette("colorblind", len(order)), strict=True))
+    sns.scatterplot(
+        data=points, x="relative_decrease", y="y", hue="removed", hue_order=order, palette=colors, s=40, ax=ax
+    )
+    intervals = bool(np.isfinite(table["lo"].astype(float)).any())
+    for name, part in points.groupby("removed", sort=False):
+        x, lo, hi = (part[c].to_numpy(dtype=float) for c in ("relative_decrease", "lo", "hi"))
+        if intervals:
+            err = np.nan_to_num(np.vstack([x - lo, hi - x]))
+            ax.errorbar(x, part["y"], xerr=err, fmt="none", ecolor=colors[name], capsize=3, linewidth=1.2)
+    ax.axvline(0.0, color="0.5", linewidth=0.8, zorder=0)
+    ax.set_yticks(range(len(recipes)), recipes, fontsize=8)
+    ax.set_ylim(len(recipes) - 0.5, -0.5)  # the first recipe on top
+    ax.set_ylabel("")
+    spread = "95% interval (examples × seeds)" if intervals else "no interval: no predictions"
+    ax.set_xlabel(f"relative decrease in accuracy (%), {spread}")
+    ax.grid(axis="x", alpha=0.3, linewidth=0.5)
+    _legend_below(ax)
+    _seeds_title(ax, rows, "best of {n} seed{s} (optimistic)" if selection == "best" else "{n} seed{s}")
+    return table
+
+
+PLACEMENT_COLORS = dict(
+    zip(PLACEMENT_SERIES, [sns.color_palette("Paired")[i] for i in (1, 7, 0, 6)], strict=True)
+)
+PLACEMENT_DASHES = {TOP_RETRAINED: "", BOTTOM_RETRAINED: "", TOP_KEPT: (4, 2), BOTTOM_KEPT: (4, 2)}
+PLACEMENT_MARKERS = {TOP_RETRAINED: "^", BOTTOM_RETRAINED: "v", TOP_KEPT: "^", BOTTOM_KEPT: "v"}
+RETRAINED = (TOP_RETRAINED, BOTTOM_RETRAINED)
+
+
+def _legend_below(ax: Axes) -> None:
+    """The legend under the x axis's label, a fixed distance below the axes whatever their height."""
+    below = offset_copy(ax.transAxes, ax.get_figure(), y=-36, units="points")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=below, ncol=2, fontsize=7.5,
+              frameon=False)  # fmt: skip
+
+
+def _placement(df: pd.DataFrame, selection: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One placement panel's rows and points (`analysis.select.placement_table`); best-of-n: per series and
+    k, the training whose intact model scored best (ties: the lowest seed)."""
+    rows = panel_rows(df, "placement")
+    table = placement_table(rows)
+    if selection == "best":
+        ranked = table.sort_values(["score", "seed"], ascending=[False, True], kind="stable")
+        table = ranked.drop_duplicates(["series", "k"]).sort_index()
+    return rows, table
+
+
+def _series_lines(table: pd.DataFrame, ax: Axes, x: str, selection: str) -> None:
+    """Accuracy against `x`, one seaborn line per series in its colour, dashes and marker: the seeds' mean
+    with ±1 s.e.m. bands (none for one seed or best-of-n)."""
+    present = [s for s in PLACEMENT_SERIES if s in set(table["series"])]
+    sns.lineplot(
+        data=table, x=x, y="accuracy", hue="series", style="series", hue_order=present, style_order=present,
+        palette=PLACEMENT_COLORS, dashes=PLACEMENT_DASHES, markers=PLACEMENT_MARKERS, markersize=7,
+        errorbar=("se", 1) if selection == "mean" else None, err_kws={"alpha": BAND_ALPHA}, ax=ax,
+    )  # fmt: skip
+
+
+def _placement_title(ax: Axes, rows: pd.DataFrame, what: str, selection: str, bands: bool = True) -> None:
+    """model · task, then what the panel shows and how its seeds are aggregated."""
+    n = int(rows["seed"].nunique())
+    if selection == "best":
+        spread = "best of {n} seed{s} (optimistic)"
+    elif n == 1:
+        spread = "1 seed"
+    else:
+        spread = "mean ± 1 s.e.m. over {n} seeds" if bands else "means over {n} seeds"
+    _seeds_title(ax, rows, f"{what}; {spread}")
+
+
+def _nothing(ax: Axes, text: str) -> None:
+    """A panel with nothing to draw says why, where its data would be."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=8.5, color="0.35")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def placement_layers_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """Accuracy against k, the number of layers with adapters: the top or bottom k layers retrained (adapters
+    trained there only) and kept (the all-layer training, every other layer's adapters removed); mean ± 1
+    s.e.m. over seeds as bands. Returns the mean, s.e.m. and count per series and k."""
+    rows, table = _placement(df, selection)
+    if table.empty:
+        _nothing(ax, "no training with adapters in the top or bottom k layers only")
+        return summarize_seeds(table, ["series", "k"], "accuracy")
+    _series_lines(table, ax, "k", selection)
+    majority = float(rows["majority_rate"].astype(float).mean())
+    if np.isfinite(majority):
+        ax.axhline(100 * majority, color="0.4", linestyle="--", linewidth=1, label="majority class")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(table["k"].unique())))
+    ax.set_xlabel("k: layers with adapters")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3, linewidth=0.5)
+    _legend_below(ax)
+    _placement_title(ax, rows, "(a) top or bottom k layers", selection)
+    return summarize_seeds(table, ["series", "k"], "accuracy")
+
+
+def placement_params_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """Accuracy against trained parameters (log x) of the trainings with adapters in the top or bottom k
+    layers only, each line ending at the all-layer training (k = L, starred); returns the points drawn."""
+    rows, table = _placement(df, selection)
+    table = table[table["series"].isin(RETRAINED)]
+    if table.empty or not table["trained_params"].notna().any():
+        _nothing(ax, "no retrained placement with its trained parameters")
+        return table
+    _series_lines(table, ax, "trained_params", selection)
+    _mark_all_layers(ax, table, "trained_params")
+    ax.set_xscale("log")
+    # which k each count is, on the top edge (the data would hide labels inside the axes)
+    ks = table.groupby("trained_params")["k"].first()
+    top = ax.secondary_xaxis("top")
+    top.xaxis.set_major_locator(FixedLocator(ks.index.to_numpy(dtype=float)))
+    top.xaxis.set_minor_locator(NullLocator())
+    top.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"k={ks.get(x, '')}"))
+    top.tick_params(labelsize=7, colors="0.35")
+    ax.set_xlabel("trained parameters (log scale)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3, linewidth=0.5)
+    _legend_below(ax)
+    _placement_title(ax, rows, "(b) against trained parameters", selection)
+    return table
+
+
+def placement_time_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """Accuracy against the measured training time (`fit_seconds`, one value per training) of the same
+    trainings: each training a faint point, a line through each k's means; returns the means per series
+    and k (accuracy and fit_seconds)."""
+    rows, table = _placement(df, selection)
+    table = table[table["series"].isin(RETRAINED) & table["fit_seconds"].notna()]
+    if table.empty:
+        _nothing(ax, "training time not recorded (fit_seconds) for these trainings")
+        return table
+    means = table.groupby(["series", "k"], sort=True)[["accuracy", "fit_seconds"]].mean().reset_index()
+    present = [s for s in RETRAINED if s in set(table["series"])]
+    style = {"hue": "series", "style": "series", "hue_order": present, "palette": PLACEMENT_COLORS}
+    style["markers"] = PLACEMENT_MARKERS
+    if len(table) > len(means):  # several seeds: each training's own time and accuracy
+        sns.scatterplot(
+            data=table, x="fit_seconds", y="accuracy", alpha=0.35, s=22, legend=False, ax=ax, **style
+        )
+    sns.lineplot(data=means, x="fit_seconds", y="accuracy", style_order=present, dashes=PLACEMENT_DASHES,
+                 markersize=7, sort=False, estimator=None, ax=ax, **style)  # fmt: skip
+    _mark_all_layers(ax, means, "fit_seconds")
+    ax.set_xlabel("training time (s, fit_seconds)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3, linewidth=0.5)
+    _legend_below(ax)
+    what = "(c) against training time" + ("; faint: each training" if len(table) > len(means) else "")
+    _placement_title(ax, rows, what, selection, bands=False)
+    return means
+
+
+def _mark_all_layers(ax: Axes, table: pd.DataFrame, x: str) -> None:
+    """Star the all-layer training (k = L, the largest k) where both retrained series end."""
+    k = table["k"].max()
+    whole = table[(table["k"] == k) & (table["series"] == TOP_RETRAINED)]
+    if whole.empty:
+        return
+    ax.plot(whole[x].astype(float).mean(), whole["accuracy"].mean(), marker="*", markersize=14, color="black",
+            linestyle="none", label=f"every layer (k = {k})", zorder=4)  # fmt: skip
+
+
 SMOOTH = 10  # steps in the running mean of the loss curves (one batch's loss scatters by ~0.1 nats)
 FACTOR_LABELS = {"init_std": "σ", "adapter_size": "m"}
 
@@ -573,6 +804,8 @@ class Drawing:
     caption: str
     title: str | None = None  # above all panels; None: each panel titles itself
     panel_size: Callable[[pd.DataFrame], tuple[float, float]] = lambda rows: (6.8, 4.2)
+    # more panel functions drawn right of `draw` on the same rows: then one row of axes per panel
+    beside: tuple[Callable[[pd.DataFrame, Axes, str], pd.DataFrame], ...] = ()
 
 
 def _heatmap_size(rows: pd.DataFrame) -> tuple[float, float]:
@@ -663,6 +896,30 @@ DRAWINGS: dict[str, Drawing] = {
         "Adapter contributions per layer and the single-layer drop",
         panel_size=lambda rows: (8.0, 5.0),
     ),
+    "recipe": Drawing(
+        recipe_plot,
+        "Where the adaptation happens, per training recipe: the relative decrease in validation accuracy when "
+        "the adapters of the bottom half or of the top half of the layers are removed from the trained model "
+        "(no retraining), with 95% intervals (validation examples and seeds resampled together, the heatmap "
+        "cells' intervals). LN: which LayerNorms trained with the adapters; pooler: BERT's pooler trained with "
+        "the classifier (AdapterHub's head).",
+        "Removing the bottom or the top half of the adapters, per training recipe",
+        panel_size=lambda rows: (
+            8.0,
+            1.9 + 0.5 * len(rows[[c for c in RECIPE_COLUMNS if c in rows]].drop_duplicates()),
+        ),
+    ),
+    "placement": Drawing(
+        placement_layers_plot,
+        "Adapter placement (AdapterDrop): (a) accuracy against the number k of layers with adapters, the top "
+        "or the bottom k, trained so (retrained, solid) or kept from the all-layer training with every other "
+        "layer's adapters removed (kept, dashed), mean ± 1 s.e.m. over seeds; (b) the retrained ones against "
+        "their trained parameters and (c) against their measured training time (fit_seconds), the all-layer "
+        "training starred.",
+        "Adapter placement: removal against retraining",
+        panel_size=lambda rows: (5.0, 4.6),
+        beside=(placement_params_plot, placement_time_plot),
+    ),
     "controls": Drawing(
         controls_plot,
         "Controls: validation accuracy with 95% intervals (validation examples and seeds resampled "
@@ -683,10 +940,15 @@ def study_figures(df: pd.DataFrame, out_dir: str | Path, selection: str = "mean"
     paths = []
     for name, rows in figure_plan(df).items():
         drawing = DRAWINGS[name]
-        panels = split_panels(rows, FIGURES[name].panel)
-        fig, axes = _figure(len(panels), min(len(panels), MAX_COLUMNS), drawing.panel_size(rows))
-        for ax, panel in zip(axes, panels, strict=False):
-            drawing.draw(panel, ax, selection)
+        panels, columns = _panel_grid(split_panels(rows, FIGURES[name].panel), rows, FIGURES[name].panel)
+        draws = (drawing.draw, *drawing.beside)
+        columns = len(draws) if drawing.beside else columns
+        fig, axes = _figure(len(panels) * len(draws), columns, drawing.panel_size(rows))
+        for i, panel in enumerate(panels):
+            row = axes[i * len(draws) : (i + 1) * len(draws)]
+            for ax, draw in zip(row, draws, strict=True):
+                draw(panel, ax, selection)
+            _name_recipe(row[0], panel, rows, FIGURES[name].panel)
         title = figure_title(name, rows)
         if title:
             fig.suptitle(title, fontsize=11)
@@ -857,6 +1119,9 @@ def _title(df: pd.DataFrame) -> str:
         details.append(f"LoRA r={df['lora_r'].iloc[0]} on {df['lora_target'].iloc[0]}")
     elif "positions" in df.columns:
         details.append(f"adapters: {df['positions'].iloc[0]}")
+    layers = adapted_layers(df["adapter_layers"].iloc[0]) if "adapter_layers" in df.columns else None
+    if layers is not None and layers != tuple(range(layers[-1] + 1)):
+        details.append(f"adapters in layers {layers_text(layers)} only")
     if "seed" in df.columns and df["seed"].nunique() > 1:
         details.append(f"mean of {df['seed'].nunique()} seeds")
     if "intact_accuracy" in df.columns:

@@ -26,8 +26,12 @@ from analysis.select import (
     LAYERNORM,
     PRESET_NOTE,
     figure_plan,
+    model_layers,
+    panel_order,
     preset_label,
+    recipe_label,
     split_panels,
+    varying,
     with_ablation,
 )
 from analysis.stability import stability_table
@@ -165,10 +169,11 @@ def _claims(df: pd.DataFrame) -> str:
         )
     count = measured["claim"].nunique()
     note = (
-        f"<p class='muted'>{count} of the paper's {len(CLAIMS)} claims measured by these rows, each judged per "
-        "model and task by where its 95% bootstrap interval (validation examples and seeds resampled together, "
-        "2,000 replicates) lies against the claim's region: inside, reproduced; outside, not reproduced; "
-        "across the edge, inconclusive. Computed from the rows on this page.</p>"
+        f"<p class='muted'>{count} of the {len(CLAIMS)} claims (Houlsby et al.'s, and AdapterDrop's on "
+        "adapter placement) measured by these rows, each judged per model and task (and training recipe, "
+        "where the rows hold several) by where its 95% bootstrap interval (validation examples and seeds "
+        "resampled together, 2,000 replicates) lies against the claim's region: inside, reproduced; outside, "
+        "not reproduced; across the edge, inconclusive. Computed from the rows on this page.</p>"
     )
     listed = f"<table>{head}{''.join(rows)}</table>" if rows else ""
     return note + listed + _not_measured(table[table["verdict"] == "no data"])
@@ -305,10 +310,13 @@ def _cells(df: pd.DataFrame) -> str:
     if rows is None:
         return "<p class='muted'>No layer-ablation cells.</p>"
     parts = []
-    for panel in split_panels(rows):
+    recipe, layers = varying(rows), model_layers(rows)
+    for panel in sorted(split_panels(rows), key=panel_order) if recipe else split_panels(rows):
         table = cell_intervals(panel)
         real = table[~table["includes_zero"].astype(bool)]
         name = f"{panel['model'].iloc[0]} · {panel['task'].iloc[0]}"
+        if recipe:
+            name += f" · {recipe_label(panel.iloc[0], layers.get(str(panel['model'].iloc[0])))}"
         shown = table.assign(
             span=[f"{f}..{la}" for f, la in zip(table["first"], table["last"], strict=True)],
             interval=[f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(table["lo"], table["hi"], strict=True)],

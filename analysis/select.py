@@ -10,22 +10,37 @@ Ablation cells come in kinds (column `ablate_kind`): `zero` (the adapters remove
 `keep` (only first..last keep their adapters); `ablate_layernorm` says whether the ablated layers kept their
 trained LayerNorms (`trained`) or got the pretrained ones back. Tables older than these columns hold zero
 cells with trained LayerNorms: a missing value reads as the default.
+
+A training's recipe (`RECIPE_COLUMNS`: which LayerNorms train, the head, the adapter variant and size, the
+layers that have adapters) splits heatmaps and their claims where it varies (the `recipe` study); a training
+with adapters in some layers only (`adapter_layers`, the `placement` study) shows only those layers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ablation.config import ABLATE_KINDS, METHODS
+from ablation.config import ABLATE_KINDS, HEAD_METHODS, METHODS, RECIPE_LAYERNORMS, AdapterConfig
 from ablation.keys import REPLICATE, SETTING_COLUMNS
 from analysis.collect import conform, has_diagnostics, has_history
 
+# What a training recipe is beyond its method: the LayerNorms that train with the adapters, the head, the
+# adapter variant and size, and the layers that have adapters ('+'-joined). Constant in every study but
+# `recipe` and `placement`, so splitting on them leaves the other studies' panels as they were.
+RECIPE_COLUMNS = ("layernorms", "head", "variant", "adapter_size", "adapter_layers")
 # Rows that differ in these columns belong to different heatmaps; everything else (seeds) is averaged.
-PANEL_COLUMNS = ("task", "model", "method", "positions")
+PANEL_COLUMNS = ("task", "model", "method", "positions", *RECIPE_COLUMNS)
+# One placement panel: a model, a task and a recipe, whatever its adapted layers (they are the x axis).
+PLACEMENT_PANEL = ("model", "task", *RECIPE_COLUMNS[:-1])
+DEFAULT_SIZE = AdapterConfig().size  # the suite's adapter size: a recipe label names any other
+# AdapterHub's recipe as the `recipe` study runs it (its DoubleSeqBnConfig): no LayerNorm trained, BERT's
+# pooler in the head, swish; its size is its reduction factor's share of the model width (m = 24 on 384).
+HUB_RECIPE = {"layernorms": "freeze", "head": "pooler", "variant": "activation=swish"}
+LAYERNORM_ORDER = ("train", "adapted", "freeze")  # the suite's recipe first
 PAPER_SIZES = (8, 64, 256)  # the adapter sizes of the paper's GLUE grid (its bottleneck claim)
 # The ablation's columns, and what a table without them (or a row with a gap) means: the paper's removal.
 KIND, ALPHA, LAYERNORM = "ablate_kind", "alpha", "ablate_layernorm"
@@ -230,6 +245,257 @@ def method_rows(panel: pd.DataFrame, method: str) -> pd.DataFrame:
     return panel[(panel["method"] == method) & panel["first"].isna()]
 
 
+# --- recipes and adapted layers --------------------------------------------------------------------------
+
+
+def adapted_layers(value: object) -> tuple[int, ...] | None:
+    """The layers an `adapter_layers` value names ('3+4+5' -> (3, 4, 5)); None for a missing value."""
+    if value is None or pd.isna(value) or str(value) == "":
+        return None
+    return tuple(sorted(int(v) for v in str(value).split("+")))
+
+
+def layers_text(layers: Iterable[int]) -> str:
+    """'3..5' for a contiguous run of layers, '0, 2' otherwise."""
+    layers = sorted(layers)
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}..{layers[-1]}" if len(layers) > 1 else str(layers[0])
+    return ", ".join(map(str, layers))
+
+
+def model_layers(df: pd.DataFrame) -> dict[str, int]:
+    """Each model's layer count as the rows show it: the largest `last` + 1 or adapted layer + 1.
+
+    A model whose rows all have adapters in its lower layers only would read as smaller; the all-layer
+    training that such studies hold beside them gives the count.
+    """
+    if df.empty or "model" not in df.columns:
+        return {}
+    top = pd.Series(np.nan, index=df.index)
+    if "last" in df.columns:
+        top = pd.to_numeric(df["last"]).astype(float) + 1
+    if "adapter_layers" in df.columns:
+        highest = df["adapter_layers"].map(lambda v: None if (x := adapted_layers(v)) is None else x[-1] + 1)
+        top = np.fmax(top, highest.astype(float))
+    counts = top.groupby(df["model"].astype(object)).max().dropna()
+    return {str(m): int(n) for m, n in counts.items()}
+
+
+def every_layer(df: pd.DataFrame, layers: dict[str, int] | None = None) -> pd.Series:
+    """Per row: does its training have adapters in every layer of its model (a missing `adapter_layers` says
+    so: tables older than the column, methods without it)? `layers` as `model_layers` gives it."""
+    layers = model_layers(df) if layers is None else layers
+    if "adapter_layers" not in df.columns:
+        return pd.Series(True, index=df.index, dtype=bool)
+    full = [
+        (found := adapted_layers(value)) is None or found == tuple(range(layers.get(str(model), len(found))))
+        for model, value in zip(df["model"], df["adapter_layers"], strict=True)
+    ]
+    return pd.Series(full, index=df.index, dtype=bool)
+
+
+def with_recipe(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows with the gaps of `layernorms`, `head` and `adapter_layers` filled with what ran (the method's
+    own LayerNorms, the classifier head, adapters in every layer), so that rows of tables older than these
+    columns join the rows that show them in one panel."""
+    if not {"method", "layernorms", "head", "adapter_layers"} <= set(df.columns):
+        return df
+    method = df["method"].astype(object)
+    layers = {m: "+".join(map(str, range(n))) for m, n in model_layers(df).items()}
+    every = df["model"].astype(object).map(lambda m: layers.get(str(m)))
+    defaults = {
+        "layernorms": method.map(RECIPE_LAYERNORMS),
+        "head": method.map(lambda m: "classifier" if m in HEAD_METHODS else None),
+        "adapter_layers": every.where(method == "adapters"),
+    }
+    filled = {c: df[c].astype(object).fillna(v).astype(df[c].dtype) for c, v in defaults.items()}
+    return df.assign(**filled)
+
+
+def varying(rows: pd.DataFrame, columns: tuple[str, ...] = RECIPE_COLUMNS) -> list[str]:
+    """The recipe columns of `columns` on which rows of one method differ (a gap counts as a value): a LoRA
+    heatmap beside the adapters', or the head-only baseline, is no second recipe."""
+    if rows.empty:
+        return []
+    method = (
+        rows["method"].astype(object).fillna("") if "method" in rows.columns else pd.Series("", rows.index)
+    )
+    return [
+        c for c in columns if c in rows.columns and (rows.groupby(method)[c].nunique(dropna=False) > 1).any()
+    ]
+
+
+def recipe_label(row: pd.Series, n_layers: int | None = None) -> str:
+    """A training recipe in words: 'LN train · classifier', 'AdapterHub (LN freeze · pooler · swish · m=24)';
+    the adapter size where it is not the suite's, and 'layers 3..5' where adapters sit in some of the
+    model's `n_layers` layers only."""
+
+    def value(column: str) -> object:
+        found = row.get(column)
+        return None if found is None or pd.isna(found) else found
+
+    parts = []
+    if value("layernorms") is not None:
+        parts.append(f"LN {value('layernorms')}")
+    if value("head") is not None:
+        parts.append(str(value("head")))
+    if value("variant") not in (None, "plain"):
+        # 'activation=swish' reads as 'swish'; other variant fields keep their name
+        fields = [f.split("=", 1) for f in str(value("variant")).split(",")]
+        parts += [v if k == "activation" else f"{k} {v}" for k, v in fields]
+    if value("adapter_size") is not None and int(value("adapter_size")) != DEFAULT_SIZE:
+        parts.append(f"m={int(value('adapter_size'))}")
+    layers = adapted_layers(value("adapter_layers"))
+    if layers is not None and n_layers is not None and layers != tuple(range(n_layers)):
+        parts.append(f"layers {layers_text(layers)}")
+    text = " · ".join(parts) or "the method's recipe"
+    hub = all(value(c) == v for c, v in HUB_RECIPE.items())
+    return f"AdapterHub ({text})" if hub else text
+
+
+def recipe_order(row: pd.Series) -> tuple:
+    """Sort key of recipes: the suite's first (trained LayerNorms, the classifier), AdapterHub's last."""
+    norms = row.get("layernorms")
+    return (
+        all(row.get(c) == v for c, v in HUB_RECIPE.items()),
+        LAYERNORM_ORDER.index(norms) if norms in LAYERNORM_ORDER else len(LAYERNORM_ORDER),
+        row.get("head") != "classifier",
+        str(row.get("variant")) != "plain",
+        str(row.get("adapter_size")),
+        str(row.get("adapter_layers")),
+    )
+
+
+def panel_order(panel: pd.DataFrame) -> tuple:
+    """Sort key of panels: model, task, then recipe (`recipe_order`)."""
+    first = panel.iloc[0]
+    return (str(first.get("model")), str(first.get("task")), recipe_order(first))
+
+
+def halves(n_layers: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The bottom and the top half of the layers as spans: ((0, h-1), (L-h, L-1)) with h = L // 2 (an odd
+    middle layer in neither); None below two layers."""
+    h = n_layers // 2
+    return None if h < 1 else ((0, h - 1), (n_layers - h, n_layers - 1))
+
+
+def recipe_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """The recipe figure's cells: the paper's removal of the bottom and of the top half of the layers'
+    adapters (`halves`), from adapter trainings with adapters in every layer."""
+    rows = with_recipe(df)
+    layers = model_layers(rows)
+    cells = ablated(rows)
+    cells = cells[((cells["method"] == "adapters").fillna(False) & every_layer(cells, layers)).to_numpy(bool)]
+    keep = [
+        (int(f), int(la)) in (halves(layers.get(str(m), 0)) or ())
+        for m, f, la in zip(cells["model"], cells["first"], cells["last"], strict=True)
+    ]
+    return cells[np.array(keep, dtype=bool)]
+
+
+def _recipes_vary(df: pd.DataFrame) -> bool:
+    """Do some model and task's recipe cells come from several recipes?"""
+    rows = recipe_cells(df)
+    columns = [c for c in RECIPE_COLUMNS if c in rows.columns]
+    if rows.empty or not columns:
+        return False
+    recipes = (
+        rows.drop_duplicates(["model", "task", *columns]).groupby(["model", "task"], dropna=False).size()
+    )
+    return bool((recipes > 1).any())
+
+
+def _key(rows: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
+    """One text key per row from `columns` (gaps as 'nan'), to match rows across selections."""
+    return rows[list(columns)].astype(object).astype(str).agg("|".join, axis=1)
+
+
+def placement_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """What the placement figure reads, per model, task and recipe that has a training of adapters in some
+    layers only: those trainings' intact rows, and the all-layer training's intact rows and keep cells."""
+    rows = with_recipe(df)
+    rows = rows[(rows["method"] == "adapters").fillna(False).to_numpy(bool)]
+    full = every_layer(rows, model_layers(rows)).to_numpy(bool)
+    unablated = (rows["first"].isna() & rows["last"].isna()).to_numpy(bool)
+    partial = rows[~full & unablated]
+    if partial.empty:
+        return df.iloc[0:0]
+    kept = rows.index.isin(keep_cells(rows).index)
+    whole = rows[full & (unablated | kept)]
+    whole = whole[_key(whole, PLACEMENT_PANEL).isin(set(_key(partial, PLACEMENT_PANEL))).to_numpy(bool)]
+    return with_ablation(pd.concat([partial, whole]).sort_index())
+
+
+# The placement figure's series: where the k layers with adapters sit, and whether they were trained so or
+# are the kept span of the all-layer training (the others' adapters removed, no retraining).
+TOP_RETRAINED, BOTTOM_RETRAINED = "top k retrained", "bottom k retrained"
+TOP_KEPT, BOTTOM_KEPT = "top k kept (all-layer training)", "bottom k kept (all-layer training)"
+PLACEMENT_SERIES = (TOP_RETRAINED, BOTTOM_RETRAINED, TOP_KEPT, BOTTOM_KEPT)
+PLACEMENT_COLUMNS = ["series", "k", "seed", "accuracy", "score", "trained_params", "fit_seconds", "train_key"]
+
+
+def placement_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """The placement figure's points, one per training (retrained) or keep cell (kept) and series: k (the
+    layers with adapters, 1..L), seed, accuracy (%), score (the training's intact accuracy: what best-of-n
+    selects on), trained_params, fit_seconds, train_key. The all-layer training is k = L of every series."""
+    rows = placement_rows(rows)
+    if rows.empty:
+        return pd.DataFrame(columns=PLACEMENT_COLUMNS)
+    layers = model_layers(rows)
+    out = []
+
+    def point(series: str, k: int, row: pd.Series, accuracy: float) -> None:
+        values = [row["seed"], 100 * accuracy, 100 * row["intact_accuracy"], row["trained_params"]]
+        out.append([series, k, *values, row["fit_seconds"], row["train_key"]])
+
+    full = every_layer(rows, layers).to_numpy(bool)
+    for _, row in rows[~full].iterrows():
+        n, found = layers[str(row["model"])], adapted_layers(row["adapter_layers"])
+        k = len(found)
+        if found == tuple(range(n - k, n)):
+            point(TOP_RETRAINED, k, row, row["accuracy"])
+        elif found == tuple(range(k)):
+            point(BOTTOM_RETRAINED, k, row, row["accuracy"])
+    whole = rows[full]
+    trainings = whole.assign(_key=whole["train_key"].astype(object).fillna(whole["seed"].astype(str)))
+    for _, row in trainings.drop_duplicates("_key").iterrows():
+        for series in (TOP_RETRAINED, BOTTOM_RETRAINED):
+            point(series, layers[str(row["model"])], row, row["intact_accuracy"])
+    for _, row in keep_cells(whole).iterrows():
+        n, first, last = layers[str(row["model"])], int(row["first"]), int(row["last"])
+        if last == n - 1:
+            point(TOP_KEPT, n - first, row, row["accuracy"])
+        if first == 0:
+            point(BOTTOM_KEPT, last + 1, row, row["accuracy"])
+    table = pd.DataFrame(out, columns=PLACEMENT_COLUMNS)
+    numbers = ["seed", "accuracy", "score", "trained_params", "fit_seconds"]  # gaps (pd.NA) as NaN
+    return table.assign(**{c: pd.to_numeric(table[c]).astype(float) for c in numbers})
+
+
+def top_half_pair(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, int] | None:
+    """AdapterDrop's comparison in one model and task: the training with adapters in the top half of the
+    layers only (its intact rows) and the all-layer training (one row per seed, any of its rows: each holds
+    its intact predictions), over the seeds both have, in seed order; and the layer count. None without."""
+    rows = placement_rows(rows)
+    if rows.empty:
+        return None
+    n = model_layers(rows)[str(rows["model"].iloc[0])]
+    spans = halves(n)
+    if spans is None:
+        return None
+    top_layers = tuple(range(spans[1][0], n))
+    top = rows[rows["adapter_layers"].map(lambda v: adapted_layers(v) == top_layers).to_numpy(bool)]
+    whole = rows[every_layer(rows).to_numpy(bool)]
+    seeds = sorted(set(top["seed"].dropna()) & set(whole["seed"].dropna()))
+    if not seeds:
+        return None
+    pick = [
+        r[r["seed"].isin(seeds)].sort_values("seed", kind="stable").drop_duplicates("seed")
+        for r in (top, whole)
+    ]
+    return pick[0], pick[1], n
+
+
 # What a preset's figures and report say of themselves, after its label ("quick preset").
 PRESET_NOTE = "a small version of the study, not its result"
 
@@ -339,6 +605,13 @@ FIGURES: dict[str, Figure] = {
         _has_controls,
         cells=True,
     ),
+    "recipe": Figure(
+        recipe_cells, (*RECIPE_COLUMNS, "first", "last"), ("model", "task"), _recipes_vary, cells=True
+    ),
+    # cells=True: the adapted layers make the point (with the keep cells' span), so no one-setting check
+    "placement": Figure(
+        placement_rows, ("adapter_layers", "first", "last"), PLACEMENT_PANEL, _any(placement_rows), cells=True
+    ),
 }
 # The figures of the controls (what removing, replacing, scaling or keeping adapters does); with the heatmap of
 # the plain removal, the figures of the `controls` study.
@@ -350,6 +623,8 @@ STUDY_FIGURES: dict[str, tuple[str, ...]] = {
     "bottleneck": ("bottleneck", "loss_curves", "stability"),
     **{name: (name,) for name in ("tradeoff", "variants")},
     "controls": ("heatmap", *CONTROL_FIGURES),
+    "recipe": ("heatmap", "recipe"),
+    "placement": ("heatmap_keep", "placement"),
 }
 
 
@@ -361,7 +636,7 @@ def figure_plan(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     one setting (figures of one model's cells: any such cells). A figure a study already draws is not
     inferred again; a figure two studies draw gets the rows of both.
     """
-    df = conform(df)
+    df = with_recipe(conform(df))
     study = df["study"].where(df["study"] != "")
     plan: dict[str, list[pd.DataFrame]] = {}
     for name, figures in STUDY_FIGURES.items():

@@ -8,14 +8,23 @@ No plotting here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from analysis.collect import correctness, load_predictions
-from analysis.select import PANEL_COLUMNS, ablated
+from analysis.select import (
+    PANEL_COLUMNS,
+    RECIPE_COLUMNS,
+    ablated,
+    adapted_layers,
+    halves,
+    model_layers,
+    recipe_label,
+    recipe_order,
+)
 
 SELECTIONS = ("mean", "best")
 LEVEL = 0.95
@@ -196,12 +205,28 @@ def paired_bootstrap_ci(
     return interval(mean_accuracy(ga) - mean_accuracy(gb), reps[:, 0] - reps[:, 1], level)
 
 
+def matrix_layers(df: pd.DataFrame) -> list[int]:
+    """The layers a heatmap of these rows shows: 0..max(last), but only those with adapters where the rows
+    name them (`adapter_layers`, one value): layers 3..5 for a training with adapters there only."""
+    last = df["last"].dropna()
+    if last.empty:
+        return []
+    top = int(last.max())
+    found = df["adapter_layers"].dropna().unique() if "adapter_layers" in df.columns else []
+    if len(found) != 1:
+        return list(range(top + 1))
+    named = {int(v) for c in ("first", "last") for v in df[c].dropna()}  # a cell outside them still shows
+    return sorted({layer for layer in adapted_layers(found[0]) if layer <= top} | named)
+
+
 def layer_matrix(
-    df: pd.DataFrame, value: str = "relative_decrease", n_layers: int | None = None
+    df: pd.DataFrame, value: str = "relative_decrease", n_layers: int | Sequence[int] | None = None
 ) -> pd.DataFrame:
     """Pivot rows with `first`, `last` and `value` to a layers x layers matrix (index first, columns last),
-    averaging repeats (seeds). Covers layers 0..L-1 with L = n_layers or max(last) + 1; the lower triangle
-    (first > last) and spans with no row are NaN. Values stay in the units of `value`.
+    averaging repeats (seeds). Covers the layers `n_layers` gives (a count L: 0..L-1; or the layers
+    themselves), by default `matrix_layers`: the layers with adapters, so a training with adapters in layers
+    3..5 only gives a 3 x 3 matrix indexed 3..5. The lower triangle (first > last) and spans with no row are
+    NaN. Values stay in the units of `value`.
     """
     if df.empty:
         raise ValueError("layer_matrix: the result table is empty")
@@ -214,13 +239,15 @@ def layer_matrix(
         raise ValueError(
             f"layer_matrix: one panel expected, but the table mixes {mixed}; use split_panels first"
         )
-    n_layers = n_layers if n_layers is not None else int(df["last"].max()) + 1
-    layers = pd.RangeIndex(n_layers)
+    if n_layers is None:
+        n_layers = matrix_layers(df)
+    layers = pd.Index(range(n_layers) if isinstance(n_layers, int) else list(n_layers))
     numbers = df.assign(**{value: df[value].astype(float)})
     matrix = numbers.pivot_table(index="first", columns="last", values=value, aggfunc="mean")
     matrix = matrix.reindex(index=layers, columns=layers).astype(float)
     matrix.index.name, matrix.columns.name = "first", "last"
-    return matrix.where(np.triu(np.ones((n_layers, n_layers), dtype=bool)))
+    # the layers are sorted, so first <= last is the upper triangle of positions too
+    return matrix.where(np.triu(np.ones((len(layers), len(layers)), dtype=bool)))
 
 
 # --- layer-ablation cells ------------------------------------------------------------------------------
@@ -292,16 +319,23 @@ CELL_COLUMNS = [
 ]
 
 
-def cell_intervals(panel: pd.DataFrame, level: float = LEVEL, select: Select = ablated) -> pd.DataFrame:
+def cell_intervals(
+    panel: pd.DataFrame,
+    level: float = LEVEL,
+    select: Select = ablated,
+    spans: Collection[tuple[int, int]] | None = None,
+) -> pd.DataFrame:
     """Per ablated span of one heatmap panel, with 95% intervals over examples and seeds (one set of
     replicates): accuracy (%), its drop from the intact model (points, drop_lo..drop_hi), the relative
     decrease (%, lo..hi); `includes_zero` marks spans whose change the data cannot tell from none.
-    `select` picks the cells (default: the paper's removal)."""
+    `select` picks the cells (default: the paper's removal); `spans` (first, last) only these, with the same
+    intervals as among all (the panel's groups share their examples and seeds, so the replicates do not
+    depend on how many spans are drawn)."""
     found = cell_groups(panel, select=select)
     if found is None:
         return pd.DataFrame(columns=CELL_COLUMNS)
     _, intact, cells = found
-    spans = sorted(cells)
+    spans = sorted(s for s in cells if spans is None or s in set(spans))
     reps = replicates([intact, *(cells[s] for s in spans)])
     base = mean_accuracy(intact)
     rows = []
@@ -332,8 +366,7 @@ def cell_intervals(panel: pd.DataFrame, level: float = LEVEL, select: Select = a
 def uncertain_cells(panel: pd.DataFrame, select: Select = ablated) -> pd.DataFrame:
     """first x last boolean matrix (as layer_matrix lays it out): True where the 95% interval includes 0."""
     table = cell_intervals(panel, select=select)
-    layers = int(select(panel)["last"].max()) + 1
-    return layer_matrix(table, "includes_zero", layers).fillna(0.0) > 0.5
+    return layer_matrix(table, "includes_zero", matrix_layers(select(panel))).fillna(0.0) > 0.5
 
 
 def difference_intervals(
@@ -372,3 +405,59 @@ def difference_intervals(
 def _labels(rows: pd.DataFrame) -> np.ndarray:
     first = rows.iloc[0]
     return load_predictions(str(first["sweep"]), str(first["job_dir"]))["labels"]
+
+
+PROFILE_COLUMNS = [
+    "recipe",
+    *RECIPE_COLUMNS,
+    "half",
+    "first",
+    "last",
+    "relative_decrease",
+    "lo",
+    "hi",
+    "seeds",
+]
+
+
+def recipe_profile(rows: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """Per training recipe of one model and task (`analysis.select.recipe_cells` rows): the relative
+    decrease (%) removing the adapters of the bottom half and of the top half of the layers, each with its
+    95% interval over examples and seeds (`cell_intervals`: the heatmap's, the report's and `ci`'s; no
+    interval for rows without their predictions, a `sweep` column); the suite's recipe first. A recipe
+    without both halves' cells gives the half it has."""
+    if rows.empty:
+        return pd.DataFrame(columns=PROFILE_COLUMNS)
+    n_layers = model_layers(rows)[str(rows["model"].iloc[0])]
+    spans = halves(n_layers) or ()
+    columns = [c for c in RECIPE_COLUMNS if c in rows.columns]
+    recipes = sorted(
+        (recipe for _, recipe in rows.groupby(columns, sort=True, dropna=False)),
+        key=lambda recipe: recipe_order(recipe.iloc[0]),
+    )
+    out = []
+    for recipe in recipes:
+        first = recipe.iloc[0]
+        label = [recipe_label(first, n_layers), *(first.get(c) for c in RECIPE_COLUMNS)]
+        table = _span_decreases(recipe, spans, level)
+        for half, span in zip(("bottom half", "top half"), spans, strict=True):
+            if span in table.index:
+                cell = table.loc[span]
+                out.append([*label, half, *span, *cell[["relative_decrease", "lo", "hi", "seeds"]]])
+    return pd.DataFrame(out, columns=PROFILE_COLUMNS).astype({"seeds": int})
+
+
+def _span_decreases(rows: pd.DataFrame, spans: Collection[tuple[int, int]], level: float) -> pd.DataFrame:
+    """relative_decrease, lo, hi (%) and seeds per (first, last) of `spans`: `cell_intervals` where the rows
+    locate their predictions, else the relative decrease of the rows' mean accuracies and no interval."""
+    if "sweep" in rows.columns:
+        return cell_intervals(rows, level, spans=spans).set_index(["first", "last"])
+    out = {}
+    for (first, last), cell in rows.groupby(["first", "last"]):
+        if (int(first), int(last)) in set(spans):
+            value = relative_decrease(
+                cell["intact_accuracy"].astype(float).mean(), cell["accuracy"].astype(float).mean()
+            )
+            out[(int(first), int(last))] = [float(value), np.nan, np.nan, cell["seed"].nunique()]
+    index = pd.MultiIndex.from_tuples(list(out), names=["first", "last"]) if out else None
+    return pd.DataFrame(list(out.values()), index=index, columns=["relative_decrease", "lo", "hi", "seeds"])

@@ -335,6 +335,7 @@ OTHER_STUDIES = {
     "bottleneck": ["sizes 8/64/256 perform alike"],
     "tradeoff": ["adapters close to full fine-tuning", "LayerNorm-only costs a few points"],
     "variants": ["no variant beats the plain adapter"],
+    "placement": ["lower layers' adapters can be dropped"],
 }
 
 
@@ -355,8 +356,8 @@ def test_a_layer_ablation_report_tables_only_the_claims_its_rows_measure(tmp_pat
     assert listed == LAYER_CLAIMS
     for study, names in {"init_scale": INIT_CLAIMS, **OTHER_STUDIES}.items():
         assert f"{', '.join(names)} — study={study}" in line
-    assert line.count(" — study=") == 4 and "no data" not in page
-    assert "3 of the paper's 9 claims measured by these rows" in page
+    assert line.count(" — study=") == 5 and "no data" not in page
+    assert "3 of the 10 claims (Houlsby et al.'s, and AdapterDrop's on adapter placement) measured" in page
 
 
 def test_a_studys_rows_move_its_claims_into_the_table(tmp_path):
