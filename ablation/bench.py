@@ -33,7 +33,7 @@ from ablation.data import collate, to_device, train_batches
 from ablation.evaluate import Ablation, Evaluator
 from ablation.methods import prepare
 from ablation.precision import BF16_SPEEDUP, autocast, cpu_bf16_speedup, machine_id
-from ablation.session import this_process
+from ablation.session import load_base, this_process
 from ablation.train import HISTORY_COLUMNS, record_step
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
@@ -268,22 +268,24 @@ def main(argv: list[str] | None = None) -> None:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = this_process().resolve(OmegaConf.to_object(compose("config", overrides=overrides)))
     device = cfg.device
+
+    def report(name: str, value: str) -> None:
+        print(f"{name:<52} {value}", flush=True)
+
+    if args.only_placement:  # the pretrained model alone: nothing to train or evaluate first
+        base = load_base(cfg.model, cfg.task.num_labels, cfg.paths.cache)
+        data = base.task_split(cfg.task, "train", cfg.paths.cache, cfg.model.max_length)
+        print(
+            f"device {device}: {device_name(device)}, threads {torch.get_num_threads()}, model {cfg.model.name}"
+        )
+        placement_costs(base.fresh_model(cfg.seed), base.pristine, cfg, data, report)
+        return
     session = this_process().open_session(cfg)
     model, data, L = (
         session.evaluator.stages.model,
         session.evaluator.data,
         session.evaluator.stages.num_layers,
     )
-
-    def report(name: str, value: str) -> None:
-        print(f"{name:<52} {value}", flush=True)
-
-    if args.only_placement:
-        print(
-            f"device {device}: {device_name(device)}, threads {torch.get_num_threads()}, model {cfg.model.name}"
-        )
-        placement_costs(model, this_process().base.pristine, cfg, data, report)
-        return
 
     print(
         f"device {device}: {device_name(device)}\n"

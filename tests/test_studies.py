@@ -35,7 +35,10 @@ QUICK = {
     "layer_ablation": (21, "heatmap.png"),
     # zero, mean and keep heatmaps, the all-removed cell with pretrained LayerNorms, 3 ranges x 5 alphas, head
     "controls": (3 * 21 + 1 + 3 * 5 + 1, "heatmap.png"),
+    "recipe": (2 * 21, "recipe.png"),  # the suite's recipe and AdapterHub's, every cell of each
+    "placement": (21 + 4, "placement.png"),  # the all-layer training's keep cells; top/bottom 1 and 3 retrained
 }
+RECIPES = {"recipe": 2}  # the claims of a study that compares recipes are judged once per recipe
 RERUN = "layer_ablation"  # the study whose quick preset is also re-run (the cheapest)
 
 # study -> a claim of the paper its rows let the report judge (one verdict per task)
@@ -46,6 +49,8 @@ CLAIM = {
     "variants": "no variant beats the plain adapter",
     "layer_ablation": "single-layer removal costs little",
     "controls": "all adapters removed: majority class",
+    "recipe": "lower layers matter less",
+    "placement": "lower layers' adapters can be dropped",
 }
 LEARNT = 0.05  # "left the majority class": at least 5 points above the majority rate, in the mean over seeds
 
@@ -87,7 +92,8 @@ def test_quick_study_shows_its_shape_and_a_rerun_trains_nothing(study, tmp_path)
     claims = evaluate_claims(load_runs([tmp_path / "a"]).table).set_index("claim")
     judged = claims.loc[[CLAIM[study]], "verdict"]
     tasks = rows["task"].nunique()
-    assert len(judged) == tasks and (judged != "no data").all()  # one verdict per task, from these rows
+    # one verdict per task (and recipe), from these rows
+    assert len(judged) == tasks * RECIPES.get(study, 1) and (judged != "no data").all()
 
     # The study's shape: what learns in the full study leaves the majority class here too, and an init
     # std of 1 stays there (the full init-scale study's σ = 1: every rotten_tomatoes seed at the majority).
