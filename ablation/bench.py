@@ -217,7 +217,7 @@ def kind_costs(new_evaluator, removal_passes: float, ref: float, report) -> None
         )
 
 
-def placement_costs(model, pristine: dict, cfg, data, report, rounds: int = 3) -> None:
+def placement_costs(model, pristine: dict, cfg, data, report, rounds: int = 5) -> None:
     """Seconds per training step with adapters in the top half only against every layer (AdapterDrop's
     speed-up): with the adapted layers' LayerNorms only, no backward pass runs below the lowest adapted
     layer; with every LayerNorm training (the embeddings' too) it runs through all of them. Alternating
