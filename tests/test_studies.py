@@ -36,7 +36,10 @@ QUICK = {
     # zero, mean and keep heatmaps, the all-removed cell with pretrained LayerNorms, 3 ranges x 5 alphas, head
     "controls": (3 * 21 + 1 + 3 * 5 + 1, "heatmap.png"),
     "recipe": (2 * 21, "recipe.png"),  # the suite's recipe and AdapterHub's, every cell of each
-    "placement": (21 + 4, "placement.png"),  # the all-layer training's keep cells; top/bottom 1 and 3 retrained
+    "placement": (
+        21 + 4,
+        "placement.png",
+    ),  # the all-layer training's keep cells; top/bottom 1 and 3 retrained
 }
 RECIPES = {"recipe": 2}  # the claims of a study that compares recipes are judged once per recipe
 RERUN = "layer_ablation"  # the study whose quick preset is also re-run (the cheapest)
