@@ -28,7 +28,7 @@ LABEL_WORDS = (["bad", "awful"], ["good", "great"], ["not", "a"])  # the toy use
 TRAIN = ["train.lr=1e-2", "train.epochs=20", "train.batch_size=8", "eval.precision=fp32"]
 CELLS = ["ablate.first=0..1", "ablate.last=1..2"]  # 4 jobs after the triangle filter, one training key
 # Columns that describe time, process or provenance of the computation: all others must match exactly.
-VOLATILE = ["trained_now", "cell_computed", "train_seconds", "eval_seconds", "job_seconds"]
+VOLATILE = ["trained_now", "cell_computed", "train_seconds", "fit_seconds", "eval_seconds", "job_seconds"]
 
 
 def write_toy(root: Path, num_layers: int = 3) -> Path:
