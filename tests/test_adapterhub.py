@@ -143,19 +143,25 @@ def test_adapter_load_sets_the_adapter_from_the_folder_and_keys_its_files(tmp_pa
         adapterhub_spec(tmp_path / "gated", "bert", 3, 3)
 
 
-def test_a_folder_with_leave_out_imports_into_adapter_layers_and_equals_the_span_removed(tmp_path):
-    """AdapterHub's leave_out (layers trained without adapters) is adapter.layers' complement: a folder with
-    leave_out=[0] is the full folder without layer 0's adapters, so its logits are the full folder's with
-    layer 0 removed, and its spec and derived config name layers 1 and 2."""
-    from test_config import run_config
-
-    folder = tmp_path / "houlsby-leave-out"
+def leave_out_folder(folder: Path) -> Path:
+    """The Houlsby fixture as AdapterHub saves one trained with leave_out=[0]: without layer 0's adapters."""
     shutil.copytree(FIXTURE / "houlsby", folder)
     saved = json.loads((folder / "adapter_config.json").read_text())
     saved["config"]["leave_out"] = [0]
     (folder / "adapter_config.json").write_text(json.dumps(saved))
     weights = torch.load(folder / "pytorch_adapter.bin", weights_only=True)
     torch.save({k: v for k, v in weights.items() if ".layer.0." not in k}, folder / "pytorch_adapter.bin")
+    return folder
+
+
+def test_a_folder_with_leave_out_imports_into_adapter_layers_and_equals_the_span_removed(tmp_path):
+    """AdapterHub's leave_out (layers trained without adapters) is adapter.layers' complement: a folder with
+    leave_out=[0] is the full folder without layer 0's adapters, so its logits are the full folder's with
+    layer 0 removed, and its spec and derived config name layers 1 and 2."""
+    from test_config import run_config
+
+    folder = leave_out_folder(tmp_path / "houlsby-leave-out")
+    saved = json.loads((folder / "adapter_config.json").read_text())
 
     spec = adapterhub_spec(folder, "bert", num_labels=3, num_layers=3)
     assert spec.layers == [1, 2]

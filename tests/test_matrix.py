@@ -131,14 +131,9 @@ def adapterhub_world(root: Path) -> tuple[dict[str, Path], Path, Path, dict, lis
                         torch.save(load_file(folder / other), folder / weights)
                     (folder / other).unlink()
             folders[folder.name] = folder
-    # leave_out=[0]: the Houlsby folder without layer 0's adapters, as AdapterHub saves one trained so
-    leave_out = root / "adapterhub-leaveout-bin"
-    shutil.copytree(FIXTURE / "houlsby", leave_out)
-    saved = json.loads((leave_out / "adapter_config.json").read_text())
-    saved["config"]["leave_out"] = [0]
-    (leave_out / "adapter_config.json").write_text(json.dumps(saved))
-    weights = torch.load(leave_out / "pytorch_adapter.bin", weights_only=True)
-    torch.save({k: v for k, v in weights.items() if ".layer.0." not in k}, leave_out / "pytorch_adapter.bin")
+    from test_adapterhub import leave_out_folder
+
+    leave_out = leave_out_folder(root / "adapterhub-leaveout-bin")  # Houlsby without layer 0's adapters
     folders[leave_out.name] = leave_out
     expected = json.loads((FIXTURE / "expected.json").read_text())
     texts = [
