@@ -39,6 +39,7 @@ def read_tweets(path: str | Path) -> pd.DataFrame:
 
 
 READERS = {"rotten-tomatoes": read_rotten_tomatoes, "tweets": read_tweets}
+LABEL_NAMES = {"rotten-tomatoes": ROTTEN_TOMATOES_LABELS, "tweets": TWEETS_LABELS}
 
 
 def deduplicate(df: pd.DataFrame, text_fields: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -154,6 +155,30 @@ def _read_cached(path: Path, spec: str) -> DatasetDict:
         return load_from_disk(str(path))
     except Exception as err:  # datasets raises many types for a damaged folder
         raise CacheError(f"{path}: unreadable dataset cache ({type(err).__name__}: {err}); {fix}") from None
+
+
+def example_ids(texts: pd.DataFrame) -> list[str]:
+    """A stable id per example: the sha256 of its text fields (16 hex digits); a text seen before in the
+    same split (GLUE keeps repeats) gets '#2', '#3'... so that ids stay unique and in order."""
+    ids, seen = [], {}
+    for values in texts.astype(str).itertuples(index=False):
+        digest = hashlib.sha256("\x1f".join(values).encode("utf-8")).hexdigest()[:16]
+        seen[digest] = seen.get(digest, 0) + 1
+        ids.append(digest if seen[digest] == 1 else f"{digest}#{seen[digest]}")
+    return ids
+
+
+def examples_table(dataset: Dataset, cfg: TaskConfig) -> pd.DataFrame:
+    """The split's examples in order: id (example_ids), the text fields, label, and label_name where the
+    task names its labels (the offline tasks, GLUE's ClassLabel features)."""
+    texts = pd.DataFrame({f: list(dataset[f]) for f in cfg.text_fields})
+    labels = np.asarray(list(dataset["label"]), dtype=np.int64)
+    feature = dataset.features.get("label")
+    names = LABEL_NAMES.get(cfg.artifact or "") if cfg.source == "pypi" else getattr(feature, "names", None)
+    table = pd.DataFrame({"id": example_ids(texts), **texts, "label": labels})
+    if names:
+        table["label_name"] = [names[i] if 0 <= i < len(names) else "" for i in labels]
+    return table
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import hashlib
 import io
 import json
 import platform
@@ -37,6 +38,10 @@ DIAGNOSTICS = "diagnostics.csv"
 # Each training's history (ablation.train.HISTORY: step, loss, grad_norm, lr), copied from the store into
 # <sweep or run dir>/histories/<train_key>.csv by the first job that uses it, so the sweep folder alone holds it.
 HISTORIES = "histories"
+# The validation examples a sweep scored, once per task and split: <sweep or run dir>/examples/<name>.csv
+# (id, text fields, label[, label_name]) in the order of every job's predictions; a row names its file in
+# the `examples` column, and the name is a hash of the file's ids and labels, so a join can be checked.
+EXAMPLES = "examples"
 DIAGNOSTIC_COLUMNS = (
     "layer",
     "position",
@@ -60,6 +65,7 @@ class Outcome:
     intact_metric: float
     majority_rate: float  # share of the validation set's most frequent label
     n_eval: int
+    examples: str  # the examples file of the evaluated split: <sweep dir>/examples/<examples>.csv
     diverged: bool  # training stopped at a non-finite loss or gradient
     diverged_step: int | None  # the step (0-based) whose loss or gradient was non-finite
     train_steps: int  # optimizer steps taken
@@ -226,6 +232,25 @@ def write_job(
         np.savez_compressed(tmp, **{k: v.astype(np.int16) for k, v in preds.items()})
     # result.json last: a job folder with a result.json has everything.
     write_text(job_dir / RESULT_JSON, json.dumps({**row, **extra}, indent=2, sort_keys=True, default=str))
+
+
+def examples_name(task: str, table: pd.DataFrame) -> str:
+    """The examples file's name: the task and a hash of the ordered ids and labels (the join's check)."""
+    digest = hashlib.sha256()
+    for example_id, label in zip(table["id"], table["label"], strict=True):
+        digest.update(f"{example_id}\t{int(label)}\n".encode())
+    return f"{task}-{digest.hexdigest()[:12]}"
+
+
+def record_examples(root: Path, task: str, table: pd.DataFrame) -> str:
+    """Write root/examples/<name>.csv unless it is there (the first job of a sweep to score this split);
+    returns the name."""
+    name = examples_name(task, table)
+    target = root / EXAMPLES / f"{name}.csv"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_text(target, table.to_csv(index=False, lineterminator="\n"))
+    return name
 
 
 def record_history(history: Path, root: Path, train_key: str) -> bool:

@@ -28,6 +28,7 @@ from ablation.results import (
     Outcome,
     majority_rate,
     make_row,
+    record_examples,
     record_history,
     record_row,
     relative_decrease,
@@ -99,6 +100,7 @@ def run_job(cfg: RunConfig, dcfg: DictConfig, process: Process, tracker: Tracker
         intact_metric=base[cfg.task.metric],
         majority_rate=majority_rate(labels),
         n_eval=len(labels),
+        examples=record_examples(root, cfg.task.name, session.examples),  # once per sweep and split
         diverged=trained.get("diverged", False),
         diverged_step=trained.get("diverged_step"),
         train_steps=trained["steps"],

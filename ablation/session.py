@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ablation.adapters import remove_adapters, wrap_norms
 from ablation.atomic import clean_folder, lock, save_array, write_text
 from ablation.config import AblateConfig, CacheError, ModelConfig, RunConfig, TaskConfig, derive
-from ablation.data import Encoded, encode, load_task
+from ablation.data import Encoded, encode, examples_table, load_task
 from ablation.evaluate import Ablation, Evaluator, bound_resident_memory
 from ablation.imports import load_adapterhub, load_peft_lora
 from ablation.keys import cell_name, data_key, eval_key, process_spec, training_key, training_spec
@@ -60,6 +60,7 @@ class Base:
     pristine: dict[str, torch.Tensor]  # the weights as loaded
     new_modules: list[nn.Module]  # what loading initialised (the head), in the order loading did it
     encoded: dict[tuple[str, str], Encoded] = field(default_factory=dict)
+    examples: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def fresh_model(self, seed: int) -> nn.Module:
         """The model as load_model gives it after set_seed(seed): pretrained weights, a seeded new head."""
@@ -80,6 +81,13 @@ class Base:
             data = load_task(cfg, cache)
             self.encoded[key] = encode(data[split], self.tokenizer, cfg.text_fields, max_length)
         return self.encoded[key]
+
+    def validation_examples(self, cfg: TaskConfig, cache: str) -> pd.DataFrame:
+        """The validation examples with their ids and texts (ablation.data.examples_table), once per process."""
+        key = data_key(cfg)
+        if key not in self.examples:
+            self.examples[key] = examples_table(load_task(cfg, cache)["validation"], cfg)
+        return self.examples[key]
 
 
 def base_spec(model_cfg: ModelConfig, num_labels: int, cache: str) -> str:
@@ -118,6 +126,7 @@ class Session:
     train_metrics: dict
     trained_now: bool
     cell_dir: Path
+    examples: pd.DataFrame  # the evaluated examples in prediction order (id, texts, label)
     timings: dict = field(default_factory=dict)
     _training_reported: bool = False
     _computed: set = field(default_factory=set)  # cells this process computed (not read from the cache)
@@ -296,11 +305,16 @@ def build_session(cfg: RunConfig, base: Base, on_step: Callable[[dict], None] | 
             f"{len(evaluator.shards)} shards",
             flush=True,
         )
+    examples = base.validation_examples(cfg.task, cfg.paths.cache)
+    if not np.array_equal(examples["label"].to_numpy(), val.labels):  # the texts must be the scored ones
+        raise CacheError(
+            f"the examples of {data_key(cfg.task)} disagree with the tokenized validation labels"
+        )
     cell_dir = folder / "eval" / eval_key(cfg, val.fingerprint())
     with lock(cell_dir / "cells"):
         save_array(cell_dir / "labels.npy", val.labels.astype(np.int16))
     timings = {"load_seconds": load_seconds, "setup_seconds": time.perf_counter() - tic}
-    return Session(cfg, key, evaluator, counts, metrics, trained_now, cell_dir, timings)
+    return Session(cfg, key, evaluator, counts, metrics, trained_now, cell_dir, examples, timings)
 
 
 class Process:

@@ -40,7 +40,7 @@ class CountingEvaluator:
 
 def _session(tmp_path, trained_now: bool) -> Session:
     return Session(cfg=None, key="k", evaluator=CountingEvaluator(), counts={}, train_metrics={},
-                   trained_now=trained_now, cell_dir=tmp_path)  # fmt: skip
+                   trained_now=trained_now, cell_dir=tmp_path, examples=None)  # fmt: skip
 
 
 def test_training_is_reported_once(tmp_path):
