@@ -1,4 +1,4 @@
-"""Command line: `python -m analysis report|compare|figures|heatmap|table|ci|rebuild ...` (see --help)."""
+"""Command line: `python -m analysis report|compare|examples|figures|heatmap|table|ci|rebuild ...` (see --help)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "examples":
+            return _examples(args)
         if args.command == "rebuild":
             from ablation.results import rebuild_table
 
@@ -129,7 +131,197 @@ def _compare(args: argparse.Namespace) -> int:
         f"{len(real)} of {len(table)} spans differ beyond their 95% interval (A minus B, percentage points):"
     )
     print(table.round(2).to_string(index=False))
+    print()
+    print(_cross_agreement(*panels))
     return 0
+
+
+def _cross_agreement(a: pd.DataFrame, b: pd.DataFrame) -> str:
+    """Do A and B flip the same examples? Per common cell, against chance and each side's own seeds."""
+    from analysis.examples import TextsMissing, cross_agreement
+
+    try:
+        table = cross_agreement(a, b)
+    except TextsMissing as err:
+        return f"Which examples each flips: not compared ({err})"
+    above = int(table["above_chance"].sum())
+    mean = table[["agreement", "chance", "within_a", "within_b"]].mean()
+    head = (
+        f"Which examples each flips (lost or gained), joined by id: A's and B's flipped sets agree above chance in "
+        f"{above} of {len(table)} spans; mean Jaccard A×B {mean['agreement']:.3f} against chance "
+        f"{mean['chance']:.3f}, A's seeds among themselves {mean['within_a']:.3f}, B's {mean['within_b']:.3f}:"
+    )
+    return head + "\n" + table.round(3).to_string(index=False)
+
+
+def _examples(args: argparse.Namespace) -> int:
+    from analysis.examples import examples_of
+
+    df = load_runs(args.dirs).table
+    where = f"examples: {', '.join(map(str, args.dirs))}"
+    panel = example_panel(df, args, where)
+    examples = examples_of(panel)
+    if args.cell is None:
+        print(_fragile(panel, examples, args))
+    else:
+        print(_cell(panel, examples, args, *args.cell))
+    return 0
+
+
+def example_panel(df: pd.DataFrame, args: argparse.Namespace, where: str) -> pd.DataFrame:
+    """The cells of one heatmap panel the flags choose (row filters, then the ablation flags)."""
+    for column, flag in EXAMPLE_FILTERS.items():
+        given = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if given is None:
+            continue
+        present = sorted(set(df[column].dropna()))
+        keep = df[column].isin(given if isinstance(given, list) else [given]).fillna(False)
+        if not keep.any():
+            raise ValueError(
+                f"{where}: no rows with {flag} {given} (their {column}: {', '.join(map(str, present))})"
+            )
+        df = df[keep.to_numpy(dtype=bool)]
+    rows = choose_cells(df, args, where)(df)
+    several = [c for c in PANEL_COLUMNS if rows[c].nunique() > 1]
+    if several:
+        flags = [f for c, f in EXAMPLE_FILTERS.items() if c in several]
+        raise ValueError(
+            f"{where}: the cells are of several heatmaps (varying {', '.join(several)}); choose one"
+            + (f" with {', '.join(flags)}" if flags else "")
+        )
+    return rows
+
+
+# The row filters of `examples`: column -> flag.
+EXAMPLE_FILTERS = {"task": "--task", "model": "--model", "method": "--method", "seed": "--seed"}
+KIND_WORDS = {"zero": "removed", "mean": "replaced by their mean", "keep": "kept, all others removed",
+              "scale": "scaled"}  # fmt: skip
+TEXT_WIDTH = 90  # characters of an example's text on its line
+
+
+def _cut(text: str, width: int = TEXT_WIDTH) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _names(examples: pd.DataFrame) -> dict[int, str]:
+    if "label_name" not in examples.columns:
+        return {}
+    pairs = examples[["label", "label_name"]].drop_duplicates()
+    return {int(label): str(name) for label, name in zip(pairs["label"], pairs["label_name"], strict=True)}
+
+
+def _predicted(values: str, names: dict[int, str]) -> str:
+    """'1,1,0' as label names; one name when every seed predicted the same."""
+    labels = [int(v) for v in values.split(",")]
+    shown = [names.get(v, str(v)) for v in labels]
+    return shown[0] if len(set(shown)) == 1 else ",".join(shown)
+
+
+def _panel_name(panel: pd.DataFrame) -> str:
+    first = panel.iloc[0]
+    seeds = sorted(int(s) for s in panel["seed"].unique())
+    seeds_text = (
+        f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
+    )
+    return f"{first['model']} · {first['task']} · {first['method']}, {seeds_text}, {int(first['n_eval'])} examples"
+
+
+def _cell(
+    panel: pd.DataFrame, examples: pd.DataFrame, args: argparse.Namespace, first: int, last: int
+) -> str:
+    from analysis.examples import agreement, cell_flips, cell_runs, flip_sets
+
+    rows = cell_runs(panel, first, last)
+    if rows.empty:
+        spans = sorted({(int(f), int(la)) for f, la in zip(panel["first"], panel["last"], strict=True)})
+        raise ValueError(
+            f"examples: no cell {first}..{last} in these rows (cells: {spans[0]}..{spans[-1]} as (first, last))"
+        )
+    table = cell_flips(panel, first, last, examples)
+    if args.csv is not None:
+        table.to_csv(args.csv, index=False)
+    lost, gained, _ = flip_sets(rows)
+    n, names = len(rows), _names(examples)
+    acc, base = 100 * rows["accuracy"].mean(), 100 * rows["intact_accuracy"].mean()
+    lines = [
+        f"{_panel_name(rows)}: cell {first}..{last}, the adapters of layers {first}..{last} "
+        f"{KIND_WORDS.get(str(rows[KIND].iloc[0]), rows[KIND].iloc[0])}",
+        f"accuracy {base:.1f}% intact -> {acc:.1f}% ablated ({acc - base:+.1f} points)",
+    ]
+    for what, flips in (
+        ("lost (intact right, ablated wrong)", lost),
+        ("gained (intact wrong, ablated right)", gained),
+    ):
+        per_seed = flips.sum(axis=1)
+        if n == 1:
+            lines.append(f"{what}: {int(per_seed[0])}")
+        else:
+            lines.append(
+                f"{what}: {per_seed.mean():.1f} per seed, {int(flips.any(axis=0).sum())} in at least one seed, "
+                f"{int(flips.all(axis=0).sum())} in all {n}"
+            )
+    if n > 1:
+        found = agreement(flip_sets(rows))
+        verdict = "above chance" if found["agreement"] > found["chance_hi"] else "not above chance"
+        lines.append(
+            f"the seeds' flipped sets agree: Jaccard {found['agreement']:.3f} against {found['chance']:.3f} by "
+            f"chance (97.5%: {found['chance_hi']:.3f}): {verdict}"
+        )
+    for change in ("lost", "gained"):
+        part = table[table[change] > 0].sort_values(
+            [change, "position"], ascending=[False, True], kind="stable"
+        )
+        shown = part.head(args.top)
+        more = f", the first {len(shown)}" if len(shown) < len(part) else ""
+        lines += ["", f"{change} ({len(part)} examples{more}; seeds: in how many of {n} it is {change}):"]
+        lines.append(f"{'seeds':>5}  {'label':<10} {'intact':<10} {'ablated':<10} text")
+        for _, r in shown.iterrows():
+            label = names.get(int(r["label"]), str(r["label"]))
+            lines.append(
+                f"{int(r[change]):>2}/{n:<2}  {label:<10} {_predicted(r['intact'], names):<10} "
+                f"{_predicted(r['ablated'], names):<10} {_cut(r['text'])}"
+            )
+    if args.csv is not None:
+        lines += ["", f"every flipped example ({len(table)}) with its id and full text: {args.csv}"]
+    return "\n".join(lines)
+
+
+def _fragile(panel: pd.DataFrame, examples: pd.DataFrame, args: argparse.Namespace) -> str:
+    from analysis.examples import flip_counts, fragility, named_spans, seed_agreement
+
+    table = fragility(panel, examples)
+    if args.csv is not None:
+        table.to_csv(args.csv, index=False)
+    counts = flip_counts(panel, named_spans(panel))
+    lines = [f"{_panel_name(panel)}: {panel[['first', 'last']].drop_duplicates().shape[0]} cells"]
+    for _, r in counts.iterrows():
+        every = f" (lost in all {r['seeds']} seeds {r['lost_all']}, gained in all {r['gained_all']})"
+        lines.append(
+            f"{r['span']}: lost {r['lost_per_seed']:.1f} and gained {r['gained_per_seed']:.1f} per seed"
+            + (every if r["seeds"] > 1 else "")
+        )
+    if panel["seed"].nunique() > 1:
+        agree = seed_agreement(panel)
+        cells = agree[agree["flipped_per_seed"] > 0]
+        lines.append(
+            f"the seeds' flipped sets agree above chance in {int(cells['above_chance'].sum())} of {len(cells)} cells "
+            f"that flip anything (mean Jaccard {cells['agreement'].mean():.3f} against {cells['chance'].mean():.3f} "
+            f"by chance; per cell: python -m analysis report)"
+        )
+    names = _names(examples)
+    runs = int(table["runs"].iloc[0])
+    lines += [
+        "",
+        f"the {min(args.top, len(table))} most fragile examples (fragility: the share of the {runs} cells × seeds that flip it):",
+    ]
+    lines.append(f"{'fragility':>9}  {'label':<10} {'words':>5}  text")
+    for _, r in table.head(args.top).iterrows():
+        label = names.get(int(r["label"]), str(r["label"]))
+        lines.append(f"{r['fragility']:>9.2f}  {label:<10} {int(r['words']):>5}  {_cut(r['text'])}")
+    if args.csv is not None:
+        lines += ["", f"every example ({len(table)}) with its fragility, id and full text: {args.csv}"]
+    return "\n".join(lines)
 
 
 def choose_cells(df: pd.DataFrame, args: argparse.Namespace, where: str) -> CellChoice:
@@ -257,6 +449,26 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("a", type=Path, help="sweep directory A")
     compare.add_argument("b", type=Path, help="sweep directory B")
     compare.add_argument("--out", type=Path, default=None, help="output stem (default: ./compare)")
+    examples = commands.add_parser(
+        "examples",
+        help="which validation examples a cell loses and gains (--cell F..L), or the most fragile ones",
+    )
+    examples.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="sweep directories")
+    examples.add_argument(
+        "--cell",
+        type=_span,
+        default=None,
+        metavar="F..L",
+        help="the cell (default: every cell, by fragility)",
+    )
+    for column, flag in EXAMPLE_FILTERS.items():
+        kind = int if column == "seed" else str
+        examples.add_argument(flag, type=kind, nargs="+" if column == "seed" else None, default=None,
+                              help=f"only rows of these {column} values" if column == "seed" else f"only rows of this {column}")  # fmt: skip
+    examples.add_argument(
+        "--top", type=int, default=10, help="examples listed per part (default: %(default)s)"
+    )
+    examples.add_argument("--csv", type=Path, default=None, help="write every listed example to this CSV")
     heat = commands.add_parser("heatmap", help="write the Figure 6 heatmap as PNG and PDF")
     heat.add_argument("sweep_dir", type=Path, help="sweep directory (or its results.csv)")
     heat.add_argument("--out", type=Path, default=None, help="output stem (default: SWEEP_DIR/heatmap)")
@@ -281,9 +493,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     for sub in (heat, table):
         sub.add_argument("--value", default="relative_decrease", help="column to show (default: %(default)s)")
-    for sub in (table, ci, compare):
+    for sub in (table, ci, compare, examples):
         _cell_flags(sub)
     return parser
+
+
+def _span(text: str) -> tuple[int, int]:
+    """'3..5' -> (3, 5)."""
+    first, sep, last = text.partition("..")
+    if not sep or not first.strip().isdigit() or not last.strip().isdigit() or int(first) > int(last):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected FIRST..LAST, two layer numbers with FIRST <= LAST"
+        )
+    return int(first), int(last)
 
 
 def _cell_flags(sub: argparse.ArgumentParser) -> None:

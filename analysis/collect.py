@@ -28,6 +28,7 @@ from ablation.results import (
     COLUMNS,
     DIAGNOSTIC_COLUMNS,
     DIAGNOSTICS,
+    EXAMPLES,
     FAILED_JOBS,
     HISTORIES,
     KINDS,
@@ -46,6 +47,7 @@ __all__ = [
     "conform",
     "correctness",
     "has_diagnostics",
+    "has_examples",
     "load_diagnostics",
     "load_predictions",
     "load_results",
@@ -205,6 +207,18 @@ def load_histories(rows: pd.DataFrame, columns: tuple[str, ...] = ()) -> pd.Data
         if file.is_file():
             frames.append(pd.read_csv(file).assign(**{c: row[c] for c in ids}))
     return pd.concat(frames, ignore_index=True)[out] if frames else pd.DataFrame(columns=out)
+
+
+def has_examples(rows: pd.DataFrame) -> pd.Series:
+    """Per row (a boolean Series on its index): is the examples file it names in its sweep folder
+    (<sweep>/examples/<examples>.csv)? Needs the `sweep` column of `load_runs`; all False without it."""
+    if "sweep" not in rows.columns:
+        return pd.Series(False, index=rows.index, dtype=bool)
+    found = [
+        isinstance(name, str) and (Path(str(sweep)) / EXAMPLES / f"{name}.csv").is_file()
+        for sweep, name in zip(rows["sweep"], rows["examples"], strict=True)
+    ]
+    return pd.Series(found, index=rows.index, dtype=bool)
 
 
 def has_diagnostics(rows: pd.DataFrame) -> pd.Series:

@@ -38,6 +38,7 @@ from analysis.controls import (
     diagnostic_summary,
     single_layer_drops,
 )
+from analysis.examples import examples_of, fragility
 from analysis.select import (
     ALPHA,
     BOTTOM_KEPT,
@@ -687,6 +688,70 @@ def placement_time_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> 
     return means
 
 
+def _fragility_table(df: pd.DataFrame) -> pd.DataFrame:
+    rows = panel_rows(df, "fragility")
+    table = fragility(rows, examples_of(rows))
+    if "label_name" not in table.columns:
+        table["label_name"] = table["label"].astype(str)
+    return table
+
+
+def _fragility_title(ax: Axes, df: pd.DataFrame, what: str) -> None:
+    first = df.iloc[0]
+    cells, seeds = len(df[["first", "last"]].drop_duplicates()), df["seed"].nunique()
+    ax.set_title(
+        f"{first['model']} · {first['task']} · {first['method']}\n{what} ({cells} cells × {seeds} "
+        f"seed{'s' if seeds != 1 else ''})",
+        fontsize=9,
+    )
+
+
+def fragility_length_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """Each example's fragility (the share of cells x seeds that flip it) against its length in words: the
+    examples as faint points, the mean per length sixth with its 95% interval over examples; returns the
+    per-example table (`analysis.examples.fragility`)."""
+    table = _fragility_table(df)
+    jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(table))
+    ax.scatter(table["words"] + jitter, 100 * table["fragility"], s=5, color="0.6", alpha=0.35, linewidth=0)
+    bins = pd.qcut(table["words"], 6, duplicates="drop")
+    centre = table.groupby(bins, observed=True)["words"].transform("median")
+    sns.lineplot(x=centre, y=100 * table["fragility"], errorbar=("ci", 95), marker="o", color="C0",
+                 seed=0, ax=ax, label="mean per length sixth (95% interval)")  # fmt: skip
+    ax.set_xlabel("length (words)")
+    ax.set_ylabel("fragility (% of cells × seeds that flip it)")
+    ax.grid(alpha=0.3, linewidth=0.5)
+    ax.legend(fontsize=8, frameon=False, loc="upper right")
+    _fragility_title(ax, df, "fragility against length")
+    return table
+
+
+def fragility_label_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.DataFrame:
+    """Per label, the mean share of cells x seeds that lose and that gain its examples, with 95% intervals
+    over examples; returns that long table (label_name, change, share in %)."""
+    table = _fragility_table(df)
+    runs = table["runs"].astype(float)
+    long = pd.concat(
+        [
+            pd.DataFrame(
+                {"label": table["label_name"], "change": change, "share": 100 * table[change] / runs}
+            )
+            for change in ("lost", "gained")
+        ],
+        ignore_index=True,
+    )
+    order = list(dict.fromkeys(table.sort_values("label")["label_name"]))
+    sns.barplot(data=long, x="label", y="share", hue="change", order=order, hue_order=["lost", "gained"],
+                errorbar=("ci", 95), seed=0, palette={"lost": "#b2182b", "gained": "#2166ac"}, ax=ax)  # fmt: skip
+    counts = table["label_name"].value_counts()
+    ax.set_xticks(range(len(order)), [f"{name}\n({counts[name]} examples)" for name in order])
+    ax.set_xlabel("label")
+    ax.set_ylabel("% of cells × seeds that lose / gain an example")
+    ax.grid(alpha=0.3, linewidth=0.5, axis="y")
+    ax.legend(fontsize=8, frameon=False)
+    _fragility_title(ax, df, "lost and gained per label")
+    return long
+
+
 def _mark_all_layers(ax: Axes, table: pd.DataFrame, x: str) -> None:
     """Star the all-layer training (k = L, the largest k) where both retrained series end."""
     k = table["k"].max()
@@ -919,6 +984,17 @@ DRAWINGS: dict[str, Drawing] = {
         "Adapter placement: removal against retraining",
         panel_size=lambda rows: (5.0, 4.6),
         beside=(placement_params_plot, placement_time_plot),
+    ),
+    "fragility": Drawing(
+        fragility_length_plot,
+        "Which examples the layer ranges break: (left) each validation example's fragility, the share of the "
+        "heatmap's cells × seeds whose ablation flips it (lost: intact right, ablated wrong; or gained), "
+        "against its length in words, the mean per length sixth with its 95% interval over examples; "
+        "(right) per label, the share of cells × seeds that lose and that gain its examples (95% intervals "
+        "over examples). The examples themselves: python -m analysis examples DIR [--cell F..L].",
+        "Fragility of the validation examples",
+        panel_size=lambda rows: (6.0, 4.4),
+        beside=(fragility_label_plot,),
     ),
     "controls": Drawing(
         controls_plot,

@@ -20,11 +20,14 @@ from ablation.results import RESULT_JSON
 from analysis.claims import CLAIMS, NO_ROWS, claim_study, evaluate_claims
 from analysis.collect import Runs, load_runs
 from analysis.controls import CONTROL_LIST, findings
+from analysis.examples import TextsMissing, examples_of, flip_counts, fragility, named_spans, seed_agreement
+from analysis.interactive import explorers
 from analysis.plots import DRAWINGS, study_figures
 from analysis.select import (
     KIND,
     LAYERNORM,
     PRESET_NOTE,
+    ablated,
     figure_plan,
     model_layers,
     panel_order,
@@ -90,6 +93,7 @@ def render(runs: Runs, figures_dir: Path) -> str:
         _section("What the paper claimed, and what these runs measured", _claims(df)),
         *([_section("What the adapters do", controls)] if controls else []),
         *([_section("Training", training)] if (training := _training(df)) else []),
+        *([_section("Which examples the layer ranges break", flips)] if (flips := _examples(df)) else []),
         _section("Figures", _figures(df, figures_dir)),
         _section("Layer-ablation cells with their intervals", _cells(df)),
         _section("The runs behind this page", _runs(runs)),
@@ -303,6 +307,72 @@ def _figures(df: pd.DataFrame, figures_dir: Path) -> str:
             f"<figcaption>{html.escape(caption)} ({html.escape(path.name)})</figcaption></figure>"
         )
     return "\n".join(parts)
+
+
+def _examples(df: pd.DataFrame) -> str | None:
+    """Per heatmap panel whose sweep kept its examples: how many examples every layer and each half lose and
+    gain, whether the seeds flip the same ones, the most fragile ones, and the heatmap you can click; None
+    without layer-ablation cells. Panels whose texts were removed say so in one line."""
+    rows = figure_plan(df).get("heatmap")
+    if rows is None:
+        return None
+    rows = ablated(rows)
+    if rows.empty:
+        return None
+    recipe, layers = varying(rows), model_layers(rows)
+    parts, clickable = [], []
+    for panel in sorted(split_panels(rows), key=panel_order) if recipe else split_panels(rows):
+        name = f"{panel['model'].iloc[0]} · {panel['task'].iloc[0]} · {panel['method'].iloc[0]}"
+        if recipe:
+            name += f" · {recipe_label(panel.iloc[0], layers.get(str(panel['model'].iloc[0])))}"
+        try:
+            examples = examples_of(panel)
+        except (TextsMissing, ValueError) as err:
+            parts.append(f"<p><b>{html.escape(name)}</b>: {html.escape(str(err))}</p>")
+            continue
+        parts.append(_flip_summary(panel, examples, name))
+        clickable.append((panel, name))
+    note = (
+        "<p class='muted'>A cell <i>loses</i> a validation example its intact model got right and its ablated "
+        "model gets wrong, and <i>gains</i> one the other way round. Agreement of two runs' flipped sets: their "
+        "Jaccard index, against the same index where each run's flips are drawn at random at its own rates "
+        "(lost among the examples it had right, gained among those it had wrong; 200 draws). The examples, "
+        "their ids and full texts: <code>python -m analysis examples DIR --cell F..L</code>.</p>"
+    )
+    return note + "\n".join(parts) + (explorers(clickable) if clickable else "")
+
+
+def _flip_summary(panel: pd.DataFrame, examples: pd.DataFrame, name: str) -> str:
+    counts = flip_counts(panel, named_spans(panel))
+    seeds = int(panel["seed"].nunique())
+    lines = [
+        f"{html.escape(r['span'])}: lost {r['lost_per_seed']:.1f}, gained {r['gained_per_seed']:.1f} per seed"
+        + (f" (in all {seeds} seeds: lost {r['lost_all']}, gained {r['gained_all']})" if seeds > 1 else "")
+        for _, r in counts.iterrows()
+    ]
+    agree = ""
+    if seeds > 1:
+        table = seed_agreement(panel)
+        flipping = table[table["flipped_per_seed"] > 0]
+        lines.append(
+            f"the seeds' flipped sets agree above chance in {int(flipping['above_chance'].sum())} of "
+            f"{len(flipping)} cells that flip anything (mean Jaccard {flipping['agreement'].mean():.3f}, "
+            f"by chance {flipping['chance'].mean():.3f})"
+        )
+        listing = table.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+        agree = f"<details><summary>agreement of the seeds per cell</summary>{listing}</details>"
+    fragile = fragility(panel, examples).head(10)
+    label = "label_name" if "label_name" in fragile.columns else "label"
+    shown = fragile.assign(fragility=fragile["fragility"].map(lambda v: f"{v:.2f}"))[
+        ["fragility", "lost", "gained", label, "words", "text"]
+    ]
+    runs = int(fragile["runs"].iloc[0]) if len(fragile) else 0
+    items = "".join(f"<li>{line}</li>" for line in lines)
+    return (
+        f"<p><b>{html.escape(name)}</b> ({seeds} seed{'s' if seeds != 1 else ''}):</p><ul>{items}</ul>{agree}"
+        f"<details><summary>the ten most fragile examples (fragility: the share of the {runs} cells × seeds "
+        f"that flip it)</summary>{shown.to_html(index=False, border=0)}</details>"
+    )
 
 
 def _cells(df: pd.DataFrame) -> str:

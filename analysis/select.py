@@ -26,7 +26,7 @@ import pandas as pd
 
 from ablation.config import ABLATE_KINDS, HEAD_METHODS, METHODS, RECIPE_LAYERNORMS, AdapterConfig
 from ablation.keys import REPLICATE, SETTING_COLUMNS
-from analysis.collect import conform, has_diagnostics, has_history
+from analysis.collect import conform, has_diagnostics, has_examples, has_history
 
 # What a training recipe is beyond its method: the LayerNorms that train with the adapters, the head, the
 # adapter variant and size, and the layers that have adapters ('+'-joined). Constant in every study but
@@ -196,6 +196,12 @@ def diagnosed(df: pd.DataFrame) -> pd.DataFrame:
     single = rows.index.isin(single_layer_cells(rows).index)
     keep = key.isin(set(key[found])) & (found | single)
     return rows[keep.to_numpy(dtype=bool)]
+
+
+def example_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """The paper's removal cells whose sweep kept its examples (needs `sweep`: rows from `load_runs`)."""
+    rows = ablated(df)
+    return rows[has_examples(rows).to_numpy(dtype=bool)]
 
 
 def _plain(df: pd.DataFrame) -> pd.Series:
@@ -594,6 +600,7 @@ FIGURES: dict[str, Figure] = {
         ("model", "task"),
         lambda df: curve_factor(with_stability(df)) is not None,
     ),
+    "fragility": Figure(example_cells, ("first", "last"), PANEL_COLUMNS, _any(example_cells), cells=True),
     "heatmap_mean": Figure(mean_cells, ("first", "last"), PANEL_COLUMNS, _any(mean_cells), cells=True),
     "heatmap_keep": Figure(keep_cells, ("first", "last"), PANEL_COLUMNS, _any(keep_cells), cells=True),
     "alpha": Figure(scale_cells, ("first", "last", ALPHA), PANEL_COLUMNS, _any(scale_cells), cells=True),
@@ -618,7 +625,7 @@ FIGURES: dict[str, Figure] = {
 CONTROL_FIGURES = ("heatmap_mean", "heatmap_keep", "alpha", "diagnostics", "controls")
 # The figures each study draws (conf/study/<name>.yaml -> figure names), those its rows allow.
 STUDY_FIGURES: dict[str, tuple[str, ...]] = {
-    "layer_ablation": ("heatmap",),
+    "layer_ablation": ("heatmap", "fragility"),
     "init_scale": ("init_scale", "loss_curves", "stability"),
     "bottleneck": ("bottleneck", "loss_curves", "stability"),
     **{name: (name,) for name in ("tradeoff", "variants")},
