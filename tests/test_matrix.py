@@ -31,6 +31,8 @@ from transformers import AutoModel, BertConfig, MPNetConfig, PreTrainedTokenizer
 from ablation.config import ABLATE_KINDS, ABLATE_NORMS, COMBINES, HEADS, LAYERNORMS, NORMS, PLACEMENTS
 from ablation.data import deduplicate, split_frame
 from ablation.imports import AH_HEAD_WEIGHTS, AH_WEIGHTS
+from analysis.collect import load_runs
+from analysis.examples import examples_of
 
 pytestmark = pytest.mark.sweeps
 
@@ -351,6 +353,20 @@ def test_a_user_path_runs_writes_its_report_and_reruns_computing_nothing(sweeps,
     rerun = pd.read_csv(sweep / "results.csv")
     assert len(rerun) == len(rows)
     assert not rerun["trained_now"].any() and not rerun["cell_computed"].any()
+    _examples_join(sweep)
+
+
+def _examples_join(sweep: Path) -> None:
+    """Every row names the examples file its sweep kept, whose ids and labels hash to its name, in the order
+    of the row's predictions (its labels those of predictions.npz)."""
+    table = load_runs([sweep]).table
+    assert table["examples"].notna().all()
+    for name, rows in table.groupby("examples"):
+        examples = examples_of(rows)
+        assert len(examples) == rows["n_eval"].iloc[0] and examples["id"].is_unique
+        for job in rows["job_dir"]:
+            with np.load(sweep / str(job) / "predictions.npz") as p:
+                assert np.array_equal(p["labels"], examples["label"].to_numpy()), (name, job)
 
 
 READS = {

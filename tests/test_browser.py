@@ -1,0 +1,94 @@
+"""The report's clickable heatmap in a real headless browser (Chromium, driven by Playwright): a sweep of
+`python -m ablation.run` on the tiny model writes its report.html at its end; the page is opened offline, a
+cell hovered and clicked, and what it shows is checked against the rows and the jobs' predictions.npz.
+
+Needs Chromium (Debian: `apt-get install chromium`; .ci/run installs it where missing) or a browser named by
+ABLATION_BROWSER. In CI a missing browser fails the test; elsewhere it is skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import e2e
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.browser
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def browser() -> str:
+    """The browser's executable: ABLATION_BROWSER, else the first of BROWSERS on the PATH."""
+    found = os.environ.get("ABLATION_BROWSER") or next(filter(None, map(shutil.which, BROWSERS)), None)
+    if found is None:
+        why = f"no browser: none of {BROWSERS} on the PATH and ABLATION_BROWSER unset (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return found
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("browser")
+    conf = e2e.write_toy(root)
+    out = root / "sweep"
+    done = e2e.run(e2e.command(conf, out, root / "store", root / "cache", *e2e.CELLS, "seed=0..1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def truth(sweep: Path, rows: pd.DataFrame) -> tuple[dict[str, set[str]], dict[str, str]]:
+    """Lost and gained ids of `rows` recounted from their predictions.npz, and each id's text."""
+    examples = pd.read_csv(next((sweep / "examples").glob("*.csv")), dtype=str, keep_default_na=False)
+    ids = examples["id"].to_numpy()
+    flips = {"lost": set(), "gained": set()}
+    for job in rows["job_dir"]:
+        with np.load(sweep / str(job) / "predictions.npz") as p:
+            right, now = p["intact"] == p["labels"], p["ablated"] == p["labels"]
+        flips["lost"] |= set(ids[right & ~now])
+        flips["gained"] |= set(ids[~right & now])
+    return flips, dict(zip(examples["id"], examples["text"], strict=True))
+
+
+def test_hover_and_click_a_cell_of_the_report_in_chromium(sweep, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    rows = pd.read_csv(sweep / "results.csv")
+    cells = rows.dropna(subset=["first", "last"])
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=browser(), args=["--no-sandbox"])
+        page = chromium.new_page(viewport={"width": 1200, "height": 1000})
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto((sweep / "report.html").resolve().as_uri())
+        shown = 0
+        for (first, last), group in cells.groupby(["first", "last"]):
+            name = f"{int(first)}..{int(last)}"
+            cell = page.locator(f"#explorer-0 [data-cell='{name}']")
+            cell.scroll_into_view_if_needed()
+            cell.hover()
+            tip = page.inner_text("#explorer-0 .tip")
+            assert tip.startswith(
+                f"layers {name} without adapters: accuracy {100 * group['accuracy'].mean():.1f}%"
+            )
+            assert f"{len(group)} seeds" in tip
+            cell.click()
+            flips, texts = truth(sweep, group)
+            assert page.inner_text("#explorer-0 .chosen-cell").startswith(f"Cell {name}:")
+            for change in ("lost", "gained"):
+                listed = page.locator(f"#explorer-0 tr.flip.{change}")
+                ids = listed.evaluate_all("rows => rows.map(r => r.dataset.id)")
+                assert set(ids) == flips[change] and len(ids) == len(flips[change]), (name, change)
+                if ids:  # the first example's text, as the examples file holds it
+                    assert listed.first.locator("td").nth(2).inner_text() == texts[ids[0]]
+                shown += len(ids)
+            if shown and not (tmp_path / "clicked.png").exists():
+                page.locator("#explorer-0").screenshot(path=str(tmp_path / "clicked.png"))
+        chromium.close()
+    assert shown > 0, "no cell of the toy sweep flipped an example: nothing was checked"
+    assert all(url.startswith("file:") or url.startswith("data:") for url in requests), requests
