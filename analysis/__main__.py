@@ -199,6 +199,12 @@ KIND_WORDS = {"zero": "removed", "mean": "replaced by their mean", "keep": "kept
 TEXT_WIDTH = 90  # characters of an example's text on its line
 
 
+def _aligned(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as lines, each column as wide as its widest cell (the last one left as it is)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]) for row in rows]
+
+
 def _cut(text: str, width: int = TEXT_WIDTH) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -249,17 +255,22 @@ def _cell(
         f"{KIND_WORDS.get(str(rows[KIND].iloc[0]), rows[KIND].iloc[0])}",
         f"accuracy {base:.1f}% intact -> {acc:.1f}% ablated ({acc - base:+.1f} points)",
     ]
+    labels = examples["label"].to_numpy()
     for what, flips in (
         ("lost (intact right, ablated wrong)", lost),
         ("gained (intact wrong, ablated right)", gained),
     ):
         per_seed = flips.sum(axis=1)
+        by_label = ", ".join(
+            f"{names.get(int(v), str(v))} {flips[:, labels == v].sum(axis=1).mean():.{1 if n > 1 else 0}f}"
+            for v in np.unique(labels)
+        )
         if n == 1:
-            lines.append(f"{what}: {int(per_seed[0])}")
+            lines.append(f"{what}: {int(per_seed[0])} ({by_label})")
         else:
             lines.append(
-                f"{what}: {per_seed.mean():.1f} per seed, {int(flips.any(axis=0).sum())} in at least one seed, "
-                f"{int(flips.all(axis=0).sum())} in all {n}"
+                f"{what}: {per_seed.mean():.1f} per seed ({by_label}), {int(flips.any(axis=0).sum())} in at least "
+                f"one seed, {int(flips.all(axis=0).sum())} in all {n}"
             )
     if n > 1:
         found = agreement(flip_sets(rows))
@@ -275,13 +286,12 @@ def _cell(
         shown = part.head(args.top)
         more = f", the first {len(shown)}" if len(shown) < len(part) else ""
         lines += ["", f"{change} ({len(part)} examples{more}; seeds: in how many of {n} it is {change}):"]
-        lines.append(f"{'seeds':>5}  {'label':<10} {'intact':<10} {'ablated':<10} text")
-        for _, r in shown.iterrows():
-            label = names.get(int(r["label"]), str(r["label"]))
-            lines.append(
-                f"{int(r[change]):>2}/{n:<2}  {label:<10} {_predicted(r['intact'], names):<10} "
-                f"{_predicted(r['ablated'], names):<10} {_cut(r['text'])}"
-            )
+        cells = [
+            [f"{int(r[change])}/{n}", names.get(int(r["label"]), str(r["label"])), _predicted(r["intact"], names),
+             _predicted(r["ablated"], names), _cut(r["text"])]
+            for _, r in shown.iterrows()
+        ]  # fmt: skip
+        lines += _aligned([["seeds", "label", "intact", "ablated", "text"], *cells])
     if args.csv is not None:
         lines += ["", f"every flipped example ({len(table)}) with its id and full text: {args.csv}"]
     return "\n".join(lines)
@@ -315,10 +325,16 @@ def _fragile(panel: pd.DataFrame, examples: pd.DataFrame, args: argparse.Namespa
         "",
         f"the {min(args.top, len(table))} most fragile examples (fragility: the share of the {runs} cells × seeds that flip it):",
     ]
-    lines.append(f"{'fragility':>9}  {'label':<10} {'words':>5}  text")
-    for _, r in table.head(args.top).iterrows():
-        label = names.get(int(r["label"]), str(r["label"]))
-        lines.append(f"{r['fragility']:>9.2f}  {label:<10} {int(r['words']):>5}  {_cut(r['text'])}")
+    cells = [
+        [
+            f"{r['fragility']:.2f}",
+            names.get(int(r["label"]), str(r["label"])),
+            str(int(r["words"])),
+            _cut(r["text"]),
+        ]
+        for _, r in table.head(args.top).iterrows()
+    ]
+    lines += _aligned([["fragility", "label", "words", "text"], *cells])
     if args.csv is not None:
         lines += ["", f"every example ({len(table)}) with its fragility, id and full text: {args.csv}"]
     return "\n".join(lines)

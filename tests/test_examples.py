@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from test_report import N, Sweep, wrong
 from ablation.config import TaskConfig
 from ablation.data import example_ids, examples_table
 from ablation.results import EXAMPLES, record_examples
+from analysis.__main__ import main
 from analysis.collect import load_runs
 from analysis.examples import (
     TextsMissing,
@@ -37,7 +37,6 @@ from analysis.report import build_report
 from analysis.select import ablated
 
 LAYERS = 4
-REPO = Path(__file__).resolve().parents[1]
 
 
 def texts(n: int = N) -> list[str]:
@@ -216,35 +215,44 @@ def test_two_sweeps_are_joined_by_example_id_whatever_their_order(tmp_path, swee
 # --- the command and the report ---------------------------------------------------------------------------
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analysis", *args], cwd=REPO, capture_output=True, text=True)
+def cli(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`python -m analysis ARGS`, in this process (the same `main` the module runs)."""
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse's usage errors
+        code = exit_.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
-def test_the_examples_command_prints_counts_then_the_examples(sweep, tmp_path):
-    out = cli("examples", str(sweep), "--cell", "0..1", "--top", "3", "--csv", str(tmp_path / "f.csv"))
+def test_the_examples_command_prints_counts_then_the_examples(sweep, tmp_path, capsys):
+    out = cli(
+        capsys, "examples", str(sweep), "--cell", "0..1", "--top", "3", "--csv", str(tmp_path / "f.csv")
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith(
         "tiny · rotten_tomatoes · adapters, 3 seeds (0, 1, 2), 1000 examples: cell 0..1"
     )
     assert re.match(
-        r"lost \(intact right, ablated wrong\): [\d.]+ per seed, \d+ in at least one seed", lines[2]
+        r"lost \(intact right, ablated wrong\): [\d.]+ per seed \(rotten [\d.]+, fresh [\d.]+\), \d+ in at least one seed",
+        lines[2],
     )
     assert "agree: Jaccard" in lines[4] and "above chance" in lines[4]
     table = pd.read_csv(tmp_path / "f.csv")
     assert len(table) == len(set(table["id"])) and len(table) > 3
     listed = [ln for ln in lines if re.match(r"\s*\d/3 ", ln)]
     assert len(listed) <= 6  # --top 3 per part
-    fragile = cli("examples", str(sweep), "--seed", "0", "1")
+    fragile = cli(capsys, "examples", str(sweep), "--seed", "0", "1")
     assert fragile.returncode == 0, fragile.stderr
     assert "2 seeds (0, 1)" in fragile.stdout and "most fragile" in fragile.stdout
 
 
-def test_a_sweep_whose_texts_were_removed_says_so_in_one_line(tmp_path, sweep):
+def test_a_sweep_whose_texts_were_removed_says_so_in_one_line(tmp_path, sweep, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(sweep, copy)
     shutil.rmtree(copy / EXAMPLES)
-    out = cli("examples", str(copy), "--cell", "0..0")
+    out = cli(capsys, "examples", str(copy), "--cell", "0..0")
     assert out.returncode == 2 and out.stdout == ""
     assert len(out.stderr.strip().splitlines()) == 1
     assert "texts were removed" in out.stderr and "is missing" in out.stderr
@@ -252,14 +260,16 @@ def test_a_sweep_whose_texts_were_removed_says_so_in_one_line(tmp_path, sweep):
         examples_of(ablated(load_runs([copy]).table))
 
 
-def test_bad_cells_and_filters_are_one_line_errors(sweep):
-    backwards = cli("examples", str(sweep), "--cell", "3..1")  # argparse: its usage, then the one error line
+def test_bad_cells_and_filters_are_one_line_errors(sweep, capsys):
+    backwards = cli(
+        capsys, "examples", str(sweep), "--cell", "3..1"
+    )  # argparse: its usage, then the one error line
     assert backwards.returncode == 2 and "FIRST <= LAST" in backwards.stderr.strip().splitlines()[-1]
     for args, words in (
         (["--cell", "0..9"], "no cell 0..9"),
         (["--method", "lora"], "no rows with --method lora"),
     ):
-        out = cli("examples", str(sweep), *args)
+        out = cli(capsys, "examples", str(sweep), *args)
         assert out.returncode == 2 and words in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
 

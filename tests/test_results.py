@@ -33,7 +33,8 @@ def _row(first: int | None, last: int | None, accuracy: float, **changes) -> dic
                   positions="both", metric_name="accuracy", n_eval=4, diverged=False, train_steps=2,
                   planned_steps=2, trained_params=10, total_params=100, lr=1e-3, train_precision="fp32",
                   eval_precision="fp32", train_key="k", trained_now=False, cell_computed=True, train_seconds=0.0,
-                  fit_seconds=0.0, eval_seconds=0.1, job_seconds=0.2, job_dir=".", code_version="c", majority_rate=0.5)  # fmt: skip
+                  fit_seconds=0.0, eval_seconds=0.1, job_seconds=0.2, job_dir=".", code_version="c", majority_rate=0.5,
+                  examples="toy-0123456789ab")  # fmt: skip
     values.update(first=first, last=last, accuracy=accuracy, intact_accuracy=0.8, metric=accuracy,
                   intact_metric=0.8, relative_decrease=relative_decrease(accuracy, 0.8))  # fmt: skip
     values.update(changes)
