@@ -425,7 +425,9 @@ def test_table_ci_and_compare_read_a_sweep_of_another_kind(tmp_path, capsys):
     assert main(["compare", str(mean), str(zero), "--out", str(tmp_path / "cmp")]) == 0
     paths, summary, table = capsys.readouterr().out.partition(f"{len(SPANS)} of {len(SPANS)} spans differ")
     assert paths.split() == [str(tmp_path / "cmp.png"), str(tmp_path / "cmp.pdf")] and summary
-    difference = printed_frame(table.split("\n", 1)[1])["difference"]
+    difference = printed_frame(table.split("\n", 1)[1].split("\n\n")[0])["difference"]
+    # then, in one line here (these synthetic sweeps kept no examples), whether they flip the same examples
+    assert "Which examples each flips: not compared (" in table and "predate the examples file" in table
     assert difference.tolist() == [KIND_OFFSET["mean"]] * len(SPANS)  # mean minus zero, every span
     assert (tmp_path / "cmp.png").stat().st_size > 0
     # the paper's heatmap stays the removal's, and says where the mean cells are drawn and printed

@@ -53,7 +53,7 @@ def flipped(first: int, last: int, seed: int) -> tuple[int, int]:
 def example_sweep(path: Path, seeds=(0, 1, 2), order: np.ndarray | None = None) -> Sweep:
     """Every cell of a LAYERS-layer model; the examples file written as a run writes it. `order` permutes the
     validation examples (the same examples in another order: the join must go by id)."""
-    sweep = Sweep(path, "layer_ablation", task="rotten_tomatoes")
+    sweep = Sweep(path, "layer_ablation", task="rotten_tomatoes", deferred=True)
     order = np.arange(N) if order is None else order
     table = pd.DataFrame(
         {"id": example_ids(pd.DataFrame({"text": texts()})), "text": texts(), "label": sweep.truth}
@@ -71,6 +71,7 @@ def example_sweep(path: Path, seeds=(0, 1, 2), order: np.ndarray | None = None) 
                 ablated_ = base.copy()
                 ablated_[offset : offset + count] = 1 - ablated_[offset : offset + count]
                 sweep.job(base[order], ablated_[order], seed=seed, first=first, last=last, examples=name)
+    sweep.save()
     return sweep
 
 

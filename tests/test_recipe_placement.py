@@ -16,7 +16,7 @@ import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
-from test_report import MAJORITY, N, labels, wrong  # the report tests' synthetic labels and predictions
+from test_report import Sweep, wrong  # the report tests' synthetic sweeps and predictions
 
 from analysis import plots
 from analysis.__main__ import main
@@ -54,31 +54,11 @@ HUB = {"layernorms": "freeze", "head": "pooler", "variant": "activation=swish", 
 ADAPTERDROP = "lower layers' adapters can be dropped"
 
 
-class Jobs:
-    """A sweep dir as the multirun leaves it: <job>/predictions.npz per job, results.csv (written once)."""
-
-    def __init__(self, path: Path, study: str | None, model: str = "minilm"):
-        self.path, self.study, self.model, self.rows = path, study, model, []
-        path.mkdir(parents=True)
-        self.truth = labels()
-
-    def job(self, intact: np.ndarray, ablated: np.ndarray | None = None, **fields) -> None:
-        ablated = intact if ablated is None else ablated
-        job = str(len(self.rows))
-        (self.path / job).mkdir()
-        np.savez(self.path / job / "predictions.npz", labels=self.truth, intact=intact, ablated=ablated)
-        acc, base = (float((p == self.truth).mean()) for p in (ablated, intact))
-        row = {"study": self.study, "task": "rotten_tomatoes", "model": self.model, "method": "adapters",
-               "init_std": 1e-3, "seed": 0, "positions": "both", "adapter_layers": ALL, **SUITE,
-               "accuracy": acc, "intact_accuracy": base, "relative_decrease": 1 - acc / base,
-               "majority_rate": MAJORITY, "n_eval": N, "diverged": False, "trained_params": 100_000,
-               "fit_seconds": 100.0, "lr": 1e-3, "train_steps": 10, "job_seconds": 1.0, "job_dir": job,
-               "code_version": "abc"}  # fmt: skip
-        self.rows.append({**row, **fields})
-
-    def save(self) -> Path:
-        pd.DataFrame(self.rows).to_csv(self.path / "results.csv", index=False)
-        return self.path
+def Jobs(path: Path, study: str | None, model: str = "minilm") -> Sweep:
+    """A recipe or placement sweep: the suite's recipe on every layer unless a job says otherwise, results.csv
+    written once by `save()`."""
+    defaults = {"adapter_layers": ALL, **SUITE, "trained_params": 100_000, "fit_seconds": 100.0}
+    return Sweep(path, study, task="rotten_tomatoes", model=model, defaults=defaults, deferred=True)
 
 
 def spans():

@@ -43,10 +43,15 @@ def wrong(truth: np.ndarray, share: float, offset: int = 0) -> np.ndarray:
 
 
 class Sweep:
-    """A sweep dir written job by job as the Hydra multirun leaves it: <job>/predictions.npz, results.csv."""
+    """A sweep dir written job by job as the Hydra multirun leaves it: <job>/predictions.npz, results.csv.
 
-    def __init__(self, path: Path, study: str, task: str = "sst", model: str = "tiny"):
+    `defaults` are row fields every job gets unless it gives them; `deferred`: results.csv is written by
+    `save()` only, not after every job (sweeps of hundreds of jobs)."""
+
+    def __init__(self, path: Path, study: str | None, task: str = "sst", model: str = "tiny",
+                 defaults: dict | None = None, deferred: bool = False):  # fmt: skip
         self.path, self.study, self.task, self.model, self.rows = path, study, task, model, []
+        self.defaults, self.deferred = defaults or {}, deferred
         path.mkdir(parents=True)
         self.truth = labels()
 
@@ -61,8 +66,14 @@ class Sweep:
                "accuracy": acc, "intact_accuracy": base, "relative_decrease": 1 - acc / base,
                "majority_rate": MAJORITY, "n_eval": N, "diverged": False, "trained_params": 1000,
                "lr": 1e-3, "train_steps": 10, "job_seconds": 1.0, "job_dir": job, "code_version": "abc"}  # fmt: skip
-        self.rows.append({**row, **fields})
+        self.rows.append({**row, **self.defaults, **fields})
+        if not self.deferred:
+            self.save()
+
+    def save(self) -> Path:
+        """Write results.csv (every job so far); the sweep's folder."""
         pd.DataFrame(self.rows).to_csv(self.path / "results.csv", index=False)
+        return self.path
 
 
 def ablation_sweep(
