@@ -82,8 +82,11 @@ def text_of(examples: pd.DataFrame) -> pd.Series:
 
 
 def cell_runs(panel: pd.DataFrame, first: int, last: int) -> pd.DataFrame:
-    """The rows of cell first..last of one panel, one per seed in seed order; ValueError naming a repeat."""
+    """The rows of cell first..last of one panel, one per training in seed order (a training two sweeps hold
+    counts once); ValueError naming a seed two trainings share."""
     rows = panel[((panel["first"] == first) & (panel["last"] == last)).to_numpy(dtype=bool)]
+    if "train_key" in rows.columns and rows["train_key"].notna().all():
+        rows = rows.drop_duplicates("train_key")  # one training in two sweeps: the same predictions, once
     repeated = rows["seed"][rows["seed"].duplicated()]
     if not repeated.empty:
         raise ValueError(
@@ -356,6 +359,8 @@ def fragility(panel: pd.DataFrame, examples: pd.DataFrame | None = None) -> pd.D
     share that does (its fragility); with `examples`, its id, text, label name and length in words. Most
     fragile first."""
     rows = panel.sort_values(["first", "last", "seed"], kind="stable")
+    if "train_key" in rows.columns and rows["train_key"].notna().all():
+        rows = rows.drop_duplicates(["train_key", "first", "last"])  # as cell_runs: each training once
     lost, gained, _ = flip_sets(rows)
     labels = predictions(rows.iloc[:1])["labels"]
     flips = (lost | gained).sum(axis=0)

@@ -326,11 +326,10 @@ def _examples(df: pd.DataFrame) -> str | None:
         if recipe:
             name += f" · {recipe_label(panel.iloc[0], layers.get(str(panel['model'].iloc[0])))}"
         try:
-            examples = examples_of(panel)
-        except (TextsMissing, ValueError) as err:
-            parts.append(f"<p><b>{html.escape(name)}</b>: {html.escape(str(err))}</p>")
+            parts.append(_flip_summary(panel, examples_of(panel), name))
+        except (TextsMissing, ValueError) as err:  # one panel's examples unreadable: said, the rest shown
+            parts.append(f"<p><b>{html.escape(name)}</b>: examples not analysed: {html.escape(str(err))}</p>")
             continue
-        parts.append(_flip_summary(panel, examples, name))
         clickable.append((panel, name))
     note = (
         "<p class='muted'>A cell <i>loses</i> a validation example its intact model got right and its ablated "

@@ -70,7 +70,15 @@ def example_sweep(path: Path, seeds=(0, 1, 2), order: np.ndarray | None = None) 
                 offset, count = flipped(first, last, seed)
                 ablated_ = base.copy()
                 ablated_[offset : offset + count] = 1 - ablated_[offset : offset + count]
-                sweep.job(base[order], ablated_[order], seed=seed, first=first, last=last, examples=name)
+                sweep.job(
+                    base[order],
+                    ablated_[order],
+                    seed=seed,
+                    first=first,
+                    last=last,
+                    examples=name,
+                    train_key=f"key-{seed}",
+                )
     sweep.save()
     return sweep
 
@@ -161,6 +169,16 @@ def test_fragility_is_the_share_of_cells_times_seeds_that_flip_an_example(panel)
     assert table.loc[210, "fragility"] == 1.0
     assert table.loc[205, "flips"] == 2 * 10  # seeds 0 and 1 reach it in each of the 10 cells
     assert table.loc[210, "words"] == 1 + 210 % 12
+
+
+def test_a_training_two_sweeps_hold_counts_once(tmp_path, sweep, panel):
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    both = ablated(load_runs([sweep, copy]).table)
+    assert len(both) == 2 * len(panel)
+    assert cell_flips(both, 0, 3).equals(cell_flips(panel, 0, 3))
+    assert fragility(both).equals(fragility(panel))
+    assert seed_agreement(both).equals(seed_agreement(panel))
 
 
 # --- agreement against chance ---------------------------------------------------------------------------
