@@ -181,13 +181,23 @@ def example_panel(df: pd.DataFrame, args: argparse.Namespace, where: str) -> pd.
                 f"{where}: no rows with {flag} {given} (their {column}: {', '.join(map(str, present))})"
             )
         df = df[keep.to_numpy(dtype=bool)]
+    for condition in args.where or []:
+        column, _, value = condition.partition("=")
+        if column not in df.columns:
+            raise ValueError(f"{where}: --where {condition}: no column {column!r}")
+        keep = (df[column].astype(str) == value).to_numpy(dtype=bool)
+        if not keep.any():
+            present = ", ".join(sorted(map(str, df[column].dropna().unique())))
+            raise ValueError(f"{where}: no rows with --where {condition} (their {column}: {present})")
+        df = df[keep]
     rows = choose_cells(df, args, where)(df)
     several = [c for c in PANEL_COLUMNS if rows[c].nunique() > 1]
     if several:
         flags = [f for c, f in EXAMPLE_FILTERS.items() if c in several]
+        flags += [f"--where {c}=VALUE" for c in several if c not in EXAMPLE_FILTERS and c != "positions"]
+        values = "; ".join(f"{c}: {', '.join(sorted(map(str, rows[c].dropna().unique())))}" for c in several)
         raise ValueError(
-            f"{where}: the cells are of several heatmaps (varying {', '.join(several)}); choose one"
-            + (f" with {', '.join(flags)}" if flags else "")
+            f"{where}: the cells are of several heatmaps ({values}); choose one with {', '.join(flags or ['--positions'])}"
         )
     return rows
 
@@ -230,6 +240,9 @@ def _panel_name(panel: pd.DataFrame) -> str:
     seeds_text = (
         f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
     )
+    trainings = panel["train_key"].nunique() if "train_key" in panel.columns else len(seeds)
+    if trainings > len(seeds):  # e.g. several imported folders of one architecture: each counts as a run
+        seeds_text = f"{trainings} trainings ({seeds_text})"
     return f"{first['model']} · {first['task']} · {first['method']}, {seeds_text}, {int(first['n_eval'])} examples"
 
 
@@ -481,6 +494,12 @@ def _parser() -> argparse.ArgumentParser:
         kind = int if column == "seed" else str
         examples.add_argument(flag, type=kind, nargs="+" if column == "seed" else None, default=None,
                               help=f"only rows of these {column} values" if column == "seed" else f"only rows of this {column}")  # fmt: skip
+    examples.add_argument(
+        "--where",
+        action="append",
+        metavar="COLUMN=VALUE",
+        help="only rows whose COLUMN (of results.csv) reads VALUE; repeatable (e.g. --where variant=plain)",
+    )
     examples.add_argument(
         "--top", type=int, default=10, help="examples listed per part (default: %(default)s)"
     )

@@ -82,18 +82,18 @@ def text_of(examples: pd.DataFrame) -> pd.Series:
 
 
 def cell_runs(panel: pd.DataFrame, first: int, last: int) -> pd.DataFrame:
-    """The rows of cell first..last of one panel, one per training in seed order (a training two sweeps hold
-    counts once); ValueError naming a seed two trainings share."""
-    rows = panel[((panel["first"] == first) & (panel["last"] == last)).to_numpy(dtype=bool)]
+    """The rows of cell first..last of one panel, one per training (its seeds, or several imported folders),
+    in seed order; a training two sweeps hold counts once."""
+    return _trainings(panel[((panel["first"] == first) & (panel["last"] == last)).to_numpy(dtype=bool)])
+
+
+def _trainings(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows in seed order, a training's cell once (the same training key and cell in two sweeps: the
+    same predictions)."""
+    rows = rows.sort_values(["first", "last", "seed"], kind="stable")
     if "train_key" in rows.columns and rows["train_key"].notna().all():
-        rows = rows.drop_duplicates("train_key")  # one training in two sweeps: the same predictions, once
-    repeated = rows["seed"][rows["seed"].duplicated()]
-    if not repeated.empty:
-        raise ValueError(
-            f"cell {first}..{last}: several rows for seed {int(repeated.iloc[0])}; choose one method, model, "
-            "recipe and ablation (the filters), or give one sweep"
-        )
-    return rows.sort_values("seed", kind="stable")
+        rows = rows.drop_duplicates(["train_key", "first", "last"])
+    return rows
 
 
 def predictions(rows: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -358,9 +358,7 @@ def fragility(panel: pd.DataFrame, examples: pd.DataFrame | None = None) -> pd.D
     """Per example of one panel: over its cells x seeds (runs), how many flip it (lost or gained) and the
     share that does (its fragility); with `examples`, its id, text, label name and length in words. Most
     fragile first."""
-    rows = panel.sort_values(["first", "last", "seed"], kind="stable")
-    if "train_key" in rows.columns and rows["train_key"].notna().all():
-        rows = rows.drop_duplicates(["train_key", "first", "last"])  # as cell_runs: each training once
+    rows = _trainings(panel)
     lost, gained, _ = flip_sets(rows)
     labels = predictions(rows.iloc[:1])["labels"]
     flips = (lost | gained).sum(axis=0)

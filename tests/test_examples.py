@@ -262,7 +262,7 @@ def test_the_examples_command_prints_counts_then_the_examples(sweep, tmp_path, c
     assert len(table) == len(set(table["id"])) and len(table) > 3
     listed = [ln for ln in lines if re.match(r"\s*\d/3 ", ln)]
     assert len(listed) <= 6  # --top 3 per part
-    fragile = cli(capsys, "examples", str(sweep), "--seed", "0", "1")
+    fragile = cli(capsys, "examples", str(sweep), "--seed", "0", "1", "--where", "variant=plain")
     assert fragile.returncode == 0, fragile.stderr
     assert "2 seeds (0, 1)" in fragile.stdout and "most fragile" in fragile.stdout
 
@@ -287,6 +287,8 @@ def test_bad_cells_and_filters_are_one_line_errors(sweep, capsys):
     for args, words in (
         (["--cell", "0..9"], "no cell 0..9"),
         (["--method", "lora"], "no rows with --method lora"),
+        (["--where", "variant=normed"], "no rows with --where variant=normed (their variant: plain)"),
+        (["--where", "nothing=1"], "no column 'nothing'"),
     ):
         out = cli(capsys, "examples", str(sweep), *args)
         assert out.returncode == 2 and words in out.stderr, out.stderr
