@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -385,38 +386,29 @@ NO_SLURM = {"launcher_no_slurm", "launcher_no_slurm_submitit"}
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory):
-    """Start every CLI case in parallel; returns name -> (folder, returncode, output)."""
+    """Run every CLI case (in one process, tests/cli_cases.py: the imports paid once); returns name ->
+    (folder, returncode, output)."""
     bad = damaged_folders(tmp_path_factory.mktemp("bad"))
-    procs = {}
+    cases, folders = {}, {}
     for name, args in CLI_CASES.items():
-        folder = tmp_path_factory.mktemp(name)
-        # An empty artifact cache and no package index: loading a model would fail (and leave a cache dir).
-        env = {
-            **os.environ,
-            "ABLATION_CACHE": str(folder / "cache"),
-            "PIP_NO_INDEX": "1",
-            "HF_HUB_OFFLINE": "1",
-        }
-        env.pop("HYDRA_FULL_ERROR", None)
+        folder = folders[name] = tmp_path_factory.mktemp(name)
+        # An empty artifact cache: loading a model would fail (and leave a cache dir).
+        env = {"ABLATION_CACHE": str(folder / "cache")}
         if name in NO_SLURM:
             env["PATH"] = str(folder / "no-commands")  # never created: the folder stays empty
-        argv = [a.format(out=folder / "out", bad=bad) for a in args]
-        procs[name] = (
-            folder,
-            subprocess.Popen(
-                [sys.executable, "-m", "ablation.run", *argv],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            ),
-        )
-    results = {}
-    for name, (folder, proc) in procs.items():
-        output, _ = proc.communicate(timeout=180)
-        results[name] = folder, proc.returncode, output
-    return results
+        cases[name] = {"argv": [a.format(out=folder / "out", bad=bad) for a in args], "env": env}
+    work = tmp_path_factory.mktemp("cases")
+    (work / "cases.json").write_text(json.dumps(cases))
+    # No package index and no hub: a download would fail rather than happen.
+    env = {**os.environ, "PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "cli_cases.py"), str(work / "cases.json"), str(work / "out.json")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((work / "out.json").read_text())
+    return {name: (folders[name], code, output) for name, (code, output) in results.items()}
 
 
 def test_cli_rejected_run_writes_nothing(cli):
