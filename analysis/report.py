@@ -320,17 +320,21 @@ def _examples(df: pd.DataFrame) -> str | None:
     if rows.empty:
         return None
     recipe, layers = varying(rows), model_layers(rows)
-    parts, clickable = [], []
+    parts, clickable, unread = [], [], {}
     for panel in sorted(split_panels(rows), key=panel_order) if recipe else split_panels(rows):
         name = f"{panel['model'].iloc[0]} · {panel['task'].iloc[0]} · {panel['method'].iloc[0]}"
         if recipe:
             name += f" · {recipe_label(panel.iloc[0], layers.get(str(panel['model'].iloc[0])))}"
         try:
             parts.append(_flip_summary(panel, examples_of(panel), name))
-        except (TextsMissing, ValueError) as err:  # one panel's examples unreadable: said, the rest shown
-            parts.append(f"<p><b>{html.escape(name)}</b>: examples not analysed: {html.escape(str(err))}</p>")
+        except (TextsMissing, ValueError) as err:  # a panel's examples unreadable: said once, the rest shown
+            unread.setdefault(str(err), []).append(name)
             continue
         clickable.append((panel, name))
+    for why, names in unread.items():
+        parts.append(
+            f"<p><b>{html.escape('; '.join(names))}</b>: examples not analysed: {html.escape(why)}</p>"
+        )
     note = (
         "<p class='muted'>A cell <i>loses</i> a validation example its intact model got right and its ablated "
         "model gets wrong, and <i>gains</i> one the other way round. Agreement of two runs' flipped sets: their "
