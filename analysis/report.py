@@ -362,13 +362,17 @@ def _flip_summary(panel: pd.DataFrame, examples: pd.DataFrame, name: str) -> str
             f"{len(flipping)} cells that flip anything (mean Jaccard {flipping['agreement'].mean():.3f}, "
             f"by chance {flipping['chance'].mean():.3f})"
         )
-        listing = table.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+        names = {"flipped_per_seed": "flipped per seed", "agreement": "agreement (Jaccard)", "chance": "by chance",
+                 "chance_hi": "chance, 97.5%", "above_chance": "above chance"}  # fmt: skip
+        listing = table.rename(columns=names).to_html(
+            index=False, float_format=lambda v: f"{v:.3f}", border=0
+        )
         agree = f"<details><summary>agreement of the seeds per cell</summary>{listing}</details>"
     fragile = fragility(panel, examples).head(10)
     label = "label_name" if "label_name" in fragile.columns else "label"
     shown = fragile.assign(fragility=fragile["fragility"].map(lambda v: f"{v:.2f}"))[
         ["fragility", "lost", "gained", label, "words", "text"]
-    ]
+    ].rename(columns={label: "label", "lost": "cells lost", "gained": "cells gained"})
     runs = int(fragile["runs"].iloc[0]) if len(fragile) else 0
     items = "".join(f"<li>{line}</li>" for line in lines)
     return (
