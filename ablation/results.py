@@ -249,7 +249,8 @@ def record_examples(root: Path, task: str, table: pd.DataFrame) -> str:
     target = root / EXAMPLES / f"{name}.csv"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_text(target, table.to_csv(index=False, lineterminator="\n"))
+        # every text quoted: a tweet's bare carriage return would otherwise end its row for a reader
+        write_text(target, table.to_csv(index=False, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC))
     return name
 
 

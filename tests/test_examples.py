@@ -127,6 +127,19 @@ def test_the_examples_table_keeps_order_texts_labels_and_label_names():
     assert "label_name" not in unnamed.columns  # a Dataset without ClassLabel names: the numbers only
 
 
+def test_texts_with_carriage_returns_quotes_and_commas_read_back_as_written(tmp_path):
+    """Tweets hold bare carriage returns: every text is quoted, so none ends its row early for a reader."""
+    nasty = ["a\rb", "line\nbreak", 'quote " and , comma', "ünïcödé\r\n", "", "  spaces  "]
+    sweep = Sweep(tmp_path / "s", "layer_ablation", task="tweets")
+    sentences = [*nasty, *texts()[len(nasty) :]]
+    table = pd.DataFrame({"id": example_ids(pd.DataFrame({"text": sentences})), "text": sentences,
+                          "label": sweep.truth})  # fmt: skip
+    name = record_examples(sweep.path, "tweets", table)
+    sweep.job(sweep.truth, first=0, last=0, examples=name)
+    back = examples_of(load_runs([sweep.path]).table)
+    assert back["text"].tolist() == sentences and back["id"].tolist() == table["id"].tolist()
+
+
 # --- the join and the flips ---------------------------------------------------------------------------
 
 
