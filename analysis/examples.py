@@ -64,7 +64,13 @@ def _checked(file: Path, name: str, rows: pd.DataFrame) -> pd.DataFrame:
     table = pd.read_csv(file, dtype=str, keep_default_na=False)
     if ID not in table.columns or "label" not in table.columns:
         raise ValueError(f"{file}: not an examples file (columns {list(table.columns)})")
-    table["label"] = table["label"].astype(np.int64)
+    try:
+        table["label"] = table["label"].astype(np.int64)
+    except ValueError:  # rows split inside a text: a line break an older version wrote unquoted
+        raise ValueError(
+            f"{file}: its rows do not parse (a text's line break written unquoted by an older version); delete "
+            f"{file.parent} and run the sweep's command again into the same folder to rewrite it"
+        ) from None
     task = name.rsplit("-", 1)[0]
     if examples_name(task, table) != name:
         raise ValueError(f"{file}: its ids and labels do not hash to its name (edited?); re-run its sweep")
