@@ -44,6 +44,7 @@ PREDICTION_KEYS = ("labels", "intact", "ablated")
 TEXT_COLUMNS = tuple(c for c in COLUMNS if KINDS[c] == "text")
 __all__ = [
     "TEXT_DTYPE",
+    "cached_predictions",
     "conform",
     "correctness",
     "has_diagnostics",
@@ -143,9 +144,7 @@ def correctness(rows: pd.DataFrame, which: str = "ablated") -> np.ndarray:
         raise KeyError("correctness: rows need a `sweep` column (load them with load_runs)")
     out = []
     for sweep, job in zip(rows["sweep"], rows["job_dir"], strict=True):
-        file = Path(str(sweep)) / str(job) / PREDICTIONS
-        # Keyed by modification time too: a job re-run in place must not be read from the cache.
-        pred = _cached_predictions(str(sweep), str(job), file.stat().st_mtime_ns if file.exists() else 0)
+        pred = cached_predictions(sweep, job)
         out.append(pred[which] == pred["labels"])
     lengths = {len(c) for c in out}
     if len(lengths) > 1:
@@ -153,6 +152,14 @@ def correctness(rows: pd.DataFrame, which: str = "ablated") -> np.ndarray:
             f"correctness: rows were scored on validation sets of different sizes {sorted(lengths)}"
         )
     return np.array(out, dtype=np.float32)
+
+
+def cached_predictions(sweep_dir: PathLike, job_dir: PathLike) -> dict[str, np.ndarray]:
+    """`load_predictions`, read once per process while the file is unchanged (the arrays are shared: do not
+    modify them)."""
+    file = Path(str(sweep_dir)) / str(job_dir) / PREDICTIONS
+    # Keyed by modification time too: a job re-run in place must not be read from the cache.
+    return _cached_predictions(str(sweep_dir), str(job_dir), file.stat().st_mtime_ns if file.exists() else 0)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ablation.results import EXAMPLES, examples_name
-from analysis.collect import load_predictions
+from analysis.collect import cached_predictions
 from analysis.select import halves, model_layers
 
 N_DRAWS = 200  # random flipped sets per run for the chance level of an agreement
@@ -75,7 +75,7 @@ def _checked(file: Path, name: str, rows: pd.DataFrame) -> pd.DataFrame:
     if examples_name(task, table) != name:
         raise ValueError(f"{file}: its ids and labels do not hash to its name (edited?); re-run its sweep")
     first = rows.iloc[0]
-    labels = load_predictions(str(first["sweep"]), str(first["job_dir"]))["labels"]
+    labels = cached_predictions(first["sweep"], first["job_dir"])["labels"]
     if not np.array_equal(labels, table["label"].to_numpy()):
         raise ValueError(f"{file}: its labels differ from the predictions' of job {first['job_dir']}")
     return table
@@ -104,7 +104,7 @@ def _trainings(rows: pd.DataFrame) -> pd.DataFrame:
 
 def predictions(rows: pd.DataFrame) -> dict[str, np.ndarray]:
     """The rows' predictions stacked: labels (examples,), intact and ablated (rows x examples)."""
-    loaded = [load_predictions(str(s), str(j)) for s, j in zip(rows["sweep"], rows["job_dir"], strict=True)]
+    loaded = [cached_predictions(s, j) for s, j in zip(rows["sweep"], rows["job_dir"], strict=True)]
     labels = loaded[0]["labels"]
     if any(not np.array_equal(p["labels"], labels) for p in loaded):
         raise ValueError("examples: the rows were scored on different validation examples")
@@ -117,7 +117,10 @@ def predictions(rows: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def flip_sets(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lost, gained, intact right): boolean (rows x examples) matrices of the rows' ablation."""
-    p = predictions(rows)
+    return _flips(predictions(rows))
+
+
+def _flips(p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     right = p["intact"] == p["labels"]
     now = p["ablated"] == p["labels"]
     return right & ~now, ~right & now, right
@@ -133,7 +136,7 @@ def cell_flips(
     if rows.empty:
         raise ValueError(f"no cell {first}..{last} in these rows")
     p = predictions(rows)
-    lost, gained, _ = flip_sets(rows)
+    lost, gained, _ = _flips(p)
     where = np.flatnonzero(lost.any(axis=0) | gained.any(axis=0))
     table = pd.DataFrame(
         {
@@ -365,8 +368,9 @@ def fragility(panel: pd.DataFrame, examples: pd.DataFrame | None = None) -> pd.D
     share that does (its fragility); with `examples`, its id, text, label name and length in words. Most
     fragile first."""
     rows = _trainings(panel)
-    lost, gained, _ = flip_sets(rows)
-    labels = predictions(rows.iloc[:1])["labels"]
+    p = predictions(rows)
+    lost, gained, _ = _flips(p)
+    labels = p["labels"]
     flips = (lost | gained).sum(axis=0)
     table = pd.DataFrame(
         {
