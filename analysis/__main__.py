@@ -249,7 +249,7 @@ def _panel_name(panel: pd.DataFrame) -> str:
 def _cell(
     panel: pd.DataFrame, examples: pd.DataFrame, args: argparse.Namespace, first: int, last: int
 ) -> str:
-    from analysis.examples import agreement, cell_flips, cell_runs, flip_sets
+    from analysis.examples import agreement, cell_flips, cell_runs, changed, flip_sets
 
     rows = cell_runs(panel, first, last)
     if rows.empty:
@@ -260,7 +260,8 @@ def _cell(
     table = cell_flips(panel, first, last, examples)
     if args.csv is not None:
         table.to_csv(args.csv, index=False)
-    lost, gained, _ = flip_sets(rows)
+    sets = flip_sets(rows)
+    lost, gained, _ = sets
     n, names = len(rows), _names(examples)
     acc, base = 100 * rows["accuracy"].mean(), 100 * rows["intact_accuracy"].mean()
     lines = [
@@ -286,16 +287,14 @@ def _cell(
                 f"one seed, {int(flips.all(axis=0).sum())} in all {n}"
             )
     if n > 1:
-        found = agreement(flip_sets(rows))
+        found = agreement(sets)
         verdict = "above chance" if found["agreement"] > found["chance_hi"] else "not above chance"
         lines.append(
             f"the seeds' flipped sets agree: Jaccard {found['agreement']:.3f} against {found['chance']:.3f} by "
             f"chance (97.5%: {found['chance_hi']:.3f}): {verdict}"
         )
     for change in ("lost", "gained"):
-        part = table[table[change] > 0].sort_values(
-            [change, "position"], ascending=[False, True], kind="stable"
-        )
+        part = changed(table, change)
         shown = part.head(args.top)
         more = f", the first {len(shown)}" if len(shown) < len(part) else ""
         lines += ["", f"{change} ({len(part)} examples{more}; seeds: in how many of {n} it is {change}):"]
@@ -311,27 +310,13 @@ def _cell(
 
 
 def _fragile(panel: pd.DataFrame, examples: pd.DataFrame, args: argparse.Namespace) -> str:
-    from analysis.examples import flip_counts, fragility, named_spans, seed_agreement
+    from analysis.examples import fragility, summary
 
     table = fragility(panel, examples)
     if args.csv is not None:
         table.to_csv(args.csv, index=False)
-    counts = flip_counts(panel, named_spans(panel))
-    lines = [f"{_panel_name(panel)}: {panel[['first', 'last']].drop_duplicates().shape[0]} cells"]
-    for _, r in counts.iterrows():
-        every = f" (lost in all {r['seeds']} seeds {r['lost_all']}, gained in all {r['gained_all']})"
-        lines.append(
-            f"{r['span']}: lost {r['lost_per_seed']:.1f} and gained {r['gained_per_seed']:.1f} per seed"
-            + (every if r["seeds"] > 1 else "")
-        )
-    if panel["seed"].nunique() > 1:
-        agree = seed_agreement(panel)
-        cells = agree[agree["flipped_per_seed"] > 0]
-        lines.append(
-            f"the seeds' flipped sets agree above chance in {int(cells['above_chance'].sum())} of {len(cells)} cells "
-            f"that flip anything (mean Jaccard {cells['agreement'].mean():.3f} against {cells['chance'].mean():.3f} "
-            f"by chance; per cell: python -m analysis report)"
-        )
+    n_cells = panel[["first", "last"]].drop_duplicates().shape[0]
+    lines = [f"{_panel_name(panel)}: {n_cells} cells", *summary(panel)[0]]
     names = _names(examples)
     runs = int(table["runs"].iloc[0])
     lines += [

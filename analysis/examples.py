@@ -159,6 +159,13 @@ def cell_flips(
     return table.drop(columns="_most").reset_index(drop=True)
 
 
+def changed(flips: pd.DataFrame, change: str) -> pd.DataFrame:
+    """The examples of a `cell_flips` table the cell `change`s ('lost' or 'gained'), those it changes in the
+    most seeds first, then by position."""
+    part = flips[flips[change] > 0]
+    return part.sort_values([change, "position"], ascending=[False, True], kind="stable")
+
+
 def flip_counts(panel: pd.DataFrame, spans: dict[str, tuple[int, int]]) -> pd.DataFrame:
     """Per named span the panel has ({name: (first, last)}, e.g. `named_spans`): its seeds, the examples
     lost and gained per seed (mean), in at least one seed and in every seed."""
@@ -197,6 +204,29 @@ def named_spans(panel: pd.DataFrame) -> dict[str, tuple[int, int]]:
         spans[f"bottom half {b0}..{b1}"] = (b0, b1)
         spans[f"top half {t0}..{t1}"] = (t0, t1)
     return spans
+
+
+def summary(panel: pd.DataFrame) -> tuple[list[str], pd.DataFrame | None]:
+    """What the command and the report say first of a panel, as lines of text: the examples every layer and
+    each half lose and gain, and, with several runs, how often the seeds' flipped sets agree above chance;
+    with the per-cell agreement (`seed_agreement`; None for one run)."""
+    lines = []
+    for _, r in flip_counts(panel, named_spans(panel)).iterrows():
+        every = f" (in all {r['seeds']} seeds: lost {r['lost_all']}, gained {r['gained_all']})"
+        lines.append(
+            f"{r['span']}: lost {r['lost_per_seed']:.1f}, gained {r['gained_per_seed']:.1f} per seed"
+            + (every if r["seeds"] > 1 else "")
+        )
+    table = seed_agreement(panel)
+    if table.empty or table["seeds"].max() < 2:
+        return lines, None
+    flipping = table[table["flipped_per_seed"] > 0]
+    lines.append(
+        f"the seeds' flipped sets agree above chance in {int(flipping['above_chance'].sum())} of "
+        f"{len(flipping)} cells that flip anything (mean Jaccard {flipping['agreement'].mean():.3f}, "
+        f"by chance {flipping['chance'].mean():.3f})"
+    )
+    return lines, table
 
 
 # --- agreement of flipped sets, against chance --------------------------------------------------------

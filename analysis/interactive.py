@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.colors import Normalize, to_hex
 
-from analysis.examples import ID, cell_flips, examples_of, text_of
+from analysis.examples import ID, cell_flips, changed, examples_of, text_of
 from analysis.stats import cell_intervals
 
 CELL = 38  # pixels per heatmap cell
@@ -67,7 +67,7 @@ def panel_data(panel: pd.DataFrame, title: str) -> dict:
 
 def _pairs(flips: pd.DataFrame, change: str) -> list[list[int]]:
     """[position, seeds] of the examples the cell `change`s (lost or gained), most seeds first."""
-    part = flips[flips[change] > 0].sort_values([change, "position"], ascending=[False, True], kind="stable")
+    part = changed(flips, change)
     return [[int(p), int(n)] for p, n in zip(part["position"], part[change], strict=True)]
 
 

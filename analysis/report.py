@@ -20,7 +20,7 @@ from ablation.results import RESULT_JSON
 from analysis.claims import CLAIMS, NO_ROWS, claim_study, evaluate_claims
 from analysis.collect import Runs, load_runs
 from analysis.controls import CONTROL_LIST, findings
-from analysis.examples import TextsMissing, examples_of, flip_counts, fragility, named_spans, seed_agreement
+from analysis.examples import TextsMissing, examples_of, fragility, summary
 from analysis.interactive import explorers
 from analysis.plots import DRAWINGS, study_figures
 from analysis.select import (
@@ -346,35 +346,23 @@ def _examples(df: pd.DataFrame) -> str | None:
 
 
 def _flip_summary(panel: pd.DataFrame, examples: pd.DataFrame, name: str) -> str:
-    counts = flip_counts(panel, named_spans(panel))
-    seeds = int(panel["seed"].nunique())
-    lines = [
-        f"{html.escape(r['span'])}: lost {r['lost_per_seed']:.1f}, gained {r['gained_per_seed']:.1f} per seed"
-        + (f" (in all {seeds} seeds: lost {r['lost_all']}, gained {r['gained_all']})" if seeds > 1 else "")
-        for _, r in counts.iterrows()
-    ]
+    lines, table = summary(panel)
     agree = ""
-    if seeds > 1:
-        table = seed_agreement(panel)
-        flipping = table[table["flipped_per_seed"] > 0]
-        lines.append(
-            f"the seeds' flipped sets agree above chance in {int(flipping['above_chance'].sum())} of "
-            f"{len(flipping)} cells that flip anything (mean Jaccard {flipping['agreement'].mean():.3f}, "
-            f"by chance {flipping['chance'].mean():.3f})"
-        )
+    if table is not None:
         names = {"flipped_per_seed": "flipped per seed", "agreement": "agreement (Jaccard)", "chance": "by chance",
                  "chance_hi": "chance, 97.5%", "above_chance": "above chance"}  # fmt: skip
         listing = table.rename(columns=names).to_html(
             index=False, float_format=lambda v: f"{v:.3f}", border=0
         )
         agree = f"<details><summary>agreement of the seeds per cell</summary>{listing}</details>"
+    seeds = int(panel["seed"].nunique())
     fragile = fragility(panel, examples).head(10)
     label = "label_name" if "label_name" in fragile.columns else "label"
     shown = fragile.assign(fragility=fragile["fragility"].map(lambda v: f"{v:.2f}"))[
         ["fragility", "lost", "gained", label, "words", "text"]
     ].rename(columns={label: "label", "lost": "cells lost", "gained": "cells gained"})
     runs = int(fragile["runs"].iloc[0]) if len(fragile) else 0
-    items = "".join(f"<li>{line}</li>" for line in lines)
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
     return (
         f"<p><b>{html.escape(name)}</b> ({seeds} seed{'s' if seeds != 1 else ''}):</p><ul>{items}</ul>{agree}"
         f"<details><summary>the ten most fragile examples (fragility: the share of the {runs} cells × seeds "
