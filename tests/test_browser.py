@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 import e2e
-import numpy as np
 import pandas as pd
 import pytest
+from test_examples import recount  # lost and gained ids straight from predictions.npz
 
 pytestmark = pytest.mark.browser
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -42,17 +42,10 @@ def sweep(tmp_path_factory) -> Path:
     return out
 
 
-def truth(sweep: Path, rows: pd.DataFrame) -> tuple[dict[str, set[str]], dict[str, str]]:
-    """Lost and gained ids of `rows` recounted from their predictions.npz, and each id's text."""
+def texts(sweep: Path) -> dict[str, str]:
+    """Each example id's text, as the sweep's examples file holds it."""
     examples = pd.read_csv(next((sweep / "examples").glob("*.csv")), dtype=str, keep_default_na=False)
-    ids = examples["id"].to_numpy()
-    flips = {"lost": set(), "gained": set()}
-    for job in rows["job_dir"]:
-        with np.load(sweep / str(job) / "predictions.npz") as p:
-            right, now = p["intact"] == p["labels"], p["ablated"] == p["labels"]
-        flips["lost"] |= set(ids[right & ~now])
-        flips["gained"] |= set(ids[~right & now])
-    return flips, dict(zip(examples["id"], examples["text"], strict=True))
+    return dict(zip(examples["id"], examples["text"], strict=True))
 
 
 def test_hover_and_click_a_cell_of_the_report_in_chromium(sweep, tmp_path):
@@ -78,14 +71,14 @@ def test_hover_and_click_a_cell_of_the_report_in_chromium(sweep, tmp_path):
             )
             assert f"{len(group)} seeds" in tip
             cell.click()
-            flips, texts = truth(sweep, group)
+            flips, text = recount(sweep, group), texts(sweep)
             assert page.inner_text("#explorer-0 .chosen-cell").startswith(f"Cell {name}:")
             for change in ("lost", "gained"):
                 listed = page.locator(f"#explorer-0 tr.flip.{change}")
                 ids = listed.evaluate_all("rows => rows.map(r => r.dataset.id)")
                 assert set(ids) == flips[change] and len(ids) == len(flips[change]), (name, change)
                 if ids:  # the first example's text, as the examples file holds it
-                    assert listed.first.locator("td").nth(2).inner_text() == texts[ids[0]]
+                    assert listed.first.locator("td").nth(2).inner_text() == text[ids[0]]
                 shown += len(ids)
             if shown and not (tmp_path / "clicked.png").exists():
                 page.locator("#explorer-0").screenshot(path=str(tmp_path / "clicked.png"))
