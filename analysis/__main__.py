@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args)
         if args.command == "examples":
             return _examples(args)
+        if args.command == "claims":
+            return _claims(args)
         if args.command == "rebuild":
             from ablation.results import rebuild_table
 
@@ -90,6 +92,28 @@ def _figures(args: argparse.Namespace) -> int:
         )
     for path in paths:
         print(path)
+    return 0
+
+
+def _claims(args: argparse.Namespace) -> int:
+    """Each directory's rows judged apart, their verdicts side by side (one column per directory)."""
+    from analysis.claims import evaluate_claims
+
+    judged = []
+    for i, group in enumerate(args.dirs):
+        table = evaluate_claims(load_runs([Path(p) for p in group.split(",")]).table)
+        table = table[table["verdict"] != "no data"]
+        cell = [f"{e:.2f} [{lo:.2f}, {hi:.2f}] {u}: {v}" for e, lo, hi, u, v in
+                table[["estimate", "lo", "hi", "unit", "verdict"]].itertuples(index=False)]  # fmt: skip
+        judged.append(table[["claim", "panel"]].assign(**{chr(ord("A") + i): cell}))
+    for i, path in enumerate(args.dirs):
+        print(f"{chr(ord('A') + i)} = {path}")
+    if all(t.empty for t in judged):
+        raise ValueError(f"claims: no claim can be judged from the rows of {', '.join(map(str, args.dirs))}")
+    merged = judged[0]
+    for t in judged[1:]:
+        merged = merged.merge(t, on=["claim", "panel"], how="outer", sort=False)
+    print(merged.fillna("-").to_string(index=False))
     return 0
 
 
@@ -463,6 +487,15 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("a", type=Path, help="sweep directory A")
     compare.add_argument("b", type=Path, help="sweep directory B")
     compare.add_argument("--out", type=Path, default=None, help="output stem (default: ./compare)")
+    claims = commands.add_parser(
+        "claims", help="the paper's claims judged on each directory apart, side by side (estimate, interval)"
+    )
+    claims.add_argument(
+        "dirs",
+        nargs="+",
+        metavar="DIR[,DIR...]",
+        help="run or sweep directories, one column each (A, B, ...); comma-joined ones are judged together",
+    )
     examples = commands.add_parser(
         "examples",
         help="which validation examples a cell loses and gains (--cell F..L), or the most fragile ones",

@@ -30,7 +30,9 @@ from analysis.select import (
     ablated,
     figure_plan,
     model_layers,
+    one_per_training,
     panel_order,
+    precision_mix,
     preset_label,
     recipe_label,
     split_panels,
@@ -58,7 +60,7 @@ th { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: ta
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #d0d7de; }
 figcaption { color: #57606a; font-size: 0.92em; max-width: 60em; }
 details { margin: 0.6em 0; } summary { cursor: pointer; color: #0969da; }
-.not-measured { font-size: 0.92em; } code { background: #f6f8fa; padding: 0 0.2em; white-space: nowrap; }
+.warning { color: #b42318; } .not-measured { font-size: 0.92em; } code { background: #f6f8fa; padding: 0 0.2em; white-space: nowrap; }
 """
 
 
@@ -133,13 +135,58 @@ def _header(runs: Runs) -> str:
             f"{', '.join(sorted(map(str, df['model'].unique())))} / "
             f"{', '.join(sorted(map(str, df['task'].unique())))}",
         ),
+        ("precision", _precisions(df)),
         ("generated", time.strftime("%Y-%m-%d %H:%M:%S %Z")),
     ]
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
     title = "Adapter studies: Houlsby et al. 2019 reproduced"
     if preset:
         title += f" ({preset}: {PRESET_NOTE})"
-    return f"<h1>{html.escape(title)}</h1>\n<table>{rows}</table>"
+    return f"<h1>{html.escape(title)}</h1>\n<table>{rows}</table>{_mixed_precisions(df)}"
+
+
+def _precisions(df: pd.DataFrame) -> str:
+    """Which precision trained and which evaluated, on which device: they may differ (eval.precision=auto
+    picks bf16 where it is faster; train.precision is fp32 unless set)."""
+    trainings = one_per_training(df)
+
+    def counts(values: pd.Series, noun: str) -> str:
+        found = values.fillna("not recorded").astype(str).value_counts().sort_index()
+        return ", ".join(f"{p} ({n} {noun}{'s' if n != 1 else ''})" for p, n in found.items())
+
+    return (
+        f"training: {html.escape(counts(trainings['train_precision'], 'training'))}; evaluation: "
+        f"{html.escape(counts(df['eval_precision'], 'row'))}; device: {html.escape(_join(df['device']) or '-')}"
+    )
+
+
+def _mixed_precisions(df: pd.DataFrame) -> str:
+    """A warning for each study, model and task whose trainings ran in more than one precision, saying
+    whether one point's seeds were averaged across them; '' when none did."""
+    mixed = precision_mix(df)
+    if not mixed:
+        return ""
+    items = []
+    for m in mixed:
+        seeds = "; ".join(
+            f"{p}: seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}" for p, s in m["seeds"].items()
+        )
+        what = (
+            f"{m['averaged']} of its {m['points']} training settings average seeds trained in different "
+            "precisions"
+            if m["averaged"]
+            else f"each of its {m['points']} training settings ran in one precision, but not all in the same"
+        )
+        items.append(
+            f"<li><b>{html.escape(m['study'] or 'no study')} · {html.escape(str(m['model']))} · "
+            f"{html.escape(str(m['task']))}</b>: {html.escape(seeds)}; {what}.</li>"
+        )
+    return (
+        "<p class='warning'><b>Mixed training precisions.</b> These rows hold trainings in more than one "
+        "precision (two machines, or an explicit <code>train.precision</code>). Figures and claims do not "
+        "split them: compare the precisions with <code>python -m analysis compare A B</code> before reading "
+        f"their average.</p><ul>{''.join(items)}</ul>"
+    )
 
 
 def _kinds(df: pd.DataFrame) -> str:

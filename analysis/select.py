@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ablation.config import ABLATE_KINDS, HEAD_METHODS, METHODS, RECIPE_LAYERNORMS, AdapterConfig
-from ablation.keys import REPLICATE, SETTING_COLUMNS
+from ablation.keys import REPLICATE, SETTING_COLUMNS, TRAINING_COLUMNS
 from analysis.collect import conform, has_diagnostics, has_examples, has_history
 
 # What a training recipe is beyond its method: the LayerNorms that train with the adapters, the head, the
@@ -533,6 +533,39 @@ def mixed_settings(df: pd.DataFrame, by: list[str], settings: tuple[str, ...] = 
         if (counts > 1).any():
             mixed[col] = sorted(map(str, df[col].unique()))
     return mixed
+
+
+PRECISION = "train_precision"  # the precision a training ran in (fp32, bf16), resolved on its machine
+
+
+def one_per_training(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per training behind `df` (its training key; rows without keys: its training columns)."""
+    rows = conform(df)
+    return rows.drop_duplicates("train_key" if rows["train_key"].notna().all() else list(TRAINING_COLUMNS))
+
+
+def precision_mix(df: pd.DataFrame) -> list[dict]:
+    """Each study, model and task whose trainings ran in more than one training precision (two machines, or
+    an explicit `train.precision`): {study, model, task, seeds: {precision: [seeds]}, points, averaged}: `points`
+    counts the training settings (all but precision and device), `averaged` those whose seeds mix
+    precisions, which every figure and claim averages as one."""
+    trainings = one_per_training(df)
+    trainings = trainings[trainings[PRECISION].notna()].assign(
+        study=trainings["study"].fillna("").astype(str)
+    )
+    settings = [c for c in SETTING_COLUMNS if c not in (PRECISION, "device")]
+    out = []
+    for (study, model, task), group in trainings.groupby(["study", "model", "task"], sort=True):
+        if group[PRECISION].nunique() < 2:
+            continue
+        points = group.groupby(settings, dropna=False)[PRECISION].nunique()
+        seeds = {
+            str(p): sorted(int(s) for s in group.loc[group[PRECISION] == p, REPLICATE].unique())
+            for p in sorted(group[PRECISION].unique())
+        }
+        out.append({"study": study, "model": model, "task": task, "seeds": seeds, "points": len(points),
+                    "averaged": int((points > 1).sum())})  # fmt: skip
+    return out
 
 
 def best_seed_rows(df: pd.DataFrame, by: list[str], score: str = "intact_accuracy") -> pd.DataFrame:

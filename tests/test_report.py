@@ -427,3 +427,69 @@ def test_models_at_the_majority_class_cannot_test_a_claim(tmp_path):
     row = claim(evaluate_claims(load_runs([tmp_path / "s"]).table), "adapters close to full fine-tuning")
     assert row["verdict"].tolist() == ["inconclusive"] and row["estimate"].isna().all()
     assert "cannot test the claim" in row["measured"].iloc[0]
+
+
+def test_the_header_says_which_precisions_ran_and_warns_where_seeds_mix_them(tmp_path):
+    """Training and evaluation may run in different precisions (eval.precision=auto): the header says which.
+    Seeds trained in different precisions (two machines) are averaged by every figure, so it says so."""
+    sweep = ablation_sweep(tmp_path / "abl", lambda f, la: 0.0, n_layers=3, seeds=(0, 1, 2))
+
+    def page(precision_of_seed) -> str:
+        rows = [{**r, "train_precision": precision_of_seed(r["seed"]), "eval_precision": "bf16",
+                 "device": "cpu"} for r in sweep.rows]  # fmt: skip
+        pd.DataFrame(rows).to_csv(sweep.path / "results.csv", index=False)
+        return build_report([sweep.path], tmp_path / "report.html").read_text()
+
+    one = page(lambda seed: "fp32")
+    assert (
+        "<th>precision</th><td>training: fp32 (3 trainings); evaluation: bf16 (18 rows); device: cpu" in one
+    )
+    assert "Mixed training precisions" not in one
+    mixed = page(lambda seed: "bf16" if seed == 2 else "fp32")
+    assert "training: bf16 (1 training), fp32 (2 trainings); evaluation: bf16 (18 rows)" in mixed
+    warning = mixed.split("Mixed training precisions")[1].split("</ul>")[0]
+    assert (
+        "layer_ablation · tiny · sst</b>: bf16: seed 2; fp32: seeds 0, 1; 1 of its 1 training settings"
+        in warning
+    )
+
+
+def test_precision_mix_tells_averaged_seeds_from_settings_that_differ():
+    from analysis.select import precision_mix
+
+    def row(std, seed, precision, study="init_scale"):
+        return {"study": study, "model": "tiny", "task": "sst", "method": "adapters", "init_std": std,
+                "seed": seed, "train_precision": precision}  # fmt: skip
+
+    apart = pd.DataFrame([row(1e-3, s, "fp32") for s in (0, 1)] + [row(1e-2, s, "bf16") for s in (0, 1)])
+    assert precision_mix(apart) == [{"study": "init_scale", "model": "tiny", "task": "sst",
+                                     "seeds": {"bf16": [0, 1], "fp32": [0, 1]}, "points": 2, "averaged": 0}]  # fmt: skip
+    together = pd.concat([apart, pd.DataFrame([row(1e-3, 2, "bf16"), row(1e-3, 0, "bf16", study="other")])])
+    assert [(m["study"], m["averaged"], m["points"]) for m in precision_mix(together)] == [
+        ("init_scale", 1, 2)
+    ]
+
+
+def test_claims_command_puts_each_directorys_verdicts_side_by_side(tmp_path, capsys):
+    """`python -m analysis claims A B`: each directory judged apart (as its own report would), one column
+    each; a comma joins directories judged together; the claims no directory measures are left out."""
+    from analysis.__main__ import main
+
+    j = lower_block(6)
+    ablation_sweep(tmp_path / "a", lambda f, la: 0.2 if la >= 6 - j else 0.0, 6)  # the top layers matter
+    ablation_sweep(tmp_path / "b", lambda f, la: 0.2 if f < j else 0.0, 6)  # the lower layers matter
+    init_sweep(tmp_path / "i", small_drop=0.0, large_drop=0.3)
+    assert main(["claims", str(tmp_path / "a"), f"{tmp_path / 'b'},{tmp_path / 'i'}"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [f"A = {tmp_path / 'a'}", f"B = {tmp_path / 'b'},{tmp_path / 'i'}"]
+    table = {c.name: line for c in CLAIMS for line in out[3:] if line.strip().startswith(c.name)}
+    ours = evaluate_claims(load_runs([tmp_path / "b"]).table).set_index("claim")
+    lower = ours.loc["lower layers matter less"]
+    assert (
+        f"{lower['estimate']:.2f} [{lower['lo']:.2f}, {lower['hi']:.2f}] %: not reproduced"
+        in table["lower layers matter less"]
+    )
+    assert table["lower layers matter less"].count(": reproduced") == 1  # A's
+    init = table["init std ≤ 1e-2 is robust"]  # only B holds init-scale rows: A's column reads "-"
+    assert " - " in init and init.endswith(": reproduced")
+    assert "sizes 8/64/256" not in "\n".join(out)
