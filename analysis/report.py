@@ -184,8 +184,9 @@ def _mixed_precisions(df: pd.DataFrame) -> str:
     return (
         "<p class='warning'><b>Mixed training precisions.</b> These rows hold trainings in more than one "
         "precision (two machines, or an explicit <code>train.precision</code>). Figures and claims do not "
-        "split them: compare the precisions with <code>python -m analysis compare A B</code> before reading "
-        f"their average.</p><ul>{''.join(items)}</ul>"
+        "split them: judge each precision's folder apart with <code>python -m analysis claims A B</code> (and "
+        "<code>compare A B</code> for two heatmaps) before reading their average.</p>"
+        f"<ul>{''.join(items)}</ul>"
     )
 
 
