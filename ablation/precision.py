@@ -42,10 +42,13 @@ def resolve_device(requested: str) -> str:
 
 
 def autocast(precision: str, device: str = "cpu") -> contextlib.AbstractContextManager:
-    """bf16 autocast on the device, or nothing for fp32."""
+    """bf16 autocast on the device, or nothing for fp32; `auto` must be resolved for the machine first."""
     if precision == "bf16":
         return torch.autocast(device, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    # an unresolved `auto` reaching here would silently compute in fp32 while the key could say otherwise
+    raise ValueError(f"precision {precision!r}: expected fp32 or bf16 (resolve auto first: resolve_precision)")
 
 
 def machine_id() -> str:

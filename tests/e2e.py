@@ -23,9 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 # A learnable toy: the label word decides the label, so the adapters matter and cells differ.
 FILLER = ["the", "movie", "film", "plot", "is", "was", "very"]
 LABEL_WORDS = (["bad", "awful"], ["good", "great"], ["not", "a"])  # the toy uses 2 labels; the matrix's 3
-# Enough training that ablation changes predictions: 200 steps (the default cap), about 2 s; fp32
-# evaluation, so that tables compare across machines whatever eval.precision=auto measures.
-TRAIN = ["train.lr=1e-2", "train.epochs=20", "train.batch_size=8", "eval.precision=fp32"]
+# Enough training that ablation changes predictions: 200 steps (the default cap), about 2 s; fp32 training
+# and evaluation, so that what the tests assert holds on any machine whatever precision=auto measures there.
+TRAIN = [
+    "train.lr=1e-2",
+    "train.epochs=20",
+    "train.batch_size=8",
+    "train.precision=fp32",
+    "eval.precision=fp32",
+]
 CELLS = ["ablate.first=0..1", "ablate.last=1..2"]  # 4 jobs after the triangle filter, one training key
 # Columns that describe time, process or provenance of the computation: all others must match exactly.
 VOLATILE = ["trained_now", "cell_computed", "train_seconds", "fit_seconds", "eval_seconds", "job_seconds"]

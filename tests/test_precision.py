@@ -95,20 +95,24 @@ def test_resolution_enters_the_keys(tmp_path, monkeypatch):
     bf16 = resolve(_cfg(tmp_path, eval=EvalConfig(precision="bf16")))
     assert eval_key(auto, "data") == eval_key(bf16, "data") != eval_key(fp32, "data")
     assert eval_key(fp32, "data") != eval_key(fp32, "other data")  # the evaluated data is in the key too
-    # training: fp32 by default whatever the machine; auto opts in and keys as what it resolves to
-    trained = resolve(_cfg(tmp_path, train=TrainConfig(precision="auto")))
+    # training: auto by default, keyed as what it resolves to; fp32 (given, or resolved elsewhere) keys apart
+    trained = resolve(_cfg(tmp_path))
     assert trained.train.precision == "bf16"
     assert training_key(trained) == training_key(
         _cfg(tmp_path, train=TrainConfig(precision="bf16"), device="cpu")
     )
-    assert training_key(resolve(_cfg(tmp_path))) != training_key(trained)
+    assert training_key(resolve(_cfg(tmp_path, train=TrainConfig(precision="fp32")))) != training_key(trained)
+    monkeypatch.setattr(precision, "probe_speedup", Probe(1.1))  # another machine: bf16 not clearly faster
+    slow = resolve(_cfg(tmp_path / "other"))
+    assert slow.train.precision == "fp32" and training_key(slow) != training_key(trained)
     with pytest.raises(ValueError, match="must be resolved"):
         training_key(_cfg(tmp_path, train=TrainConfig(precision="auto")))
 
 
 @pytest.mark.sweeps
 def test_the_row_records_what_auto_resolved_to(toy, tmp_path):
-    """A sweep under eval.precision=auto on a machine whose probe said 5x: rows say bf16, cells are new."""
+    """A sweep under the default precisions (auto) on a machine whose probe said 5x: it trains and evaluates in
+    bf16, each logged once, and the rows say so."""
     conf, cache, sequential = toy
     own_cache = tmp_path / "cache"
     own_cache.mkdir()
@@ -116,13 +120,15 @@ def test_the_row_records_what_auto_resolved_to(toy, tmp_path):
         json.dumps({"any": {"machine": "x", "speedup": 1.0}})  # another machine's entry: not used
     )
     patch = "import ablation.precision as p; p.probe_speedup = lambda: 5.0"
-    args = command(conf, tmp_path / "sweep", tmp_path / "store", own_cache, *CELLS, "eval.precision=auto")
+    auto = ("train.precision=auto", "eval.precision=auto")  # the defaults (the toy's TRAIN pins fp32)
+    args = command(conf, tmp_path / "sweep", tmp_path / "store", own_cache, *CELLS, *auto)
     done = run(args, patch)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "[precision] eval: bf16 on cpu (auto: bf16 matmuls 5.00x" in done.stdout + done.stderr, (
-        done.stdout[-2000:]
-    )
+    for stage in ("train", "eval"):
+        assert f"[precision] {stage}: bf16 on cpu (auto: bf16 matmuls 5.00x" in done.stdout + done.stderr, (
+            done.stdout[-2000:]
+        )
     rows = pd.read_csv(tmp_path / "sweep" / "results.csv")
-    assert set(rows["eval_precision"]) == {"bf16"} and set(rows["train_precision"]) == {"fp32"}
+    assert set(rows["eval_precision"]) == {"bf16"} and set(rows["train_precision"]) == {"bf16"}
     assert set(rows["device"]) == {"cpu"}
     assert set(pd.read_csv(sequential / "results.csv")["eval_precision"]) == {"fp32"}

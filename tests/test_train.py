@@ -91,7 +91,10 @@ def test_baseline_methods_train_exactly_their_parameters(family, method):
     freeze(model, method, k=1 if method == "top_k" else None)
     before = snapshot(model)
     train(
-        model, random_encoded(family, n=24, seed=4), TrainConfig(lr=1e-2, max_steps=2, batch_size=8), seed=0
+        model,
+        random_encoded(family, n=24, seed=4),
+        TrainConfig(lr=1e-2, max_steps=2, batch_size=8, precision="fp32"),
+        seed=0,
     )
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]) != p.requires_grad, name
@@ -104,7 +107,12 @@ def test_divergence_stops_training_and_is_recorded(family):
     inject_adapters(model, family, AdapterConfig(size=8, init_std=1.0))
     freeze(model, "adapters")
     data = random_encoded(family, n=80, seed=4)
-    metrics = train(model, data, TrainConfig(lr=1e8, max_steps=10, batch_size=8, max_grad_norm=1e30), seed=0)
+    metrics = train(
+        model,
+        data,
+        TrainConfig(lr=1e8, max_steps=10, batch_size=8, max_grad_norm=1e30, precision="fp32"),
+        seed=0,
+    )
     assert metrics["diverged"] is True
     step = metrics["diverged_step"]
     assert 0 < step < 10 and metrics["steps"] == step and metrics["planned_steps"] == 10
@@ -120,7 +128,10 @@ def test_divergence_stops_training_and_is_recorded(family):
 
 def test_a_finite_run_is_not_diverged(family):
     metrics = train(
-        adapter_model(family), random_encoded(family, n=16), TrainConfig(max_steps=2, batch_size=8), 0
+        adapter_model(family),
+        random_encoded(family, n=16),
+        TrainConfig(max_steps=2, batch_size=8, precision="fp32"),
+        0,
     )
     assert metrics["diverged"] is False and metrics["diverged_step"] is None and metrics["steps"] == 2
 
@@ -135,7 +146,10 @@ def test_train_without_max_steps_runs_the_epochs(family):
 def test_save_and_load_trained_round_trip(family, tmp_path):
     model = adapter_model(family, adapter_seed=0)
     train(
-        model, random_encoded(family, n=24, seed=6), TrainConfig(lr=1e-2, max_steps=3, batch_size=8), seed=0
+        model,
+        random_encoded(family, n=24, seed=6),
+        TrainConfig(lr=1e-2, max_steps=3, batch_size=8, precision="fp32"),
+        seed=0,
     )
     batch = padded_batch(family)
     trained = logits(model, batch)
@@ -180,7 +194,10 @@ def run_config(**changes) -> RunConfig:
         task=TaskConfig(name="demo", artifact="rotten-tomatoes"),
         device="cpu",  # as resolved: keys are formed from resolved configs only
     )
-    return dataclasses.replace(base, **changes)
+    cfg = dataclasses.replace(base, **changes)
+    if cfg.train.precision == "auto":  # resolved as on a machine where bf16 is not faster
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision="fp32"))
+    return cfg
 
 
 def test_training_key_tracks_what_training_depends_on():
@@ -198,6 +215,7 @@ def test_training_key_tracks_what_training_depends_on():
         run_config(train=TrainConfig(lr=3e-4)),
         run_config(train=TrainConfig(epochs=2.0)),
         run_config(train=TrainConfig(eval_every=50)),  # its entry's history holds the validation metric
+        run_config(train=TrainConfig(precision="bf16")),
         run_config(task=TaskConfig(name="demo", artifact="tweets")),
         run_config(task=TaskConfig(name="demo", artifact="rotten-tomatoes", split_seed=1)),
         run_config(task=TaskConfig(name="other", artifact="rotten-tomatoes")),
