@@ -48,7 +48,9 @@ def autocast(precision: str, device: str = "cpu") -> contextlib.AbstractContextM
     if precision == "fp32":
         return contextlib.nullcontext()
     # an unresolved `auto` reaching here would silently compute in fp32 while the key could say otherwise
-    raise ValueError(f"precision {precision!r}: expected fp32 or bf16 (resolve auto first: resolve_precision)")
+    raise ValueError(
+        f"precision {precision!r}: expected fp32 or bf16 (resolve auto first: resolve_precision)"
+    )
 
 
 def machine_id() -> str:
