@@ -95,15 +95,16 @@ def test_resolution_enters_the_keys(tmp_path, monkeypatch):
     bf16 = resolve(_cfg(tmp_path, eval=EvalConfig(precision="bf16")))
     assert eval_key(auto, "data") == eval_key(bf16, "data") != eval_key(fp32, "data")
     assert eval_key(fp32, "data") != eval_key(fp32, "other data")  # the evaluated data is in the key too
-    # training: auto by default, keyed as what it resolves to; fp32 (given, or resolved elsewhere) keys apart
-    trained = resolve(_cfg(tmp_path))
+    # training: fp32 by default whatever the machine; auto opts in and keys as what it resolves to
+    assert resolve(_cfg(tmp_path)).train.precision == "fp32"
+    trained = resolve(_cfg(tmp_path, train=TrainConfig(precision="auto")))
     assert trained.train.precision == "bf16"
     assert training_key(trained) == training_key(
         _cfg(tmp_path, train=TrainConfig(precision="bf16"), device="cpu")
     )
-    assert training_key(resolve(_cfg(tmp_path, train=TrainConfig(precision="fp32")))) != training_key(trained)
+    assert training_key(resolve(_cfg(tmp_path))) != training_key(trained)
     monkeypatch.setattr(precision, "probe_speedup", Probe(1.1))  # another machine: bf16 not clearly faster
-    slow = resolve(_cfg(tmp_path / "other"))
+    slow = resolve(_cfg(tmp_path / "other", train=TrainConfig(precision="auto")))
     assert slow.train.precision == "fp32" and training_key(slow) != training_key(trained)
     with pytest.raises(ValueError, match="must be resolved"):
         training_key(_cfg(tmp_path, train=TrainConfig(precision="auto")))
@@ -111,8 +112,8 @@ def test_resolution_enters_the_keys(tmp_path, monkeypatch):
 
 @pytest.mark.sweeps
 def test_the_row_records_what_auto_resolved_to(toy, tmp_path):
-    """A sweep under the default precisions (auto) on a machine whose probe said 5x: it trains and evaluates in
-    bf16, each logged once, and the rows say so."""
+    """A sweep under precision=auto on a machine whose probe said 5x: it trains and evaluates in bf16, each
+    logged once, and the rows say so."""
     conf, cache, sequential = toy
     own_cache = tmp_path / "cache"
     own_cache.mkdir()
@@ -120,7 +121,7 @@ def test_the_row_records_what_auto_resolved_to(toy, tmp_path):
         json.dumps({"any": {"machine": "x", "speedup": 1.0}})  # another machine's entry: not used
     )
     patch = "import ablation.precision as p; p.probe_speedup = lambda: 5.0"
-    auto = ("train.precision=auto", "eval.precision=auto")  # the defaults (the toy's TRAIN pins fp32)
+    auto = ("train.precision=auto", "eval.precision=auto")  # the toy's TRAIN pins fp32
     args = command(conf, tmp_path / "sweep", tmp_path / "store", own_cache, *CELLS, *auto)
     done = run(args, patch)
     assert done.returncode == 0, done.stderr[-3000:]
