@@ -99,15 +99,15 @@ def _claims(args: argparse.Namespace) -> int:
     """Each directory's rows judged apart, their verdicts side by side (one column per directory)."""
     from analysis.claims import evaluate_claims
 
+    letters = [chr(ord("A") + i) for i in range(len(args.dirs))]
     judged = []
-    for i, group in enumerate(args.dirs):
+    for letter, group in zip(letters, args.dirs, strict=True):
+        print(f"{letter} = {group}")
         table = evaluate_claims(load_runs([Path(p) for p in group.split(",")]).table)
         table = table[table["verdict"] != "no data"]
         cell = [f"{e:.2f} [{lo:.2f}, {hi:.2f}] {u}: {v}" for e, lo, hi, u, v in
                 table[["estimate", "lo", "hi", "unit", "verdict"]].itertuples(index=False)]  # fmt: skip
-        judged.append(table[["claim", "panel"]].assign(**{chr(ord("A") + i): cell}))
-    for i, path in enumerate(args.dirs):
-        print(f"{chr(ord('A') + i)} = {path}")
+        judged.append(table[["claim", "panel"]].assign(**{letter: cell}))
     if all(t.empty for t in judged):
         raise ValueError(f"claims: no claim can be judged from the rows of {', '.join(map(str, args.dirs))}")
     merged = judged[0]

@@ -96,13 +96,14 @@ def test_resolution_enters_the_keys(tmp_path, monkeypatch):
     assert eval_key(auto, "data") == eval_key(bf16, "data") != eval_key(fp32, "data")
     assert eval_key(fp32, "data") != eval_key(fp32, "other data")  # the evaluated data is in the key too
     # training: fp32 by default whatever the machine; auto opts in and keys as what it resolves to
-    assert resolve(_cfg(tmp_path)).train.precision == "fp32"
+    default = resolve(_cfg(tmp_path))
+    assert default.train.precision == "fp32"
     trained = resolve(_cfg(tmp_path, train=TrainConfig(precision="auto")))
     assert trained.train.precision == "bf16"
     assert training_key(trained) == training_key(
         _cfg(tmp_path, train=TrainConfig(precision="bf16"), device="cpu")
     )
-    assert training_key(resolve(_cfg(tmp_path))) != training_key(trained)
+    assert training_key(default) != training_key(trained)
     monkeypatch.setattr(precision, "probe_speedup", Probe(1.1))  # another machine: bf16 not clearly faster
     slow = resolve(_cfg(tmp_path / "other", train=TrainConfig(precision="auto")))
     assert slow.train.precision == "fp32" and training_key(slow) != training_key(trained)

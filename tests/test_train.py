@@ -91,10 +91,7 @@ def test_baseline_methods_train_exactly_their_parameters(family, method):
     freeze(model, method, k=1 if method == "top_k" else None)
     before = snapshot(model)
     train(
-        model,
-        random_encoded(family, n=24, seed=4),
-        TrainConfig(lr=1e-2, max_steps=2, batch_size=8, precision="fp32"),
-        seed=0,
+        model, random_encoded(family, n=24, seed=4), TrainConfig(lr=1e-2, max_steps=2, batch_size=8), seed=0
     )
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]) != p.requires_grad, name
@@ -107,12 +104,7 @@ def test_divergence_stops_training_and_is_recorded(family):
     inject_adapters(model, family, AdapterConfig(size=8, init_std=1.0))
     freeze(model, "adapters")
     data = random_encoded(family, n=80, seed=4)
-    metrics = train(
-        model,
-        data,
-        TrainConfig(lr=1e8, max_steps=10, batch_size=8, max_grad_norm=1e30, precision="fp32"),
-        seed=0,
-    )
+    metrics = train(model, data, TrainConfig(lr=1e8, max_steps=10, batch_size=8, max_grad_norm=1e30), seed=0)
     assert metrics["diverged"] is True
     step = metrics["diverged_step"]
     assert 0 < step < 10 and metrics["steps"] == step and metrics["planned_steps"] == 10
@@ -128,10 +120,7 @@ def test_divergence_stops_training_and_is_recorded(family):
 
 def test_a_finite_run_is_not_diverged(family):
     metrics = train(
-        adapter_model(family),
-        random_encoded(family, n=16),
-        TrainConfig(max_steps=2, batch_size=8, precision="fp32"),
-        0,
+        adapter_model(family), random_encoded(family, n=16), TrainConfig(max_steps=2, batch_size=8), 0
     )
     assert metrics["diverged"] is False and metrics["diverged_step"] is None and metrics["steps"] == 2
 
@@ -146,10 +135,7 @@ def test_train_without_max_steps_runs_the_epochs(family):
 def test_save_and_load_trained_round_trip(family, tmp_path):
     model = adapter_model(family, adapter_seed=0)
     train(
-        model,
-        random_encoded(family, n=24, seed=6),
-        TrainConfig(lr=1e-2, max_steps=3, batch_size=8, precision="fp32"),
-        seed=0,
+        model, random_encoded(family, n=24, seed=6), TrainConfig(lr=1e-2, max_steps=3, batch_size=8), seed=0
     )
     batch = padded_batch(family)
     trained = logits(model, batch)
