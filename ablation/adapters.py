@@ -10,19 +10,20 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from ablation.families import LORA_POSITIONS, family
+from ablation.families import family, layer_stack, layers_prefix
 
 if TYPE_CHECKING:
     from ablation.config import AdapterConfig
 
-# Each adapter slot wraps the dropout that follows a sub-layer's output projection (`Family.slots`): every
-# family here computes LayerNorm(dropout(proj(x)) + residual), so the wrapped dropout's output is exactly the
-# paper's position (after projection and dropout, before the residual add and LayerNorm). A parallel adapter
-# reads the sub-layer's input: the input of the first module each sub-layer runs (`Family.inputs`), which a
-# tap hands to the slot. A "normed" adapter (Pfeiffer's, AdapterHub's SeqBnConfig) reads the sub-layer's
-# LayerNorm of s + that input (the residual) and adds its output to s: LN(s + delta(LN(s + r)) + r).
+# Each adapter slot wraps the module whose output is a sub-layer's output before the residual add
+# (`Family.slots`): in an encoder, LayerNorm(dropout(proj(x)) + residual), the dropout after the projection; in
+# a pre-norm decoder, x + proj(...), the projection itself. Either way the wrapped module's output is the
+# paper's position (after the projection, before the residual add). A parallel adapter reads the residual
+# stream entering the sub-layer: the input of `Family.inputs` (an encoder's sub-layer's first module, a
+# decoder's pre-norm), which a tap hands to the slot. A "normed" adapter (Pfeiffer's, AdapterHub's
+# SeqBnConfig) reads the sub-layer's LayerNorm of s + that input (the residual) and adds its output to s:
+# LN(s + delta(LN(s + r)) + r); only post-norm blocks have that norm.
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "swish": nn.SiLU}
 
@@ -200,25 +201,25 @@ class LoraSlot(AdapterLayer):
 
 
 class NormSwitch(nn.Module):
-    """Wraps a layer's trained LayerNorm; with `pretrained` set, normalises with the pretrained weights."""
+    """Wraps a layer's trained norm (LayerNorm or RMSNorm, with or without bias); with `pretrained` set, the
+    same module's forward with its pretrained parameters."""
 
-    def __init__(
-        self, base_layer: nn.LayerNorm, weight: torch.Tensor, bias: torch.Tensor, layer: int, position: str
-    ):
+    def __init__(self, base_layer: nn.Module, pretrained: dict[str, torch.Tensor], layer: int, position: str):
         super().__init__()
         self.base_layer = base_layer
-        self.register_buffer("pretrained_weight", weight.detach().clone(), persistent=False)
-        self.register_buffer("pretrained_bias", bias.detach().clone(), persistent=False)
+        self._names = tuple(pretrained)  # the norm's parameter names: weight (and bias)
+        for name, value in pretrained.items():
+            self.register_buffer(f"pretrained_{name}", value.detach().clone(), persistent=False)
         self.layer = layer
         self.position = position
         self.pretrained = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The trained LayerNorm, or the same normalisation with the pretrained weight and bias."""
+        """The trained norm, or the same normalisation with the pretrained parameters."""
         if not self.pretrained:
             return self.base_layer(x)
-        norm = self.base_layer
-        return F.layer_norm(x, norm.normalized_shape, self.pretrained_weight, self.pretrained_bias, norm.eps)
+        weights = {name: getattr(self, f"pretrained_{name}") for name in self._names}
+        return torch.func.functional_call(self.base_layer, weights, (x,))
 
 
 class InputTap(nn.Module):
@@ -235,11 +236,6 @@ class InputTap(nn.Module):
         return self.base_layer(hidden_states, *args, **kwargs)
 
 
-def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The transformer layers of a *ForSequenceClassification model."""
-    return model.base_model.encoder.layer
-
-
 def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, attr = path.rpartition(".")
     setattr(root.get_submodule(parent_path), attr, module)
@@ -248,15 +244,18 @@ def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
 def inject_adapters(
     model: nn.Module, family_name: str, cfg: AdapterConfig
 ) -> dict[tuple[int, str], AdapterLayer]:
-    """Wrap the post-projection dropout(s) of each layer in cfg.layers (None: every layer) with an adapter;
-    returns the slots by (layer, position)."""
+    """Wrap the sub-layer output(s) of each layer in cfg.layers (None: every layer) with an adapter (the
+    family's slots); returns the slots by (layer, position)."""
     slots_of, inputs_of = family(family_name).slots, family(family_name).inputs
+    refused = family(family_name).refused.get(f"adapter.placement={cfg.placement}")
+    if refused:
+        raise ValueError(f"adapter.placement={cfg.placement} on model.family={family_name}: {refused}")
     if adapter_slots(model):
         raise RuntimeError("adapters are already injected: remove_adapters(model) first")
     d = model.config.hidden_size
     parallel = cfg.placement in ("parallel", "normed")  # both read the sub-layer's input (the residual)
     slots = {}
-    layers = encoder_layers(model)
+    layers = layer_stack(model)
     chosen = range(len(layers)) if cfg.layers is None else cfg.layers
     if not set(chosen) <= set(range(len(layers))):
         raise ValueError(f"adapter.layers={cfg.layers}: the model has {len(layers)} layers")
@@ -266,7 +265,7 @@ def inject_adapters(
         for position in cfg.positions:
             path = slots_of[position]
             norm = (
-                layer.get_submodule(family(family_name).norms[position])
+                layer.get_submodule(family(family_name).norms[position][0])
                 if cfg.placement == "normed"
                 else None
             )
@@ -282,7 +281,7 @@ def inject_adapters(
 def inject_lora(
     model: nn.Module, family_name: str, r: int, alpha: float, targets: Iterable[str], dropout: float
 ) -> dict[tuple[int, str], LoraSlot]:
-    """Add PEFT's LoRA to each layer's `targets` (LORA_POSITIONS names: query, value, ...) and wrap each LoRA
+    """Add PEFT's LoRA to each layer's `targets` (the family's names: query, value, ...; q_proj, ...) and wrap each LoRA
     layer in a LoraSlot; returns the slots by (layer, target). The LoRA weights are PEFT's init (A random,
     B zero: the model starts as the pretrained one)."""
     from peft import LoraConfig, inject_adapter_in_model
@@ -290,15 +289,17 @@ def inject_lora(
     if adapter_slots(model):
         raise RuntimeError("adapters are already injected: remove_adapters(model) first")
     paths = family(family_name).lora_targets
-    layers = encoder_layers(model)
-    prefix = next(n for n, m in model.named_modules() if m is layers)
-    where = {f"{prefix}.{i}.{paths[t]}": (i, t) for i in range(len(layers)) for t in targets}
+    unknown = sorted(set(targets) - set(paths))
+    if unknown:
+        raise ValueError(f"LoRA targets {unknown}: model.family={family_name} has {list(paths)}")
+    layers = layer_stack(model)
+    where = {f"{layers_prefix(model)}{i}.{paths[t][0]}": (i, t) for i in range(len(layers)) for t in targets}
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=sorted(where))
     inject_adapter_in_model(config, model)
     model.train(model.training)  # PEFT's new dropout modules start in training mode whatever the model's
     slots = {}
     for path, (i, target) in where.items():
-        slot = LoraSlot(model.get_submodule(path), i, LORA_POSITIONS[target], target)
+        slot = LoraSlot(model.get_submodule(path), i, paths[target][1], target)
         _replace(model, path, slot)
         slots[(i, target)] = slot
     return slots
@@ -307,7 +308,7 @@ def inject_lora(
 def remove_adapters(model: nn.Module) -> None:
     """Put every wrapped module back in its place: the model as it was before inject_adapters/wrap_norms/
     inject_lora."""
-    for name, module in list(model.named_modules()):
+    for name, module in reversed(list(model.named_modules())):  # the innermost first: wrappers nest
         if isinstance(module, LoraSlot):
             _replace(model, name, module.base_layer.get_base_layer())
         elif isinstance(module, (AdapterLayer, InputTap, NormSwitch)):
@@ -315,21 +316,21 @@ def remove_adapters(model: nn.Module) -> None:
 
 
 def wrap_norms(model: nn.Module, family_name: str, pretrained: dict[str, torch.Tensor]) -> None:
-    """Wrap each layer's LayerNorms in a NormSwitch holding their pretrained weights (`pretrained`: a state
-    dict of the unwrapped model, e.g. the weights as loaded), so that an ablation can restore them."""
+    """Wrap each layer's norms (the family's, per position) in a NormSwitch holding their pretrained
+    parameters (`pretrained`: a state dict of the unwrapped model, e.g. the weights as loaded), so that an
+    ablation can restore them."""
     if any(isinstance(m, NormSwitch) for m in model.modules()):
-        raise RuntimeError("LayerNorms are already wrapped: remove_adapters(model) first")
-    layers = encoder_layers(model)
-    prefix = next(n for n, m in model.named_modules() if m is layers)
-    for i, layer in enumerate(layers):
-        for position, path in family(family_name).norms.items():
-            name = f"{prefix}.{i}.{path}"
-            norm = layer.get_submodule(path)
-            _replace(
-                layer,
-                path,
-                NormSwitch(norm, pretrained[f"{name}.weight"], pretrained[f"{name}.bias"], i, position),
-            )
+        raise RuntimeError("norms are already wrapped: remove_adapters(model) first")
+    prefix = layers_prefix(model)
+    for i, layer in enumerate(layer_stack(model)):
+        for position, paths in family(family_name).norms.items():
+            for path in paths:
+                # a parallel adapter's tap on a decoder's pre-norm stays outside: it reads the norm's input
+                tapped = isinstance(layer.get_submodule(path), InputTap)
+                where = f"{path}.base_layer" if tapped else path
+                norm = layer.get_submodule(where)
+                own = {n: pretrained[f"{prefix}{i}.{path}.{n}"] for n, _ in norm.named_parameters()}
+                _replace(layer, where, NormSwitch(norm, own, i, position))
 
 
 def adapter_slots(model: nn.Module) -> dict[tuple[int, str], AdapterLayer]:
@@ -338,9 +339,9 @@ def adapter_slots(model: nn.Module) -> dict[tuple[int, str], AdapterLayer]:
     return {(m.layer, m.name): m for m in model.modules() if isinstance(m, AdapterLayer)}
 
 
-def norm_switches(model: nn.Module) -> dict[tuple[int, str], NormSwitch]:
-    """Every wrapped LayerNorm by (layer, position)."""
-    return {(m.layer, m.position): m for m in model.modules() if isinstance(m, NormSwitch)}
+def norm_switches(model: nn.Module) -> list[NormSwitch]:
+    """Every wrapped norm (each knows its layer and position)."""
+    return [m for m in model.modules() if isinstance(m, NormSwitch)]
 
 
 def set_ablation(
@@ -366,5 +367,5 @@ def set_ablation(
     switches = norm_switches(model)
     if norms == "pretrained" and off and not switches:
         raise RuntimeError("norms='pretrained' needs the LayerNorms wrapped first (wrap_norms)")
-    for (layer, position), norm in switches.items():
-        norm.pretrained = norms == "pretrained" and ablated(layer, position)
+    for norm in switches:
+        norm.pretrained = norms == "pretrained" and ablated(norm.layer, norm.position)

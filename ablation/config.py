@@ -20,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.errors import CompactHydraException
 from omegaconf import MISSING
 
-from ablation.families import FAMILIES, LORA_POSITIONS
+from ablation.families import FAMILIES, LORA_TARGETS
 
 # The keys a field can enter (see ablation.keys):
 TRAIN = "train"  # the training key: the store folder of the trained parameters
@@ -228,8 +228,9 @@ class MethodConfig:
     k: int | None = param(None, keys=(TRAIN,), column="k")  # top_k: train layers L-k..L-1
     r: int | None = param(None, keys=(TRAIN,), column="lora_r", when_set=True)  # lora: the rank
     alpha: float | None = param(None, keys=(TRAIN,), column="lora_alpha", when_set=True)  # scaling alpha / r
-    # lora: the projections it adapts in every layer (LORA_POSITIONS: query, key, value, attention_output,
-    # intermediate, output)
+    # lora: the projections it adapts in every layer, by the family's names (encoders: query, key, value,
+    # attention_output, intermediate, output; decoders: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
+    # down_proj); None: PEFT's default for the family (query, value; q_proj, v_proj)
     target: list[str] | None = param(None, keys=(TRAIN,), column="lora_target", when_set=True)
     dropout: float | None = param(None, keys=(TRAIN,), when_set=True)  # lora: on LoRA's input
     # lora: a PEFT LoRA folder to analyse instead of training (its r, alpha, target and dropout replace the
@@ -280,12 +281,15 @@ class MethodConfig:
         )
         _check(isinstance(self.alpha, (int, float)) and self.alpha > 0, "method.alpha", self.alpha, "> 0")
         _check(
-            isinstance(self.target, list)
-            and len(self.target) > 0
-            and set(self.target) <= set(LORA_POSITIONS),
+            self.target is None
+            or (
+                isinstance(self.target, list)
+                and len(self.target) > 0
+                and set(self.target) <= set(LORA_TARGETS)
+            ),
             "method.target",
             self.target,
-            f"a non-empty list from {tuple(LORA_POSITIONS)}",
+            f"None (PEFT's default) or a non-empty list from {LORA_TARGETS}",
         )
         _check(
             isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
@@ -581,8 +585,25 @@ class RunConfig:
             f"(use method=adapters or method=lora)",
         )
         self.ablate.check_layers(L)
+        model = FAMILIES[self.model.family]
+        if self.method.name == "lora" and self.method.target is not None:
+            _check(
+                set(self.method.target) <= set(model.lora_targets),
+                "method.target",
+                self.method.target,
+                f"LoRA targets of model.family={self.model.family}: a non-empty list from {tuple(model.lora_targets)}",
+            )
+        if self.trains_adapters:
+            refused = model.refused.get(f"adapter.placement={self.adapter.placement}")
+            _check(
+                refused is None,
+                "adapter.placement",
+                self.adapter.placement,
+                f"not on model.family={self.model.family}: {refused}",
+            )
         if self.method.name == "lora":  # a position is a sub-layer: the one each LoRA target sits in
-            have = sorted({LORA_POSITIONS[t] for t in self.method.target})
+            targets = self.method.target or model.lora_default
+            have = sorted({model.lora_positions[t] for t in targets})
         else:
             have = self.adapter.positions
         _check(
@@ -598,12 +619,16 @@ class RunConfig:
             f"{recipe_head(self)!r} for method={self.method.name}: its recipe decides the head (a choice for "
             f"method={'|'.join(HEAD_METHODS)})",
         )
+        why = (
+            "a decoder's head is `score` on the last non-pad token, with no pooler"
+            if model.decoder
+            else "no pooler: its head's dense layer trains with the classifier already"
+        )
         _check(
-            self.method.head != "pooler" or FAMILIES[self.model.family].pooler,
+            self.method.head != "pooler" or model.pooler,
             "method.head",
             self.method.head,
-            f"'classifier' for model.family={self.model.family} (no pooler: its head's dense layer trains "
-            "with the classifier already)",
+            f"'classifier' for model.family={self.model.family} ({why})",
         )
         if not self.trains_adapters or self.adapter.layers is None:
             return
@@ -693,8 +718,10 @@ def derive(cfg: RunConfig) -> RunConfig:
     if method.load is not None:
         spec = peft_lora_spec(method.load, cfg.model.family, cfg.model.num_layers)
         method = replace(method, r=spec.r, alpha=spec.alpha, target=spec.targets, dropout=spec.dropout)
-    if method.target is not None:  # one order: one key
-        method = replace(method, target=[t for t in LORA_POSITIONS if t in method.target])
+    if method.name == "lora":  # PEFT's default spelled out, in one order: one key
+        targets = FAMILIES[cfg.model.family].lora_targets
+        wanted = method.target or FAMILIES[cfg.model.family].lora_default
+        method = replace(method, target=[t for t in targets if t in wanted])
     if cfg.trains_adapters and adapter.load is not None:
         hub = adapterhub_spec(adapter.load, cfg.model.family, cfg.task.num_labels, cfg.model.num_layers)
         adapter = replace(adapter, **{name: getattr(hub, name) for name in IMPORT_DECIDED})

@@ -183,12 +183,14 @@ def examples_table(dataset: Dataset, cfg: TaskConfig) -> pd.DataFrame:
 
 @dataclass
 class Encoded:
-    """A tokenized split: one token-id list per example, labels, and lengths for bucketing."""
+    """A tokenized split: one token-id list per example, labels, the pad token and the side padding goes on
+    (the tokenizer's), and lengths for bucketing."""
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
     labels: np.ndarray
     pad_id: int
+    padding_side: str = "right"
 
     @property
     def lengths(self) -> np.ndarray:
@@ -198,6 +200,8 @@ class Encoded:
     def fingerprint(self) -> str:
         """Hash of token ids and labels: identifies the evaluated data exactly."""
         digest = hashlib.sha256(np.asarray(self.labels, dtype=np.int64).tobytes())
+        if self.padding_side != "right":  # a decoder's positions, so its rounding, depend on it
+            digest.update(self.padding_side.encode())
         for ids in self.input_ids:
             digest.update(np.asarray(ids, dtype=np.int32).tobytes())
         return digest.hexdigest()[:16]
@@ -212,6 +216,7 @@ def encode(dataset: Dataset, tokenizer, text_fields: list[str], max_length: int)
         token_type_ids=enc.get("token_type_ids"),
         labels=np.asarray(list(dataset["label"]), dtype=np.int64),
         pad_id=tokenizer.pad_token_id,
+        padding_side=tokenizer.padding_side,
     )
 
 
@@ -234,17 +239,18 @@ def train_batches(data: Encoded, batch_size: int, rng: np.random.Generator) -> l
 
 
 def collate(data: Encoded, index: np.ndarray) -> dict[str, torch.Tensor]:
-    """Pad the selected examples to the longest of them."""
+    """Pad the selected examples to the longest of them, on the split's padding side."""
     width = max(len(data.input_ids[i]) for i in index)
     ids = torch.full((len(index), width), data.pad_id, dtype=torch.long)
     mask = torch.zeros((len(index), width), dtype=torch.long)
     types = torch.zeros((len(index), width), dtype=torch.long) if data.token_type_ids is not None else None
     for row, i in enumerate(index):
         n = len(data.input_ids[i])
-        ids[row, :n] = torch.as_tensor(data.input_ids[i])
-        mask[row, :n] = 1
+        at = slice(width - n, width) if data.padding_side == "left" else slice(0, n)
+        ids[row, at] = torch.as_tensor(data.input_ids[i])
+        mask[row, at] = 1
         if types is not None:
-            types[row, :n] = torch.as_tensor(data.token_type_ids[i])
+            types[row, at] = torch.as_tensor(data.token_type_ids[i])
     batch = {"input_ids": ids, "attention_mask": mask}
     if types is not None:
         batch["token_type_ids"] = types

@@ -5,7 +5,8 @@ starts from the state entering layer `first`, runs layers first..last with their
 ablated, then the remaining layers intact. When cells with the same `first` come in increasing
 `last`, the ablated chain is extended by one layer instead of recomputed, so all L(L+1)/2 cells
 of an L-layer model cost sum_{n=1..L} n(n+1)/2 layer passes (364 for L=12) instead of L per cell.
-In a cell, the last layer runs its feed-forward at the first token only, the one the head reads.
+In a cell, the last layer runs its feed-forward only at the token the head reads (the first; a decoder's
+last non-pad token).
 
 Every ablation kind (`Ablation`) is this scheme with other layer settings: `zero`, `mean` and `scale`
 change the adapters of first..last and start from the intact states; `keep` is the complement (only
@@ -171,7 +172,7 @@ class Evaluator:
     def _layer(self, i: int, h: torch.Tensor, b: int, full: bool = False) -> torch.Tensor:
         """Layer i on batch b's states; the last layer only as far as the head needs unless `full`."""
         last = i == self.stages.num_layers - 1
-        return self.stages.layer(i, h, self._ctx[b], first_token_only=last and not full)
+        return self.stages.layer(i, h, self._ctx[b], pooled_only=last and not full)
 
     def _unsort(self, preds: Sequence[torch.Tensor], batches: Sequence[int]) -> np.ndarray:
         """Predictions of these batches, in dataset order (one copy to the host)."""
@@ -198,7 +199,7 @@ class Evaluator:
             for b, h in zip(self._active, states, strict=True):
                 for i in range(k, self.stages.num_layers):
                     h = self._layer(i, h, b)
-                preds.append(self.stages.head(h).argmax(-1))
+                preds.append(self.stages.head(h, self._ctx[b]).argmax(-1))
         self.layer_passes += (self.stages.num_layers - k) * len(self._active) / len(self.batches)
         return preds
 
@@ -225,7 +226,7 @@ class Evaluator:
                 for i in range(L):
                     h = self._layer(i, h, b, full=record)  # every token's contribution, for the statistics
                     boundary[i + 1].append(h)
-                preds.append(self.stages.head(h).argmax(-1))
+                preds.append(self.stages.head(h, self._ctx[b]).argmax(-1))
         self._record(None)
         self._set((), INTACT)
         self.layer_passes += L * len(batches) / len(self.batches)

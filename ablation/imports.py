@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ablation.config import ConfigError
-from ablation.families import LORA_POSITIONS, family
+from ablation.families import FAMILIES, family
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
-HEAD = "classifier."
 # adapter_config.json keys the suite reads, or that do not change the forward of a trained LoRA layer
 _READ = {
     "peft_type",
@@ -45,7 +44,7 @@ class LoraSpec:
     r: int
     alpha: float
     dropout: float
-    targets: list[str]  # LORA_POSITIONS names, in their order
+    targets: list[str]  # the family's LoRA target names, in its order
     files: list[Path]  # what the training key hashes
 
 
@@ -98,13 +97,13 @@ def _where(family_name: str, prefix: str) -> dict[str, tuple[int, str]]:
     """PEFT's module path pattern -> (layer, target): regex over 'prefix.<i>.<path>'."""
     return {
         rf"{re.escape(prefix)}\.(\d+)\.{re.escape(path)}": target
-        for target, path in family(family_name).lora_targets.items()
+        for target, (path, _) in family(family_name).lora_targets.items()
     }
 
 
 def peft_lora_spec(folder: str | Path, family_name: str, num_layers: int) -> LoraSpec:
     """Read and check a PEFT LoRA folder for a model of `family_name` with `num_layers` layers (named, as in
-    every family here, <family>.encoder.layer.<i>); ConfigError naming what does not fit."""
+    <base>.<layers>.<i>, e.g. bert.encoder.layer.3 or model.layers.3); ConfigError naming what does not fit."""
     root = Path(folder).expanduser()
     where = f"method.load={str(folder)!r}"
     if not root.is_dir():
@@ -130,12 +129,13 @@ def peft_lora_spec(folder: str | Path, family_name: str, num_layers: int) -> Lor
         raise ConfigError(
             f"{where} is not allowed: no {PEFT_WEIGHTS} (the .bin format is not read: it unpickles)"
         )
-    patterns = _where(family_name, f"{family_name}.encoder.layer")
+    fam = family(family_name)
+    patterns = _where(family_name, f"{fam.base}.{fam.layers}")
     found: dict[int, dict[str, int]] = {}
     head = False
     for name, info in safetensors_header(weights).items():
         key = name.removeprefix(PEFT_PREFIX)
-        if key.startswith(HEAD):
+        if key.startswith(f"{fam.head}."):
             head = True
             continue
         module, dot, kind = key.rpartition(".lora_")
@@ -170,7 +170,7 @@ def peft_lora_spec(folder: str | Path, family_name: str, num_layers: int) -> Lor
         r=r,
         alpha=float(config.get("lora_alpha", 8)),
         dropout=float(config.get("lora_dropout", 0.0)),
-        targets=[t for t in LORA_POSITIONS if t in present],
+        targets=[t for t in fam.lora_targets if t in present],
         files=[config_file, weights],
     )
 
@@ -181,10 +181,11 @@ def load_peft_lora(model: Any, folder: str | Path) -> None:
     from safetensors.torch import load_file
 
     state = load_file(str(Path(folder).expanduser() / PEFT_WEIGHTS))
+    head = f"{family(model.config.model_type).head}."
     places = {}
     for name, tensor in state.items():
         key = name.removeprefix(PEFT_PREFIX)
-        if not key.startswith(HEAD):
+        if not key.startswith(head):
             module, _, kind = key.rpartition(".lora_")
             key = f"{module}.base_layer.lora_{kind.replace('.weight', '')}.default.weight"
         places[name] = (key, tensor)
@@ -224,9 +225,6 @@ _AH_REQUIRED = {"original_ln_after": True, "residual_before_ln": True,
                 "phm_layer": False, "inv_adapter": None, "cross_adapter": False,
                 "stochastic_depth": 0.0}  # fmt: skip
 _AH_WHY = {"residual_before_ln": "the adapter's residual taken after the LayerNorm"}
-# the head's two linear layers (dropout, dense, tanh, dropout, out) -> the family's modules
-_AH_HEADS = {"bert": ("bert.pooler.dense", "classifier"), "roberta": ("classifier.dense", "classifier.out_proj"),
-             "mpnet": ("classifier.dense", "classifier.out_proj")}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -266,6 +264,11 @@ def adapterhub_spec(folder: str | Path, family_name: str, num_labels: int, num_l
         raise ConfigError(f"{where} is not allowed: a PEFT folder (use method=lora method.load=...)")
     if config.get("architecture", "bottleneck") != "bottleneck" or "reduction_factor" not in config:
         raise ConfigError(f"{where}: not a bottleneck adapter ({config.get('architecture')!r})")
+    if family(family_name).adapterhub_head is None:
+        readable = sorted(n for n, f in FAMILIES.items() if f.adapterhub_head is not None)
+        raise ConfigError(
+            f"{where}: AdapterHub folders are read for model.family in {readable}, not {family_name}"
+        )
     if saved.get("model_type") != family_name:
         raise ConfigError(
             f"{where}: trained on a {saved.get('model_type')!r} model, this is a {family_name!r} one"
@@ -343,7 +346,7 @@ def load_adapterhub(
         _, _, part = rest.partition(".")  # drop the adapter's name
         part = part.replace("adapter_down.0.", "down.").replace("adapter_up.", "up.")
         places[name] = (f"{module}.dropout.adapter.{part}", tensor)
-    dense, out = _AH_HEADS[family_name]
+    dense, out = family(family_name).adapterhub_head  # the head's (dropout, dense, tanh, dropout, out)
     head_modules = {"1": dense, "4": out}  # heads.<name>.<index in the head's Sequential>.<weight|bias>
     for name, tensor in _read_weights(spec.head).items():
         layer, kind = name.split(".")[-2:]

@@ -6,17 +6,18 @@ Knows nothing of Hydra: `prepare` reads the method's and the adapter's settings 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ablation.adapters import Adapter, LoraSlot, adapter_slots, encoder_layers, inject_adapters, inject_lora
+from ablation.adapters import Adapter, LoraSlot, adapter_slots, inject_adapters, inject_lora
+from ablation.families import family_of, is_head, is_norm, layer_stack, layers_prefix
 
 if TYPE_CHECKING:
     from ablation.config import AdapterConfig, MethodConfig
 
-HEAD_PREFIX = "classifier."
 KINDS = ("adapters", "lora", "layernorm", "head", "layers", "embeddings")
 
 
@@ -27,18 +28,21 @@ def _pooler_prefix(model: nn.Module) -> str | None:
     return f"{model.base_model_prefix}.pooler."
 
 
-def _layers_prefix(model: nn.Module) -> str:
-    """Name prefix of the encoder layers' parameters, e.g. 'bert.encoder.layer.'."""
-    layers = encoder_layers(model)
-    return next(n for n, m in model.named_modules() if m is layers) + "."
-
-
-def _module_params(model: nn.Module, kinds: tuple[type, ...]) -> set[str]:
+def _module_params(model: nn.Module, which: Callable[[nn.Module], bool]) -> set[str]:
     names = set()
     for prefix, module in model.named_modules():
-        if isinstance(module, kinds):
+        if which(module):
             names.update(f"{prefix}.{n}" for n, _ in module.named_parameters())
     return names
+
+
+def _is_adapter(module: nn.Module) -> bool:
+    return isinstance(module, Adapter)
+
+
+def _norm_params(model: nn.Module) -> set[str]:
+    """The model's own norms (LayerNorm, RMSNorm), not an adapter's."""
+    return _module_params(model, is_norm) - _module_params(model, _is_adapter)
 
 
 def trained_names(
@@ -50,15 +54,17 @@ def trained_names(
 ) -> set[str]:
     """Names of the parameters `method` trains.
 
-    adapters: the adapters, the LayerNorms `layernorms` names (None: every one, the embeddings' too) and the
-    classifier; layernorm: every LayerNorm and the classifier; top_k: layers L-k..L-1 and everything above
-    them (BERT's pooler, the classifier); full: everything; head: the classifier alone (the frozen encoder's
+    The classifier is the head outside the base model (`classifier`, a decoder's `score`); LayerNorms are the
+    model's norms (a decoder's RMSNorms). adapters: the adapters, the LayerNorms `layernorms` names (None: every
+    one, the embeddings' or a decoder's final norm too) and the classifier; layernorm: every LayerNorm and the
+    classifier; top_k: layers L-k..L-1 and everything above
+    them (BERT's pooler, a decoder's final norm, the classifier); full: everything; head: the classifier alone (the frozen encoder's
     features); lora: the LoRA weights, the LayerNorms `layernorms` names (None: none) and the classifier.
     layernorms="adapted": the LayerNorms of the layers that have adapters (or LoRA). head="pooler": BERT's
     pooler trains with the classifier (None: frozen, as in the official code).
     """
     names = [n for n, _ in model.named_parameters()]
-    trained = {n for n in names if n.startswith(HEAD_PREFIX)}
+    trained = {n for n in names if is_head(model, n)}
     pooler = _pooler_prefix(model)
     if head == "pooler":
         if pooler is None:
@@ -69,25 +75,27 @@ def trained_names(
     if method == "head":
         return trained
     if method == "layernorm":
-        return trained | _module_params(model, (nn.LayerNorm,))
+        return trained | _norm_params(model)
     if method in ("adapters", "lora"):
-        own = _module_params(model, (Adapter,)) if method == "adapters" else _lora_params(model)
+        own = _module_params(model, _is_adapter) if method == "adapters" else _lora_params(model)
         which = layernorms or ("train" if method == "adapters" else "freeze")
         return trained | own | _layernorms(model, which)
     if method == "top_k":
-        L = len(encoder_layers(model))
+        L = len(layer_stack(model))
         if k is None or not 1 <= k <= L:
             raise ValueError(f"method.k={k!r}: the model has L={L} layers, use 1..{L}")
-        above = tuple(f"{_layers_prefix(model)}{i}." for i in range(L - k, L))
+        above = tuple(f"{layers_prefix(model)}{i}." for i in range(L - k, L))
         if pooler is not None:
             above += (pooler,)
+        if family_of(model).final_norm is not None:  # a decoder's norm after its last layer
+            above += (f"{model.base_model_prefix}.{family_of(model).final_norm}.",)
         return trained | {n for n in names if n.startswith(above)}
     raise ValueError(f"method={method!r}: one of adapters, top_k, layernorm, full, head, lora")
 
 
 def _layernorms(model: nn.Module, which: str) -> set[str]:
     """The LayerNorm parameters of `which`: train (all), adapted (the layers with adapters or LoRA), freeze."""
-    norms = _module_params(model, (nn.LayerNorm,)) - _module_params(model, (Adapter,))
+    norms = _norm_params(model)
     if which == "train":
         return norms
     if which == "freeze":
@@ -95,7 +103,7 @@ def _layernorms(model: nn.Module, which: str) -> set[str]:
     if which != "adapted":
         raise ValueError(f"layernorms={which!r}: one of train, adapted, freeze")
     layers = sorted({layer for layer, _ in adapter_slots(model)})
-    prefixes = tuple(f"{_layers_prefix(model)}{i}." for i in layers)
+    prefixes = tuple(f"{layers_prefix(model)}{i}." for i in layers)
     return {n for n in norms if n.startswith(prefixes)}
 
 
@@ -138,9 +146,9 @@ def prepare(
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """Total and trainable parameter counts, the trainable ones split by kind (KINDS)."""
-    layer_prefix = _layers_prefix(model)
+    layer_prefix = layers_prefix(model)
     pooler = _pooler_prefix(model)
-    adapters, norms = _module_params(model, (Adapter,)), _module_params(model, (nn.LayerNorm,))
+    adapters, norms = _module_params(model, _is_adapter), _norm_params(model)
     lora = _lora_params(model)
     counts = {"total": 0, "trainable": 0, **dict.fromkeys(KINDS, 0)}
     for name, p in model.named_parameters():
@@ -154,7 +162,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
             kind = "lora"
         elif name in norms:
             kind = "layernorm"
-        elif name.startswith(HEAD_PREFIX) or (pooler is not None and name.startswith(pooler)):
+        elif is_head(model, name) or (pooler is not None and name.startswith(pooler)):
             kind = "head"
         elif name.startswith(layer_prefix):
             kind = "layers"

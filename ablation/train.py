@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ablation.atomic import clean, lock, replacing
 from ablation.config import CacheError, TrainConfig
 from ablation.data import Encoded, collate, compute_metrics, to_device, train_batches
+from ablation.families import is_norm
 from ablation.methods import trained_state
 from ablation.precision import autocast
 
@@ -45,13 +46,13 @@ def set_seed(seed: int) -> None:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
-    """AdamW with decay off for LayerNorm and biases; linear warm-up then linear decay."""
+    """AdamW with decay off for norms (LayerNorm, RMSNorm) and biases; linear warm-up then linear decay."""
     decay, no_decay = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
-            skip = isinstance(module, nn.LayerNorm) or name == "bias"
+            skip = is_norm(module) or name == "bias"
             (no_decay if skip else decay).append(p)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],

@@ -8,20 +8,33 @@ import torch
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForSequenceClassification,
+    MistralConfig,
+    MistralForSequenceClassification,
     MPNetConfig,
     MPNetForSequenceClassification,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForSequenceClassification,
+    Qwen3Config,
+    Qwen3ForSequenceClassification,
     RobertaConfig,
     RobertaForSequenceClassification,
 )
 
 from ablation.data import Encoded
+from ablation.families import FAMILIES as FAMILY_ENTRIES
+from ablation.families import is_head
 
 # Tiny models run far faster on one thread; with two, OpenMP threads contending with other
 # processes on a 2-core machine made each forward ~50x slower.
 torch.set_num_threads(1)
 
-FAMILIES = ("bert", "mpnet", "roberta")
+# The `family` fixture's families: the three encoders and Llama, the decoder family every other decoder here
+# shares its block with. DECODERS are checked cell by cell against from-scratch forwards (test_decoders.py).
+FAMILIES = ("bert", "mpnet", "roberta", "llama")
+DECODERS = ("llama", "qwen2", "qwen3", "mistral")
 VOCAB_SIZE = 100
 HIDDEN = 32
 NUM_LABELS = 3
@@ -30,12 +43,26 @@ _CLASSES = {
     "bert": (BertConfig, BertForSequenceClassification),
     "mpnet": (MPNetConfig, MPNetForSequenceClassification),
     "roberta": (RobertaConfig, RobertaForSequenceClassification),
+    "llama": (LlamaConfig, LlamaForSequenceClassification),
+    "qwen2": (Qwen2Config, Qwen2ForSequenceClassification),
+    "qwen3": (Qwen3Config, Qwen3ForSequenceClassification),
+    "mistral": (MistralConfig, MistralForSequenceClassification),
+}
+# Decoders: grouped-query attention (4 heads, 2 key-value heads), the pad token id 1, and sliding windows of 6
+# tokens where the family has them (Mistral's every layer, Qwen2's layers above the first), shorter than the
+# longest examples, so the sliding masks are exercised.
+DECODER_OPTIONS = {
+    "llama": {},
+    "qwen2": {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1},
+    "qwen3": {"head_dim": 8},
+    "mistral": {"sliding_window": 6, "head_dim": 8},
 }
 
 
 def tiny_model(family: str, num_layers: int = 3, seed: int = 0) -> torch.nn.Module:
     """A randomly initialised sequence classifier of the family, in eval mode (no download)."""
     config_cls, model_cls = _CLASSES[family]
+    decoder = {"num_key_value_heads": 2, "pad_token_id": pad_id(family), **DECODER_OPTIONS.get(family, {})}
     config = config_cls(
         vocab_size=VOCAB_SIZE,
         hidden_size=HIDDEN,
@@ -43,17 +70,34 @@ def tiny_model(family: str, num_layers: int = 3, seed: int = 0) -> torch.nn.Modu
         num_attention_heads=4,
         intermediate_size=64,
         num_labels=NUM_LABELS,
+        **(decoder if family in DECODERS else {}),
     )
     torch.manual_seed(seed)
     return model_cls(config).eval()
 
 
+# The decoder families' name of each encoder LoRA target (PEFT's names for Llama-like blocks)
+_DECODER_LORA = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "attention_output": "o_proj",
+                 "intermediate": "up_proj", "output": "down_proj"}  # fmt: skip
+
+
+def lora_names(family: str, targets: list[str]) -> list[str]:
+    """Encoder LoRA target names as the family names the same projections."""
+    return [_DECODER_LORA[t] for t in targets] if family in DECODERS else list(targets)
+
+
+def skip_refused(family: str, placement: str) -> None:
+    """Skip a placement the family refuses (normed on a pre-norm decoder; test_decoders checks the refusal)."""
+    if f"adapter.placement={placement}" in FAMILY_ENTRIES[family].refused:
+        pytest.skip(f"adapter.placement={placement} is refused on {family}")
+
+
 def perturb_layernorms_and_head(model: torch.nn.Module, seed: int = 1) -> None:
-    """Give every LayerNorm and the head non-default values (as if trained)."""
+    """Give every norm (LayerNorm, RMSNorm) and the head non-default values (as if trained)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "LayerNorm" in name or name.startswith("classifier."):
+            if "LayerNorm" in name or "layernorm" in name or "norm." in name or is_head(model, name):
                 p.add_(0.3 * torch.randn(p.shape, generator=gen))
 
 
@@ -63,9 +107,15 @@ def pad_id(family: str) -> int:
 
 
 def random_encoded(
-    family: str, n: int = 40, seed: int = 0, min_len: int = 3, max_len: int = 20, num_labels: int = NUM_LABELS
+    family: str,
+    n: int = 40,
+    seed: int = 0,
+    min_len: int = 3,
+    max_len: int = 20,
+    num_labels: int = NUM_LABELS,
+    padding_side: str = "right",
 ) -> Encoded:
-    """n random examples of varying length; BERT gets sentence-pair token types, MPNet none."""
+    """n random examples of varying length; BERT gets sentence-pair token types, the others none."""
     rng = np.random.default_rng(seed)
     special = pad_id(family)
     input_ids, token_type_ids = [], []
@@ -81,17 +131,21 @@ def random_encoded(
         token_type_ids=token_type_ids if family == "bert" else None,
         labels=rng.integers(0, num_labels, size=n).astype(np.int64),
         pad_id=special,
+        padding_side=padding_side,
     )
 
 
-def padded_batch(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
+def padded_batch(family: str, seed: int = 0, padding_side: str = "right") -> dict[str, torch.Tensor]:
     """A batch of 4 with different amounts of padding (no labels)."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, VOCAB_SIZE, (4, 12), generator=gen)
     ids[ids == pad_id(family)] = 7
     mask = torch.ones_like(ids)
     for row, n in enumerate((12, 9, 5, 2)):
-        mask[row, n:] = 0
+        if padding_side == "left":
+            mask[row, : 12 - n] = 0
+        else:
+            mask[row, n:] = 0
     ids[mask == 0] = pad_id(family)
     batch = {"input_ids": ids, "attention_mask": mask}
     if family == "bert":

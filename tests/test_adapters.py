@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import padded_batch, perturb_layernorms_and_head, tiny_model
+from conftest import padded_batch, perturb_layernorms_and_head, skip_refused, tiny_model
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -18,17 +18,18 @@ from ablation.adapters import (
     AdapterLayer,
     InputTap,
     adapter_slots,
-    encoder_layers,
     inject_adapters,
     remove_adapters,
     set_ablation,
 )
 from ablation.config import AdapterConfig, ModelConfig
 from ablation.dropout import FastDropout
-from ablation.families import FAMILIES
+from ablation.families import FAMILIES, layer_stack
 from ablation.methods import count_parameters, freeze
 from ablation.models import Stages, load_model
 
+# Tests of the encoders' module paths and sub-layer calls; the decoders' are in test_decoders.py.
+encoders = pytest.mark.parametrize("family", [f for f in FAMILIES if not FAMILIES[f].decoder])
 L = 3
 SIZE = 8
 
@@ -77,6 +78,7 @@ def test_zero_up_projection_is_identity(family, variant):
     assert torch.equal(logits(model, batch), before)
 
 
+@encoders
 @pytest.mark.parametrize("position", ["attention", "output"])
 def test_parallel_adapter_reads_the_sub_layer_input(family, position):
     """Serial: fed the sub-layer's output; parallel: fed its input (the layer's input for attention,
@@ -95,7 +97,7 @@ def test_parallel_adapter_reads_the_sub_layer_input(family, position):
     with torch.no_grad():
         h, ctx = stages.embed(batch)
         h = stages.layer(0, h, ctx)
-        layer = encoder_layers(model)[1]
+        layer = layer_stack(model)[1]
         if family == "mpnet":
             attention_out = layer.attention(h, ctx["mask"], position_bias=ctx["position_bias"])[0]
         else:
@@ -110,6 +112,7 @@ def test_parallel_adapter_reads_the_sub_layer_input(family, position):
         assert torch.allclose(out, want, atol=1e-6)
 
 
+@encoders
 def test_a_normed_adapter_reads_the_layernorm_of_the_residual_sum(family):
     """Pfeiffer's adapter (AdapterHub's SeqBnConfig): LN(s + delta(LN(s + x)) + x), x the sub-layer's input."""
     model = tiny_model(family, num_layers=L)
@@ -120,7 +123,7 @@ def test_a_normed_adapter_reads_the_layernorm_of_the_residual_sum(family):
     stages = Stages(model, family)
     with torch.no_grad():
         h, ctx = stages.embed(batch)
-        layer = encoder_layers(model)[0]
+        layer = layer_stack(model)[0]
         a = stages.family.attention(layer, h, ctx)
         out = stages.layer(0, h, ctx)
         s = layer.output.dropout.base_layer(layer.output.dense(layer.intermediate(a)))
@@ -133,7 +136,7 @@ def test_parallel_taps_sit_at_the_sub_layer_inputs(family):
     model = tiny_model(family, num_layers=L)
     slots = inject_adapters(model, family, AdapterConfig(size=SIZE, placement="parallel"))
     for (i, position), slot in slots.items():
-        tap = encoder_layers(model)[i].get_submodule(FAMILIES[family].inputs[position])
+        tap = layer_stack(model)[i].get_submodule(FAMILIES[family].inputs[position])
         assert isinstance(tap, InputTap) and tap._slot[0] is slot and slot.parallel
     assert sum(isinstance(m, InputTap) for m in model.modules()) == 2 * L
     # the slot is registered once: its adapter's parameters are not duplicated under the tap
@@ -206,6 +209,7 @@ def test_adapter_formulas():
     assert torch.allclose(bn.delta(x), bn.up(nn.functional.gelu(bn.down(normed.reshape(x.shape)))), atol=1e-5)
 
 
+@encoders
 def test_two_adapters_per_layer_at_documented_paths(family):
     assert FAMILIES["bert"].slots == {"attention": "attention.output.dropout", "output": "output.dropout"}
     assert FAMILIES["mpnet"].slots == {"attention": "attention.dropout", "output": "output.dropout"}
@@ -213,7 +217,7 @@ def test_two_adapters_per_layer_at_documented_paths(family):
     paths = FAMILIES[family].slots
     originals = {
         (i, pos): layer.get_submodule(path)
-        for i, layer in enumerate(encoder_layers(model))
+        for i, layer in enumerate(layer_stack(model))
         for pos, path in paths.items()
     }
     assert all(type(m) is nn.Dropout for m in originals.values())
@@ -254,6 +258,7 @@ def test_init_is_truncated_normal_with_zero_biases():
 @pytest.mark.parametrize("placement", ["serial", "parallel", "normed"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_stages_forward_equals_model_forward(family, precision, placement):
+    skip_refused(family, placement)
     model = tiny_model(family, num_layers=L)
     perturb_layernorms_and_head(model)
     inject_adapters(model, family, AdapterConfig(size=SIZE, init_std=0.1, placement=placement))
@@ -279,7 +284,7 @@ def test_real_model_with_adapters_stage_forward(name):
     cache = os.environ.get("ABLATION_CACHE", str(Path.home() / ".cache" / "ablation"))
     model, tokenizer, _ = load_model(cfg, num_labels=2, cache=cache)
     model.eval()
-    assert len(encoder_layers(model)) == cfg.num_layers
+    assert len(layer_stack(model)) == cfg.num_layers
     slots = inject_adapters(model, cfg.family, AdapterConfig(size=64, init_std=1e-2))
     assert len(slots) == 2 * cfg.num_layers
     assert all(type(slot.base_layer) is FastDropout for slot in slots.values())  # installed at load
@@ -293,23 +298,31 @@ def test_real_model_with_adapters_stage_forward(name):
         assert torch.equal(Stages(model, cfg.family).forward(batch), model(**batch).logits)
 
 
+@pytest.mark.parametrize("padding_side", ["right", "left"])
 @pytest.mark.parametrize("placement", ["serial", "parallel", "normed"])
-def test_first_token_only_last_layer_matches_the_full_layer(family, placement):
-    """The evaluator's last layer: feed-forward at position 0 only, the position every head reads."""
+def test_pooled_only_last_layer_matches_the_full_layer(family, placement, padding_side):
+    """The evaluator's last layer: feed-forward only at the position the head reads (an encoder's first
+    token, a decoder's last non-pad token, which moves with the padding side)."""
+    skip_refused(family, placement)
+    if padding_side == "left" and not FAMILIES[family].decoder:
+        pytest.skip("encoders here are padded on the right (absolute positions)")
     model = tiny_model(family, num_layers=L)
     perturb_layernorms_and_head(model)
     inject_adapters(model, family, AdapterConfig(size=SIZE, init_std=0.1, placement=placement))
-    batch = padded_batch(family)
+    batch = padded_batch(family, padding_side=padding_side)
     stages = Stages(model, family)
     with torch.no_grad():
         h, ctx = stages.embed(batch)
         for i in range(L - 1):
             h = stages.layer(i, h, ctx)
         full = stages.layer(L - 1, h, ctx)
-        first = stages.layer(L - 1, h, ctx, first_token_only=True)
-        assert first.shape == (4, 1, model.config.hidden_size)
-        assert torch.allclose(first, full[:, :1], atol=1e-6, rtol=1e-5)
-        assert torch.allclose(stages.head(first), model(**batch).logits, atol=1e-6, rtol=1e-5)
+        pooled = stages.layer(L - 1, h, ctx, pooled_only=True)
+        assert pooled.shape == (4, 1, model.config.hidden_size)
+        at = stages.pooled_positions(full, ctx)
+        if FAMILIES[family].decoder:  # the last real token: 11, 8, 4, 1 on the right; 11 on the left
+            assert at.tolist() == ([11] * 4 if padding_side == "left" else [11, 8, 4, 1])
+        assert torch.allclose(pooled[:, 0], full[torch.arange(4), at], atol=1e-6, rtol=1e-5)
+        assert torch.allclose(stages.head(pooled, ctx), model(**batch).logits, atol=1e-6, rtol=1e-5)
 
 
 def test_scaling_multiplies_the_bottleneck_output_and_names_a_variant():

@@ -117,9 +117,11 @@ def test_mean_substitutes_the_mean_contribution_over_real_tokens(family):
         assert slot.mean.abs().sum() > 0
     # a slot in mean mode adds exactly its mean to the sub-layer output
     slot = adapter_slots(ev.stages.model)[(1, "output")]
-    s = torch.randn(2, 3, slot.mean.shape[0])
+    x = torch.randn(
+        2, 3, getattr(slot.base_layer, "in_features", slot.mean.shape[0])
+    )  # a decoder's: down_proj
     slot.mode = "mean"
-    assert torch.equal(slot(s), s + slot.mean)
+    assert torch.equal(slot(x), slot.base_layer(x) + slot.mean)
     slot.mode = "on"
 
 
@@ -134,8 +136,8 @@ def test_pretrained_layernorms_equal_a_model_built_with_them(family):
                 for norm in reference.modules():
                     ablated = isinstance(norm, NormSwitch) and first <= norm.layer <= last
                     if ablated and positions in ("both", norm.position):
-                        norm.base_layer.weight.copy_(norm.pretrained_weight)
-                        norm.base_layer.bias.copy_(norm.pretrained_bias)
+                        for name, p in norm.base_layer.named_parameters():  # RMSNorm: weight only
+                            p.copy_(getattr(norm, f"pretrained_{name}"))
             set_ablation(reference, range(first, last + 1), positions)
             preds = []
             with torch.no_grad():

@@ -7,7 +7,14 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import perturb_layernorms_and_head, random_encoded, tiny_model
+from conftest import (
+    DECODERS,
+    lora_names,
+    perturb_layernorms_and_head,
+    random_encoded,
+    skip_refused,
+    tiny_model,
+)
 
 from ablation.adapters import inject_adapters, inject_lora, wrap_norms
 from ablation.config import AdapterConfig
@@ -33,7 +40,8 @@ def make_evaluator(
     pretrained = {k: v.clone() for k, v in model.state_dict().items()}
     perturb_layernorms_and_head(model)
     if placement == "lora":  # PEFT's LoRA on the query, value and feed-forward output projections
-        slots = inject_lora(model, family, r=4, alpha=8, targets=["query", "value", "output"], dropout=0.1)
+        targets = lora_names(family, ["query", "value", "output"])
+        slots = inject_lora(model, family, r=4, alpha=8, targets=targets, dropout=0.1)
         big_lora(slots.values())
     else:  # big: removing adapters flips predictions
         inject_adapters(
@@ -41,9 +49,13 @@ def make_evaluator(
             family,
             AdapterConfig(
                 size=16,
-                init_std=2.0,
+                init_std=0.3 if placement == "parallel" and family in DECODERS else 2.0,
                 placement=placement.removesuffix("-some-layers"),
-                combine="multiply" if placement in ("parallel", "normed") else "add",
+                # multiply on the encoders; on a pre-norm decoder a sub-layer's output is small beside the
+                # residual stream, and s * (1 + delta) hardly moved a prediction there
+                combine="multiply"
+                if placement in ("parallel", "normed") and family not in DECODERS
+                else "add",
                 # adapter.layers: adapters in layers 1 and 3 only, the others' cells pass through
                 layers=[1, 3] if placement.endswith("-some-layers") else None,
             ),
@@ -77,6 +89,7 @@ def big_lora(slots, seed: int = 4) -> None:
     ids=lambda p: "-".join(p),
 )
 def evaluator(request, family) -> Evaluator:
+    skip_refused(family, request.param[1])
     return make_evaluator(family, *request.param)
 
 

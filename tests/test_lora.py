@@ -11,13 +11,30 @@ import torch
 from conftest import padded_batch, tiny_model
 from test_evaluate import big_lora
 
-from ablation.adapters import adapter_slots, encoder_layers, inject_lora, remove_adapters, set_ablation
+from ablation.adapters import adapter_slots, inject_lora, remove_adapters, set_ablation
 from ablation.config import ConfigError, MethodConfig, ModelConfig, RunConfig, TaskConfig, derive
-from ablation.families import LORA_POSITIONS, family
+from ablation.families import family, family_of, layers_prefix
 from ablation.methods import prepare
 
 L = 3
-TARGETS = ["query", "value", "intermediate"]
+# an attention projection of each size and a feed-forward one, by each kind of family's names
+TARGETS = {"encoder": ["query", "value", "intermediate"], "decoder": ["q_proj", "v_proj", "up_proj"]}
+
+
+def targets(family_name: str) -> list[str]:
+    """The LoRA targets these tests adapt on a family."""
+    return TARGETS[family(family_name).kind]
+
+
+def target_shapes(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """(in, out) of each target, from the config: a decoder's value projection has num_key_value_heads."""
+    config = model.config
+    d, ff = config.hidden_size, config.intermediate_size
+    if not family(config.model_type).decoder:
+        return {"query": (d, d), "value": (d, d), "intermediate": (d, ff)}
+    head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
+    return {"q_proj": (d, config.num_attention_heads * head_dim),
+            "v_proj": (d, config.num_key_value_heads * head_dim), "up_proj": (d, ff)}  # fmt: skip
 
 
 def _peft_reference(model: torch.nn.Module, family_name: str, r: int, alpha: float):
@@ -25,15 +42,14 @@ def _peft_reference(model: torch.nn.Module, family_name: str, r: int, alpha: flo
     from peft import LoraConfig, get_peft_model
 
     paths = family(family_name).lora_targets
-    prefix = next(n for n, m in model.named_modules() if m is encoder_layers(model))
-    names = [f"{prefix}.{i}.{paths[t]}" for i in range(L) for t in TARGETS]
+    names = [f"{layers_prefix(model)}{i}.{paths[t][0]}" for i in range(L) for t in targets(family_name)]
     return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=names))
 
 
 def test_the_suites_lora_is_peft_s_forward_merged_and_unmerged(family):
     pretrained = tiny_model(family, num_layers=L, seed=0)
     ours = copy.deepcopy(pretrained)
-    slots = inject_lora(ours, family, r=4, alpha=8, targets=TARGETS, dropout=0.0)
+    slots = inject_lora(ours, family, r=4, alpha=8, targets=targets(family), dropout=0.0)
     big_lora(slots.values())  # PEFT starts B at zero: the identity would compare nothing
     reference = _peft_reference(copy.deepcopy(pretrained), family, r=4, alpha=8)
     # PEFT's names are ours without the slot's wrapper level, under its base_model.model prefix
@@ -41,7 +57,7 @@ def test_the_suites_lora_is_peft_s_forward_merged_and_unmerged(family):
         n.replace(".base_layer.lora_", ".lora_"): p for n, p in ours.named_parameters() if "lora_" in n
     }
     theirs = {n.removeprefix("base_model.model."): p for n, p in reference.named_parameters() if "lora_" in n}
-    assert ours_lora.keys() == theirs.keys() and len(theirs) == 2 * L * len(TARGETS)
+    assert ours_lora.keys() == theirs.keys() and len(theirs) == 2 * L * len(targets(family))
     with torch.no_grad():
         for name, p in theirs.items():
             p.copy_(ours_lora[name])
@@ -62,16 +78,19 @@ def test_the_suites_lora_is_peft_s_forward_merged_and_unmerged(family):
 def test_lora_trains_its_weights_and_the_head_counted_by_the_formula(family):
     model = tiny_model(family, num_layers=L, seed=0)
     pristine = {k: v.clone() for k, v in model.state_dict().items()}
-    method = MethodConfig(name="lora", r=4, alpha=8, target=TARGETS, dropout=0.1)
+    method = MethodConfig(name="lora", r=4, alpha=8, target=targets(family), dropout=0.1)
     counts = prepare(model, family, method, None)
-    d, ff = model.config.hidden_size, model.config.intermediate_size
-    shapes = {"query": (d, d), "value": (d, d), "intermediate": (d, ff)}  # (in, out)
-    lora = L * sum(4 * (d_in + d_out) for d_in, d_out in shapes.values())
-    head = sum(p.numel() for n, p in model.named_parameters() if n.startswith("classifier."))
+    lora = L * sum(4 * (d_in + d_out) for d_in, d_out in target_shapes(model).values())
+    head_module = "score" if family_of(model).decoder else "classifier"
+    head = sum(p.numel() for n, p in model.named_parameters() if n.startswith(f"{head_module}."))
     assert counts["lora"] == lora and counts["head"] == head
     assert counts["trainable"] == lora + head and counts["adapters"] == counts["layernorm"] == 0
-    assert {(i, t) for i, t in adapter_slots(model)} == {(i, t) for i in range(L) for t in TARGETS}
-    assert {slot.position for slot in adapter_slots(model).values()} == {LORA_POSITIONS[t] for t in TARGETS}
+    assert {(i, t) for i, t in adapter_slots(model)} == {(i, t) for i in range(L) for t in targets(family)}
+    positions = {"q_proj": "attention", "v_proj": "attention", "up_proj": "output", "query": "attention",
+                 "value": "attention", "intermediate": "output"}  # fmt: skip
+    assert {slot.position for slot in adapter_slots(model).values()} == {
+        positions[t] for t in targets(family)
+    }
     remove_adapters(model)  # as the session does between training keys
     assert model.state_dict().keys() == pristine.keys()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in pristine.items())

@@ -24,9 +24,19 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import tiny_tokenizer
+from conftest import DECODER_OPTIONS, tiny_tokenizer
 from e2e import FILLER, LABEL_WORDS, REPO, run
-from transformers import AutoModel, BertConfig, MPNetConfig, PreTrainedTokenizerFast, RobertaConfig
+from transformers import (
+    AutoModel,
+    BertConfig,
+    LlamaConfig,
+    MistralConfig,
+    MPNetConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+    RobertaConfig,
+)
 
 from ablation.config import ABLATE_KINDS, ABLATE_NORMS, COMBINES, HEADS, LAYERNORMS, NORMS, PLACEMENTS
 from ablation.data import deduplicate, split_frame
@@ -48,6 +58,7 @@ IMPORTS = (
     *(f"adapterhub-{a}-{f}" for a in ("houlsby", "pfeiffer") for f in AH_FORMATS),
     "adapterhub-leaveout-bin",  # Houlsby trained with leave_out=[0]: adapter.layers=[1, 2]
     "peft-lora",
+    "peft-lora-llama",  # a decoder's: LoRA on q_proj, v_proj, down_proj and its `score` head
 )
 # Hydra's choice of each group when the command line names none (conf/config.yaml's defaults)
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
@@ -70,14 +81,17 @@ def required() -> set[tuple[str, str]]:
 
 # --- tiny stand-ins on disk -----------------------------------------------------------------------------------
 
-_CONFIGS = {"bert": BertConfig, "mpnet": MPNetConfig, "roberta": RobertaConfig}
+_CONFIGS = {"bert": BertConfig, "mpnet": MPNetConfig, "roberta": RobertaConfig, "llama": LlamaConfig,
+            "qwen2": Qwen2Config, "qwen3": Qwen3Config, "mistral": MistralConfig}  # fmt: skip
 
 
 def _tiny_model(folder: Path, family: str, num_layers: int) -> Path:
-    """A random tiny encoder of the family with the tests' word tokenizer (pad id 0 in every family)."""
+    """A random tiny model of the family with the tests' word tokenizer (pad id 0 in every family; decoders:
+    2 key-value heads and the sliding windows of tests/conftest.py)."""
     torch.manual_seed(0)
+    decoder = {"num_key_value_heads": 2, **DECODER_OPTIONS[family]} if family in DECODER_OPTIONS else {}
     config = _CONFIGS[family](vocab_size=100, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=4,
-                              intermediate_size=64, pad_token_id=0)  # fmt: skip
+                              intermediate_size=64, pad_token_id=0, **decoder)  # fmt: skip
     AutoModel.from_config(config).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder
@@ -175,15 +189,13 @@ def _validation(df: pd.DataFrame, size: int, seed: int) -> list[str]:
     return list(split_frame(kept, size, seed, None)["validation"]["text"])
 
 
-def peft_folder(root: Path, model: Path) -> Path:
-    """A PEFT LoRA folder saved by PEFT itself on the tiny BERT (tests/test_peft_import.py's)."""
+def peft_folder(root: Path, model: Path, family: str = "bert", name: str = "peft-lora") -> Path:
+    """A PEFT LoRA folder saved by PEFT itself on a tiny model (tests/test_peft_import.py's)."""
     from test_peft_import import save_peft
     from transformers import AutoModelForSequenceClassification
 
-    save_peft(
-        AutoModelForSequenceClassification.from_pretrained(model, num_labels=2), "bert", root / "peft-lora"
-    )
-    return root / "peft-lora"
+    save_peft(AutoModelForSequenceClassification.from_pretrained(model, num_labels=2), family, root / name)
+    return root / name
 
 
 def _model(name: str, folder: Path, layers: int) -> list[str]:
@@ -207,6 +219,7 @@ def world(tmp_path_factory) -> dict:
     six = _tiny_model(root / "bert6", "bert", 6)
     folders, hub_base, fixture_csv, predictions, fixture_split = adapterhub_world(root)
     folders["peft-lora"] = peft_folder(root, models["bert"])
+    folders["peft-lora-llama"] = peft_folder(root, models["llama"], "llama", "peft-lora-llama")
     model_args, task_args = {}, {}
     for path in sorted((CONF / "model").glob("*.yaml")):
         family = yaml.safe_load(path.read_text()).get("family", "bert")
@@ -260,6 +273,18 @@ MATRIX: dict[str, tuple[str, str, list[str]]] = {
         "{folders[adapterhub-leaveout-bin]}"]),
     "peft-folder": ("bert_base_uncased", "rotten_tomatoes", [
         *CELLS, "method=lora", "method.load={folders[peft-lora]}"]),
+    # decoders: each model file, both methods, a decoder's PEFT folder (2 cells each: 0..1, 0..2)
+    "decoder-smollm2-parallel-pretrained": ("smollm2_135m", "tweets", [
+        "ablate.first=0", "ablate.last=1..2", "adapter.placement=parallel", "ablate.layernorm=pretrained"]),
+    "decoder-qwen2-lora-mean": ("qwen2_5_0_5b", "sst2", [
+        "ablate.first=0", "ablate.last=1..2", "method=lora", "method.target=[q_proj,v_proj,down_proj]",
+        "ablate.kind=mean"]),
+    "decoder-qwen3-keep-adapted": ("qwen3_0_6b", "cola", [
+        "ablate.first=1", "ablate.last=1..2", "ablate.kind=keep", "method.layernorms=adapted"]),
+    "decoder-mistral-lora-scale": ("mistral_7b", "rotten_tomatoes", [
+        "ablate.first=0", "ablate.last=1..2", "method=lora", "ablate.kind=scale", "ablate.alpha=0.5"]),
+    "decoder-llama3-peft-folder": ("llama3_2_1b", "rotten_tomatoes", [
+        "ablate.first=0", "ablate.last=1..2", "method=lora", "method.load={folders[peft-lora-llama]}"]),
     **{
         # the trade-off's quick grid asks for top_k with k = 6: the 6-layer stand-in; the others on 2 layers
         f"study-{p.stem}": (

@@ -17,9 +17,10 @@ from ablation.methods import prepare
 
 L = 3
 # the projections each family's PEFT model adapts (MPNet has no PEFT default: named, as a user would)
-PEFT_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"], "mpnet": ["q", "v", "o"]}
+PEFT_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"], "mpnet": ["q", "v", "o"],
+                "llama": ["q_proj", "v_proj", "down_proj"]}  # fmt: skip
 SUITE_TARGETS = {"bert": ["query", "value"], "roberta": ["query", "value"],
-                 "mpnet": ["query", "value", "attention_output"]}  # fmt: skip
+                 "mpnet": ["query", "value", "attention_output"], "llama": ["q_proj", "v_proj", "down_proj"]}  # fmt: skip
 
 
 def save_peft(pretrained: torch.nn.Module, family: str, folder, seed: int = 5, **options):

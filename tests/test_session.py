@@ -12,6 +12,7 @@ from conftest import tiny_model
 
 from ablation.adapters import AdapterLayer, InputTap
 from ablation.config import AblateConfig, AdapterConfig, MethodConfig
+from ablation.families import is_head
 from ablation.methods import freeze, prepare
 from ablation.session import Base, Session, _initialised_modules
 
@@ -86,7 +87,7 @@ def test_the_first_job_of_a_group_computes_every_cell_of_it_in_sweep_order(tmp_p
 
 def _base(family: str) -> Base:
     model = tiny_model(family, num_layers=2)
-    missing = [n for n, _ in model.named_parameters() if n.startswith("classifier.")]
+    missing = [n for n, _ in model.named_parameters() if is_head(model, n)]
     pristine = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return Base("spec", model, None, pristine, _initialised_modules(model, missing))
 
@@ -99,9 +100,9 @@ def test_fresh_model_is_the_pretrained_model_with_a_seeded_head(family):
         rng = torch.get_rng_state()
         assert not any(isinstance(m, (AdapterLayer, InputTap)) for m in model.modules())
         for name, value in model.state_dict().items():
-            if not name.startswith("classifier."):
+            if not is_head(model, name):
                 assert torch.equal(value, base.pristine[name]), name
-        head = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("classifier.")}
+        head = {n: p.detach().clone() for n, p in model.named_parameters() if is_head(model, n)}
         if seed in heads:  # the same seed gives the same head and leaves the RNG where it did
             assert all(torch.equal(head[n], heads[seed][0][n]) for n in head)
             assert torch.equal(rng, heads[seed][1])
@@ -117,11 +118,12 @@ def test_fresh_model_is_the_pretrained_model_with_a_seeded_head(family):
 
 def test_initialised_modules_are_in_post_order(family):
     model = tiny_model(family, num_layers=2)
-    missing = sorted(n for n, _ in model.named_parameters() if n.startswith("classifier."))
+    missing = sorted(n for n, _ in model.named_parameters() if is_head(model, n))
     modules = _initialised_modules(model, missing)
     names = {id(m): n for n, m in model.named_modules()}
     order = [names[id(m)] for m in modules]
-    assert order == (["classifier"] if family == "bert" else ["classifier.dense", "classifier.out_proj"])
+    heads = {"bert": ["classifier"], "llama": ["score"]}
+    assert order == heads.get(family, ["classifier.dense", "classifier.out_proj"])
 
 
 @pytest.mark.slow

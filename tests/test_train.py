@@ -23,6 +23,7 @@ from ablation.config import (
     TaskConfig,
     TrainConfig,
 )
+from ablation.families import is_norm
 from ablation.keys import training_key, training_spec
 from ablation.methods import freeze
 from ablation.train import (
@@ -299,7 +300,7 @@ def test_weight_decay_groups(family):
             if not p.requires_grad:
                 continue
             full = f"{module_name}.{name}"
-            if isinstance(module, nn.LayerNorm) or name == "bias":
+            if is_norm(module) or name == "bias":
                 assert decay_of[id(p)] == 0.0, full
             else:
                 assert decay_of[id(p)] == 0.01, full
@@ -308,7 +309,7 @@ def test_weight_decay_groups(family):
     for adapter in adapters:
         assert decay_of[id(adapter.down.weight)] == decay_of[id(adapter.up.weight)] == 0.01
         assert decay_of[id(adapter.down.bias)] == decay_of[id(adapter.up.bias)] == 0.0
-    layernorms = [p for n, p in named.items() if "LayerNorm" in n]
+    layernorms = [p for n, p in named.items() if "LayerNorm" in n or "layernorm" in n or ".norm." in n]
     assert layernorms and all(decay_of[id(p)] == 0.0 for p in layernorms)
 
 
