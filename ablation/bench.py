@@ -5,6 +5,9 @@
     python -m ablation.bench --skip-overhead       # leave out the sweep subprocesses
     python -m ablation.bench --skip-kinds          # leave out the other ablation kinds' heatmaps
     python -m ablation.bench --only-placement      # only the training steps of adapters in some layers
+    python -m ablation.bench --examples 256        # evaluate on the first 256 validation examples (a deep
+                                                   # model's triangle: its cost in full passes is the ratio)
+    python -m ablation.bench --skip-placement      # leave out the training steps of adapters in some layers
 
 Trains the adapters first if the store does not have them (as the sweep would).
 """
@@ -29,7 +32,7 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from ablation.adapters import remove_adapters
-from ablation.data import collate, to_device, train_batches
+from ablation.data import Encoded, collate, to_device, train_batches
 from ablation.evaluate import Ablation, Evaluator
 from ablation.methods import prepare
 from ablation.precision import BF16_SPEEDUP, autocast, cpu_bf16_speedup, machine_id
@@ -146,6 +149,12 @@ def train_step_seconds(
     return float(np.mean(seconds)), flops / len(batches)
 
 
+def first_examples(data: Encoded, n: int) -> Encoded:
+    """The first n examples of a tokenized split (the same padding and pad token)."""
+    types = None if data.token_type_ids is None else data.token_type_ids[:n]
+    return replace(data, input_ids=data.input_ids[:n], token_type_ids=types, labels=data.labels[:n])
+
+
 def sweep_seconds(overrides: list[str], cells: str) -> float:
     """Wall time of a cached sweep over ablate.first/last=cells in a subprocess."""
     return multirun_seconds([*overrides, f"ablate.first={cells}", f"ablate.last={cells}"])[0]
@@ -260,6 +269,15 @@ def main(argv: list[str] | None = None) -> None:
         "--skip-kinds", action="store_true", help="skip the heatmaps of the other ablation kinds"
     )
     parser.add_argument(
+        "--examples",
+        type=int,
+        default=None,
+        help="evaluate on the first N validation examples (times shrink, the ratios to a full pass stay)",
+    )
+    parser.add_argument(
+        "--skip-placement", action="store_true", help="skip the training steps of adapters in some layers"
+    )
+    parser.add_argument(
         "--only-placement",
         action="store_true",
         help="only the training steps of adapters in the top half against every layer",
@@ -286,6 +304,12 @@ def main(argv: list[str] | None = None) -> None:
         session.evaluator.data,
         session.evaluator.stages.num_layers,
     )
+    if args.examples is not None:
+        if not 0 < args.examples <= len(data.labels):
+            parser.error(
+                f"--examples {args.examples}: use 1..{len(data.labels)} (the validation split's size)"
+            )
+        data = first_examples(data, args.examples)
 
     print(
         f"device {device}: {device_name(device)}\n"
@@ -374,7 +398,8 @@ def main(argv: list[str] | None = None) -> None:
         kind_costs(
             lambda: Evaluator(stages, data, cfg.eval.batch_size, p, device), ev.layer_passes / L, ref, report
         )
-    placement_costs(model, this_process().base.pristine, cfg, data, report)
+    if not args.skip_placement:
+        placement_costs(model, this_process().base.pristine, cfg, data, report)
     report("memory peaks", memory_peaks(device))
     if not args.skip_overhead:
         study_overhead(overrides, report)

@@ -46,7 +46,9 @@ LAYERNORMS = ("train", "adapted", "freeze")
 RECIPE_LAYERNORMS = {"adapters": "train", "lora": "freeze"}  # Houlsby et al.; PEFT's LoRA
 # method.head: what of the head trains with the classifier (pooler: BERT's pooler too, the two-layer head
 # AdapterHub trains; the other families' heads train their dense layer already); top_k and full train the pooler
-HEADS = ("classifier", "pooler")
+# lm (decoders): no new head, the label words' logits of the model's own LM head (task.prompt, task.label_words)
+HEADS = ("classifier", "pooler", "lm")
+LM_HEAD_METHODS = ("adapters", "lora", "layernorm")  # with head=lm, method=head would train nothing
 HEAD_METHODS = ("adapters", "lora", "layernorm", "head")  # the methods whose head is a choice
 ABLATE_POSITIONS = ("both", "attention", "output")
 # zero: the adapters' contribution removed; mean: replaced by its mean over the validation tokens of the intact
@@ -165,6 +167,11 @@ class TaskConfig:
     validation_size: int = param(1000, keys=(TRAIN, DATA))  # pypi and csv tasks: examples held out
     split_seed: int = param(0, keys=(TRAIN, DATA))
     train_limit: int | None = param(None, keys=(TRAIN, DATA))  # cap on training examples (None: all)
+    # method.head=lm: the template each example is written into ({<text field>} placeholders), and one label
+    # word per label, whose first token's LM logit scores the label after the prompt (as lm-evaluation-harness
+    # scores choices). Used, so in the training key, only with method.head=lm (derive drops them otherwise).
+    prompt: str | None = param(None, keys=(TRAIN,), when_set=True)
+    label_words: list[str] | None = param(None, keys=(TRAIN,), when_set=True)
 
     def __post_init__(self) -> None:
         _one_of("task.source", self.source, TASK_SOURCES)
@@ -190,6 +197,25 @@ class TaskConfig:
             self.train_limit,
             "None or a positive integer",
         )
+        _check(
+            self.label_words is None
+            or (
+                len(self.label_words) == self.num_labels
+                and all(isinstance(w, str) and w.strip() for w in self.label_words)
+                and len(set(self.label_words)) == self.num_labels
+            ),
+            "task.label_words",
+            self.label_words,
+            f"None or {self.num_labels} distinct words, one per label (task.num_labels={self.num_labels})",
+        )
+        if self.prompt is not None:
+            fields = {f"{{{f}}}" for f in self.text_fields}
+            _check(
+                all(f in self.prompt for f in fields),
+                "task.prompt",
+                self.prompt,
+                f"a template holding {sorted(fields)} (task.text_fields)",
+            )
 
 
 @dataclass
@@ -240,7 +266,8 @@ class MethodConfig:
     layernorms: str | None = param(
         None, keys=(TRAIN,), column="layernorms", when_set=True, unset=recipe_layernorms
     )
-    # HEAD_METHODS: classifier, or pooler (BERT family: its pooler trains too); None: classifier
+    # HEAD_METHODS: classifier, or pooler (BERT family: its pooler trains too), or lm (decoders: the LM head's
+    # logits of the task's label words, nothing new trained); None: classifier
     head: str | None = param(None, keys=(TRAIN,), column="head", when_set=True, unset=recipe_head)
 
     def __post_init__(self) -> None:
@@ -568,6 +595,7 @@ class RunConfig:
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
         L = self.model.num_layers
         self._check_imported()
+        self._check_artifacts()
         if self.method.name == "top_k":
             _check(self.method.k <= L, "method.k", self.method.k, f"the model has L={L} layers: use 1..{L}")
         if self.trains_adapters and self.adapter.layers is not None:
@@ -630,6 +658,26 @@ class RunConfig:
             self.method.head,
             f"'classifier' for model.family={self.model.family} ({why})",
         )
+        if self.method.head == "lm":
+            _check(
+                model.decoder,
+                "method.head",
+                self.method.head,
+                f"only on a decoder (model.family={self.model.family} has no LM head here)",
+            )
+            _check(
+                self.method.name in LM_HEAD_METHODS,
+                "method.head",
+                self.method.head,
+                f"with method={'|'.join(LM_HEAD_METHODS)} (method={self.method.name} would train nothing)",
+            )
+            for name in ("prompt", "label_words"):
+                _check(
+                    getattr(self.task, name) is not None,
+                    f"task.{name}",
+                    None,
+                    f"set for method.head=lm (task={self.task.name} has none: add it to its YAML or the command)",
+                )
         if not self.trains_adapters or self.adapter.layers is None:
             return
         missing = sorted(set(self.ablated_range()) - set(self.adapter.layers))
@@ -640,6 +688,15 @@ class RunConfig:
             f"layers {missing} have no adapters (adapter.layers={sorted(self.adapter.layers)}): a range "
             "within the adapted layers",
         )
+
+    def _check_artifacts(self) -> None:
+        """The offline model's and task's cached files, where they exist, must be what was checked (a
+        truncated GGUF or wheel is named here, before any job, not from inside one)."""
+        from ablation.sources import check_artifact  # files only: no torch
+
+        for group in (self.model, self.task):
+            if group.source == "pypi" and group.artifact is not None:
+                check_artifact(group.artifact, self.paths.cache)
 
     def _check_imported(self) -> None:
         """A loaded folder must fit the model and task, and the options it cannot express must keep their
@@ -731,12 +788,15 @@ def derive(cfg: RunConfig) -> RunConfig:
         method = replace(method, layernorms=None)
     if method.head == recipe_head(replace(cfg, method=method)):
         method = replace(method, head=None)
+    task = cfg.task
+    if method.head != "lm":  # the prompt and label words are read only by the LM head: out of the key
+        task = replace(task, prompt=None, label_words=None)
     if adapter.layers is not None:
         layers = sorted(adapter.layers)
         adapter = replace(adapter, layers=None if layers == _all_layers(cfg) else layers)
     if ablate.alpha is not None:  # 1 and 1.0 are one cell (the cache key holds the text)
         ablate = replace(ablate, alpha=float(ablate.alpha))
-    return replace(cfg, method=method, adapter=adapter, ablate=ablate)
+    return replace(cfg, task=task, method=method, adapter=adapter, ablate=ablate)
 
 
 @dataclass

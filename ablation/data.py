@@ -207,10 +207,27 @@ class Encoded:
         return digest.hexdigest()[:16]
 
 
-def encode(dataset: Dataset, tokenizer, text_fields: list[str], max_length: int) -> Encoded:
-    """Tokenize a split once (truncating to max_length); padding happens per batch."""
+def encode(
+    dataset: Dataset, tokenizer, text_fields: list[str], max_length: int, prompt: str | None = None
+) -> Encoded:
+    """Tokenize a split once (truncating to max_length); padding happens per batch.
+
+    With a prompt (method.head=lm), each example is the template with its text fields filled in, one
+    sequence, truncated from the left so that the template's end, which the label word follows, is kept.
+    """
     texts = [list(dataset[f]) for f in text_fields]
-    enc = tokenizer(*texts, truncation=True, max_length=max_length)
+    if prompt is not None:
+        filled = [
+            prompt.format(**dict(zip(text_fields, values, strict=True)))
+            for values in zip(*texts, strict=True)
+        ]
+        side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
+        try:
+            enc = tokenizer(filled, truncation=True, max_length=max_length)
+        finally:
+            tokenizer.truncation_side = side
+    else:
+        enc = tokenizer(*texts, truncation=True, max_length=max_length)
     return Encoded(
         input_ids=enc["input_ids"],
         token_type_ids=enc.get("token_type_ids"),

@@ -61,10 +61,11 @@ def trained_names(
     them (BERT's pooler, a decoder's final norm, the classifier); full: everything; head: the classifier alone (the frozen encoder's
     features); lora: the LoRA weights, the LayerNorms `layernorms` names (None: none) and the classifier.
     layernorms="adapted": the LayerNorms of the layers that have adapters (or LoRA). head="pooler": BERT's
-    pooler trains with the classifier (None: frozen, as in the official code).
+    pooler trains with the classifier (None: frozen, as in the official code); head="lm": no head trains (a
+    decoder's `score` holds its LM head's rows of the label words, ablation.models.use_label_words).
     """
     names = [n for n, _ in model.named_parameters()]
-    trained = {n for n in names if is_head(model, n)}
+    trained = {n for n in names if is_head(model, n)} if head != "lm" else set()  # lm: the LM's own rows
     pooler = _pooler_prefix(model)
     if head == "pooler":
         if pooler is None:

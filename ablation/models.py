@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -65,6 +66,48 @@ def load_model(cfg: ModelConfig, num_labels: int, cache: str | Path) -> tuple[nn
         model.config.pad_token_id = tokenizer.pad_token_id
     use_fast_dropout(model)
     return model, tokenizer, sorted(info["missing_keys"])
+
+
+def label_word_ids(tokenizer: object, words: list[str]) -> list[int]:
+    """The first token of each label word (what its LM logit scores); ConfigError when a word has no token or
+    two words begin with the same one."""
+    ids = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
+    if not all(ids) or len({i[0] for i in ids}) < len(words):
+        tokens = [tokenizer.convert_ids_to_tokens(i[:1]) for i in ids]
+        raise ConfigError(
+            f"task.label_words={words!r} is not allowed: each needs its own first token, this tokenizer gives "
+            f"{tokens}"
+        )
+    return [i[0] for i in ids]
+
+
+def lm_head_rows(model: nn.Module, cfg: ModelConfig, cache: str | Path, ids: list[int]) -> torch.Tensor:
+    """The pretrained LM head's rows of these token ids: the input embeddings' where the model ties them (its
+    sequence classifier has no LM head), else `lm_head.weight` read from the checkpoint."""
+    if model.config.tie_word_embeddings:
+        return model.get_input_embeddings().weight[ids].detach().clone()
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    where, local = model_location(cfg, cache)
+    index = cached_file(where, "model.safetensors.index.json", local_files_only=local,
+                        _raise_exceptions_for_missing_entries=False)  # fmt: skip
+    name = (
+        json.loads(Path(index).read_text())["weight_map"]["lm_head.weight"] if index else "model.safetensors"
+    )
+    with safe_open(cached_file(where, name, local_files_only=local), "pt") as f:
+        if "lm_head.weight" not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
+            raise ConfigError(
+                f"method.head=lm: {where} has no lm_head.weight and does not tie its embeddings"
+            )
+        return f.get_tensor("lm_head.weight")[ids].float()
+
+
+def use_label_words(model: nn.Module, rows: torch.Tensor) -> None:
+    """Make the decoder's `score` head the LM head's rows of the label words (method.head=lm): its logits are
+    then the LM's next-token logits of the label words at the last non-pad token."""
+    with torch.no_grad():
+        model.score.weight.copy_(rows.to(model.score.weight.dtype))
 
 
 class Stages:

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ablation.config import AblateConfig, ConfigError, RunConfig
+from ablation.config import AblateConfig, CacheError, ConfigError, RunConfig
 from ablation.data import compute_metrics
 from ablation.jobs import RangeError, expand_arguments, planned_cells
 from ablation.keys import config_columns
@@ -43,10 +43,11 @@ log = logging.getLogger("ablation")
 
 
 def to_run_config(dcfg: DictConfig, job_dir: Path) -> RunConfig:
-    """Validate the composed config; a rejected single run leaves no output directory behind."""
+    """Validate the composed config (and the cached files it names); a rejected single run leaves no output
+    directory behind."""
     try:
         return OmegaConf.to_object(dcfg)
-    except ConfigError:
+    except (ConfigError, CacheError):
         if HydraConfig.get().mode == RunMode.RUN:
             shutil.rmtree(job_dir, ignore_errors=True)
         raise

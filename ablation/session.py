@@ -33,7 +33,7 @@ from ablation.evaluate import Ablation, Evaluator, bound_resident_memory
 from ablation.imports import load_adapterhub, load_peft_lora
 from ablation.keys import cell_name, data_key, eval_key, process_spec, training_key, training_spec
 from ablation.methods import prepare
-from ablation.models import Stages, load_model
+from ablation.models import Stages, label_word_ids, lm_head_rows, load_model, use_label_words
 from ablation.precision import resolve, resolve_precision
 from ablation.results import DIAGNOSTIC_COLUMNS, DIAGNOSTICS
 from ablation.train import (
@@ -59,8 +59,17 @@ class Base:
     tokenizer: object
     pristine: dict[str, torch.Tensor]  # the weights as loaded
     new_modules: list[nn.Module]  # what loading initialised (the head), in the order loading did it
-    encoded: dict[tuple[str, str], Encoded] = field(default_factory=dict)
+    encoded: dict[tuple[str, str, str | None], Encoded] = field(default_factory=dict)
     examples: dict[str, pd.DataFrame] = field(default_factory=dict)
+    label_rows: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)
+
+    def label_word_rows(self, cfg: RunConfig) -> torch.Tensor:
+        """The pretrained LM head's rows of the task's label words (method.head=lm), once per process."""
+        words = tuple(cfg.task.label_words)
+        if words not in self.label_rows:
+            ids = label_word_ids(self.tokenizer, list(words))
+            self.label_rows[words] = lm_head_rows(self.model, cfg.model, cfg.paths.cache, ids)
+        return self.label_rows[words]
 
     def fresh_model(self, seed: int) -> nn.Module:
         """The model as load_model gives it after set_seed(seed): pretrained weights, a seeded new head."""
@@ -76,10 +85,10 @@ class Base:
 
     def task_split(self, cfg: TaskConfig, split: str, cache: str, max_length: int) -> Encoded:
         """A split of the task, tokenized once per process."""
-        key = (data_key(cfg), split)
+        key = (data_key(cfg), split, cfg.prompt)
         if key not in self.encoded:
             data = load_task(cfg, cache)
-            self.encoded[key] = encode(data[split], self.tokenizer, cfg.text_fields, max_length)
+            self.encoded[key] = encode(data[split], self.tokenizer, cfg.text_fields, max_length, cfg.prompt)
         return self.encoded[key]
 
     def validation_examples(self, cfg: TaskConfig, cache: str) -> pd.DataFrame:
@@ -228,6 +237,8 @@ def build_session(cfg: RunConfig, base: Base, on_step: Callable[[dict], None] | 
     """
     tic = time.perf_counter()
     model = base.fresh_model(cfg.seed)
+    if cfg.method.head == "lm":  # no new head: the LM's own logits of the label words (frozen)
+        use_label_words(model, base.label_word_rows(cfg))
     counts = prepare(model, cfg.model.family, cfg.method, cfg.adapter if cfg.trains_adapters else None)
     model.to(cfg.device)  # the shared model stays there; a no-op on the CPU
     kinds = ", ".join(

@@ -202,6 +202,26 @@ def _verify(name: str, dest: Path, record: dict) -> None:
     _stamp(dest, artifact)
 
 
+def check_artifact(name: str, cache: str | Path) -> None:
+    """ArtifactError (one line naming the file) when what the cache already holds of artifact `name` is
+    damaged: an extracted file changed since it passed its sha256 (hashed again only then; a GGUF is also read
+    for its tensor data), or a downloaded wheel that is not a complete zip. Cheap: a configuration checks it
+    before any job runs; nothing cached is nothing to check."""
+    artifact = ARTIFACTS[name]
+    cache = Path(cache).expanduser()
+    dest = cache / "artifacts" / artifact.target
+    record = _record(dest)
+    if record is not None:
+        _verify(name, dest, record)
+        return
+    for dist in artifact.dists:
+        for wheel in sorted((cache / "downloads").glob(_wheel_name(dist) + "*.whl")):
+            if not zipfile.is_zipfile(wheel):
+                raise ArtifactError(
+                    f"{wheel}: not a complete wheel (an interrupted download?): delete it to download it again"
+                )
+
+
 def artifact_path(name: str, cache: str | Path) -> Path:
     """Path of an artifact's checked file, fetching it if needed (a model's folder is its parent)."""
     return fetch(name, cache) / ARTIFACTS[name].checked_file

@@ -351,6 +351,24 @@ CLI_CASES = {
         "ablate.last=0..4",
         "hydra.sweep.dir={out}",
     ],
+    # decoders: a head option they do not have, an encoder's LoRA target name, a layer past the 30th
+    "decoder_pooler": ["model=smollm2_135m", "method.head=pooler", "hydra.run.dir={out}"],
+    "decoder_lora_target": [
+        "-m",
+        "model=smollm2_135m",
+        "method=lora",
+        "method.target=[query,value]",
+        "ablate.first=0..1",
+        "ablate.last=0..1",
+        "hydra.sweep.dir={out}",
+    ],
+    "decoder_last_30": [
+        "-m",
+        "model=smollm2_135m",
+        "ablate.first=0",
+        "ablate.last=0..30",
+        "hydra.sweep.dir={out}",
+    ],
     "dry_run": [
         "-m",
         "study=tradeoff",
@@ -470,6 +488,12 @@ BAD_CLI = [
     ),
     ("adapterhub_truncated", ["pfeiffer/adapter.safetensors: truncated or damaged", "its header describes"]),
     ("layers_backwards", ["adapter.layers=5..3: empty range 5..3"]),
+    ("decoder_pooler", ["method.head='pooler' is not allowed", "a decoder's head is `score`"]),
+    (
+        "decoder_lora_target",
+        ["method.target=['query', 'value'] is not allowed", "model.family=llama", "'q_proj'"],
+    ),
+    ("decoder_last_30", ["30 layers", "0..29"]),
     ("run_unadapted_cell", ["ablate.first..last='1..4' is not allowed", "layers [1, 2] have no adapters"]),
     (
         "sweep_all_unadapted",

