@@ -89,7 +89,10 @@ def _tiny_model(folder: Path, family: str, num_layers: int) -> Path:
     """A random tiny model of the family with the tests' word tokenizer (pad id 0 in every family; decoders:
     2 key-value heads and the sliding windows of tests/conftest.py)."""
     torch.manual_seed(0)
-    decoder = {"num_key_value_heads": 2, **DECODER_OPTIONS[family]} if family in DECODER_OPTIONS else {}
+    # tied embeddings, as SmolLM2's: the base model saved alone still holds method.head=lm's LM head
+    decoder = {}
+    if family in DECODER_OPTIONS:
+        decoder = {"num_key_value_heads": 2, "tie_word_embeddings": True, **DECODER_OPTIONS[family]}
     config = _CONFIGS[family](vocab_size=100, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=4,
                               intermediate_size=64, pad_token_id=0, **decoder)  # fmt: skip
     AutoModel.from_config(config).save_pretrained(folder)
