@@ -83,7 +83,10 @@ class Family:
     attention: Callable[[Any, Any, dict], Any] | None = None  # encoders: (layer, h, ctx) -> attention output
     # bytes held per batch of n x width tokens besides the hidden states and the mask (fp32)
     extra_state_bytes: Callable[[Any, int, int], int] = _no_extra
-    adapterhub_head: tuple[str, str] | None = None  # the head's two linear layers, for AdapterHub folders
+    # AdapterHub folders (None: its library has no such model): the head's two linear layers, and which of
+    # AdapterHub's modules inside a layer holds the adapter of each position
+    adapterhub_head: tuple[str, str] | None = None
+    adapterhub_slots: dict[str, str] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)  # "option=value" -> why the family cannot do it
 
     @property
@@ -121,6 +124,7 @@ _BERT_LORA = {
 _ENCODER_LORA_DEFAULT = ("query", "value")
 _BERT_HEAD = ("bert.pooler.dense", "classifier")
 _TOKEN_HEAD = ("classifier.dense", "classifier.out_proj")
+_BERT_HUB_SLOTS = {"attention": "attention.output", "output": "output"}  # the modules whose dropout we wrap
 
 # Llama, Qwen2, Qwen3 and Mistral share the block: input_layernorm -> self_attn (q, k, v, o) -> + residual,
 # post_attention_layernorm -> mlp (gate, up, down) -> + residual. Qwen3 adds RMSNorms on the queries and keys.
@@ -136,13 +140,17 @@ _DECODER_LORA = {
     "up_proj": ("mlp.up_proj", "output"),
     "down_proj": ("mlp.down_proj", "output"),
 }
+# AdapterHub's Llama and Mistral (not Qwen): its modules after o_proj and after the MLP, before the residual
+# add; its head is dense-tanh-out on the last token, which the suite builds in place of `score` (TWO_LAYER_HEAD)
+_DECODER_HUB_SLOTS = {"attention": "attention_adapters", "output": "output_adapters"}
+TWO_LAYER_HEAD = ("score.0", "score.2")
 _PRE_NORM = {
     "adapter.placement=normed": "a normed adapter reads the norm after the sub-layer's residual add, and a "
     "pre-norm block has none there (use serial or parallel)",
 }
 
 
-def _decoder(norms: dict[str, tuple[str, ...]] = _DECODER_NORMS) -> Family:
+def _decoder(norms: dict[str, tuple[str, ...]] = _DECODER_NORMS, adapterhub: bool = False) -> Family:
     return Family(
         kind=DECODER,
         base="model",
@@ -157,6 +165,8 @@ def _decoder(norms: dict[str, tuple[str, ...]] = _DECODER_NORMS) -> Family:
         positions="rotary",
         pooling="last",
         extra_state_bytes=_rotary_bytes,
+        adapterhub_head=TWO_LAYER_HEAD if adapterhub else None,
+        adapterhub_slots=_DECODER_HUB_SLOTS if adapterhub else {},
         refused=_PRE_NORM,
     )
 
@@ -164,11 +174,11 @@ def _decoder(norms: dict[str, tuple[str, ...]] = _DECODER_NORMS) -> Family:
 FAMILIES: dict[str, Family] = {
     "bert": Family(
         ENCODER, "bert", "classifier", "encoder.layer", None, _BERT_SLOTS, _BERT_INPUTS, _BERT_NORMS, _BERT_LORA, _ENCODER_LORA_DEFAULT,
-        "absolute", "pooler", _embed_with_token_types, _attention, adapterhub_head=_BERT_HEAD,
+        "absolute", "pooler", _embed_with_token_types, _attention, adapterhub_head=_BERT_HEAD, adapterhub_slots=_BERT_HUB_SLOTS,
     ),
     "roberta": Family(
         ENCODER, "roberta", "classifier", "encoder.layer", None, _BERT_SLOTS, _BERT_INPUTS, _BERT_NORMS, _BERT_LORA, _ENCODER_LORA_DEFAULT,
-        "absolute", "first", _embed_with_token_types, _attention, adapterhub_head=_TOKEN_HEAD,
+        "absolute", "first", _embed_with_token_types, _attention, adapterhub_head=_TOKEN_HEAD, adapterhub_slots=_BERT_HUB_SLOTS,
     ),
     "mpnet": Family(
         kind=ENCODER,
@@ -194,9 +204,10 @@ FAMILIES: dict[str, Family] = {
         attention=_attention_with_bias,
         extra_state_bytes=_position_bias_bytes,
         adapterhub_head=_TOKEN_HEAD,
+        adapterhub_slots={"attention": "attention", "output": "output"},
     ),
-    "llama": _decoder(),
-    "mistral": _decoder(),
+    "llama": _decoder(adapterhub=True),
+    "mistral": _decoder(adapterhub=True),
     "qwen2": _decoder(),
     "qwen3": _decoder(
         {

@@ -277,6 +277,11 @@ def adapterhub_spec(folder: str | Path, family_name: str, num_labels: int, num_l
         if config.get(option, value) != value and (value is not None or config.get(option) is not None):
             why = f" ({_AH_WHY[option]})" if option in _AH_WHY else ""
             raise ConfigError(f"{where}: unsupported option {option}={config.get(option)!r}{why}")
+    if family(family_name).decoder and config.get("original_ln_before"):
+        raise ConfigError(
+            f"{where}: unsupported option original_ln_before=True on a {family_name!r} model (AdapterHub feeds "
+            "this adapter the residual sum; a pre-norm block has no norm there, and the suite no such placement)"
+        )
     factor, hidden = config["reduction_factor"], saved.get("hidden_size")
     if not isinstance(factor, (int, float)) or not hidden or hidden % factor:
         raise ConfigError(f"{where}: unsupported reduction_factor={factor!r} (one number dividing {hidden})")
@@ -341,12 +346,17 @@ def load_adapterhub(
     shape."""
     spec = adapterhub_spec(folder, family_name, num_labels, num_layers)
     places = {}
+    entry = family(family_name)
+    # AdapterHub's module of each position inside a layer -> the suite's slot there
+    ours = {hub: entry.slots[position] for position, hub in entry.adapterhub_slots.items()}
     for name, tensor in _read_weights(spec.weights).items():
         module, _, rest = name.partition(".adapters.")
         _, _, part = rest.partition(".")  # drop the adapter's name
         part = part.replace("adapter_down.0.", "down.").replace("adapter_up.", "up.")
-        places[name] = (f"{module}.dropout.adapter.{part}", tensor)
-    dense, out = family(family_name).adapterhub_head  # the head's (dropout, dense, tanh, dropout, out)
+        layer = re.match(rf"^({re.escape(entry.base)}\.{re.escape(entry.layers)}\.\d+)\.(.+)$", module)
+        slot = ours.get(layer.group(2)) if layer else None
+        places[name] = (f"{layer.group(1)}.{slot}.adapter.{part}" if slot else name, tensor)
+    dense, out = entry.adapterhub_head  # the head's (dropout, dense, tanh, dropout, out)
     head_modules = {"1": dense, "4": out}  # heads.<name>.<index in the head's Sequential>.<weight|bias>
     for name, tensor in _read_weights(spec.head).items():
         layer, kind = name.split(".")[-2:]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ablation.adapters import Adapter, LoraSlot, adapter_slots, inject_adapters, inject_lora
-from ablation.families import family_of, is_head, is_norm, layer_stack, layers_prefix
+from ablation.families import TWO_LAYER_HEAD, family_of, is_head, is_norm, layer_stack, layers_prefix
 
 if TYPE_CHECKING:
     from ablation.config import AdapterConfig, MethodConfig
@@ -139,10 +139,22 @@ def prepare(
     method=lora), freeze everything else, and return count_parameters(model)."""
     if adapter is not None:
         inject_adapters(model, family, adapter)
+        if adapter.load is not None and family_of(model).adapterhub_head == TWO_LAYER_HEAD:
+            two_layer_head(model)
     if method.name == "lora":
         inject_lora(model, family, method.r, method.alpha, method.target, method.dropout)
     freeze(model, method.name, method.k, method.layernorms, method.head)
     return count_parameters(model)
+
+
+def two_layer_head(model: nn.Module) -> None:
+    """Make a decoder's head AdapterHub's classification head: dense, tanh, out (with biases) in place of the
+    single `score` layer, read at the same last non-pad token (its weights come from the imported folder)."""
+    name = family_of(model).head
+    score = getattr(model, name)
+    hidden, labels = score.in_features, score.out_features
+    # a new module, not a wrapper: the folder's head replaces the untrained one whole
+    setattr(model, name, nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, labels)))
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -59,6 +59,55 @@ def test_an_adapterhub_folder_gives_adapterhub_s_logits_intact_and_for_every_ski
     assert not torch.allclose(torch.tensor(spans["intact"]), torch.tensor(spans["0-2"]), atol=1e-2)
 
 
+def test_an_adapterhub_llama_folder_gives_adapterhub_s_logits_for_every_span_through_the_suite_s_stages():
+    """AdapterHub's Llama adapters sit after o_proj and after the MLP, before the residual add (the suite's
+    slots); its head is dense-tanh-out on the last non-pad token, built in place of `score`. Both the model's
+    own forward and the suite's cached stages give AdapterHub's logits, intact and for every skipped span."""
+    from transformers import LlamaForSequenceClassification
+
+    from ablation.models import Stages
+
+    folder = FIXTURE / "llama"
+    expected = json.loads((folder / "expected.json").read_text())
+    spec = adapterhub_spec(folder / "houlsby", "llama", num_labels=3, num_layers=3)
+    assert (spec.size, spec.activation, spec.positions, spec.placement) == (
+        8,
+        "swish",
+        ["attention", "output"],
+        "serial",
+    )
+    model = LlamaForSequenceClassification.from_pretrained(folder / "base", num_labels=3).eval()
+    adapter = AdapterConfig(size=spec.size, activation=spec.activation, positions=spec.positions,
+                            load=str(folder / "houlsby"))  # fmt: skip
+    counts = prepare(model, "llama", MethodConfig(layernorms="freeze"), adapter)  # as derive sets
+    assert counts["head"] == 32 * 32 + 32 + 3 * 32 + 3  # AdapterHub's two-layer head, in place of `score`
+    assert counts["adapters"] == 3 * 2 * (32 * 8 + 8 + 8 * 32 + 32) and counts["layernorm"] == 0
+    load_adapterhub(model, folder / "houlsby", "llama", 3, 3)
+    batch = {k: torch.tensor(expected[k]) for k in ("input_ids", "attention_mask")}
+    stages = Stages(model, "llama")
+    spans = expected["adapters"]["houlsby"]
+    assert len(spans) == 7
+    for span, logits in spans.items():
+        layers = [] if span == "intact" else range(int(span.split("-")[0]), int(span.split("-")[1]) + 1)
+        set_ablation(model, layers)
+        with torch.no_grad():
+            for got in (model(**batch).logits, stages.forward(batch)):
+                assert torch.allclose(got, torch.tensor(logits), atol=1e-5), span
+    assert not torch.allclose(torch.tensor(spans["intact"]), torch.tensor(spans["0-2"]), atol=1e-2)
+
+
+def test_adapterhub_s_pfeiffer_adapter_on_a_decoder_and_a_family_it_lacks_are_refused_in_one_line():
+    cases = [
+        (FIXTURE / "llama" / "pfeiffer", "llama", "unsupported option original_ln_before=True on a 'llama' model"),
+        (FIXTURE / "llama" / "houlsby", "qwen2", "AdapterHub folders are read for model.family in"),
+        (FIXTURE / "llama" / "houlsby", "mistral", "trained on a 'llama' model, this is a 'mistral' one"),
+    ]  # fmt: skip
+    for folder, family, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)) as err:
+            adapterhub_spec(folder, family, 3, 3)
+        assert "\n" not in str(err.value)
+
+
 def test_what_the_suite_cannot_reproduce_or_does_not_fit_is_one_line(tmp_path):
     cases = [
         (FIXTURE / "houlsby", "mpnet", 3, "trained on a 'bert' model, this is a 'mpnet' one"),

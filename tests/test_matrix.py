@@ -57,6 +57,7 @@ AH_FORMATS = {
 IMPORTS = (
     *(f"adapterhub-{a}-{f}" for a in ("houlsby", "pfeiffer") for f in AH_FORMATS),
     "adapterhub-leaveout-bin",  # Houlsby trained with leave_out=[0]: adapter.layers=[1, 2]
+    "adapterhub-houlsby-llama",  # a decoder's: after o_proj and the MLP, AdapterHub's two-layer head
     "peft-lora",
     "peft-lora-llama",  # a decoder's: LoRA on q_proj, v_proj, down_proj and its `score` head
 )
@@ -155,7 +156,16 @@ def adapterhub_world(root: Path) -> tuple[dict[str, Path], Path, Path, dict, lis
 
     leave_out = leave_out_folder(root / "adapterhub-leaveout-bin")  # Houlsby without layer 0's adapters
     folders[leave_out.name] = leave_out
+    folders["adapterhub-houlsby-llama"] = root / "adapterhub-houlsby-llama"
+    shutil.copytree(FIXTURE / "llama" / "houlsby", folders["adapterhub-houlsby-llama"])
+    shutil.copytree(FIXTURE / "llama" / "base", root / "hub_base_llama")
+    _word_tokenizer(root / "hub_base_llama")  # pads with id 0 on the right, as the fixture's rows are
     expected = json.loads((FIXTURE / "expected.json").read_text())
+    llama = json.loads((FIXTURE / "llama" / "expected.json").read_text())
+    # the same four token sequences (the Llama rows padded with 0): one CSV and split serve both bases
+    assert [[t for t, m in zip(*row, strict=True) if m] for row in zip(llama["input_ids"], llama["attention_mask"], strict=True)] == [
+        [t for t, m in zip(*row, strict=True) if m] for row in zip(expected["input_ids"], expected["attention_mask"], strict=True)
+    ]  # fmt: skip
     texts = [
         " ".join(f"w{t}" for t, m in zip(ids, mask, strict=True) if m)
         for ids, mask in zip(expected["input_ids"], expected["attention_mask"], strict=True)
@@ -167,7 +177,8 @@ def adapterhub_world(root: Path) -> tuple[dict[str, Path], Path, Path, dict, lis
     order = [texts.index(t) for t in _validation(df, len(texts), seed)]
     predictions = {}
     for name in folders:
-        spans = expected["adapters"][name.split("-")[1].replace("leaveout", "houlsby")]
+        saved = llama if name.endswith("-llama") else expected
+        spans = saved["adapters"][name.split("-")[1].replace("leaveout", "houlsby")]
         predictions[name] = {
             None if span == "intact" else tuple(map(int, span.split("-"))): np.argmax(logits, -1)[
                 order
@@ -235,6 +246,7 @@ def world(tmp_path_factory) -> dict:
     model_args["minilm_l6/L2"] = _model("minilm_l6", _tiny_model(root / "bert2", "bert", 2), 2)
     # the AdapterHub fixture's base model and four sentences, as a BERT model's and a 3-label task's conf files
     model_args["bert_base_uncased/fixture"] = _model("bert_base_uncased", hub_base, 3)
+    model_args["llama3_2_1b/fixture"] = _model("llama3_2_1b", hub_base.parent / "hub_base_llama", 3)
     task_args["tweets/fixture"] = _task("tweets", fixture_csv, 4, fixture_split)
     return {
         "root": root,
@@ -274,6 +286,8 @@ MATRIX: dict[str, tuple[str, str, list[str]]] = {
         "adapter.load={folders[adapterhub-houlsby-bin]},{folders[adapterhub-houlsby-safetensors]},"
         "{folders[adapterhub-pfeiffer-bin]},{folders[adapterhub-pfeiffer-safetensors]},"
         "{folders[adapterhub-leaveout-bin]}"]),
+    "adapterhub-llama-folder": ("llama3_2_1b/fixture", "tweets/fixture", [
+        "ablate.first=0..2", "ablate.last=0..2", "adapter.load={folders[adapterhub-houlsby-llama]}"]),
     "peft-folder": ("bert_base_uncased", "rotten_tomatoes", [
         *CELLS, "method=lora", "method.load={folders[peft-lora]}"]),
     # decoders: each model file, both methods, a decoder's PEFT folder (2 cells each: 0..1, 0..2)
@@ -401,7 +415,8 @@ def _examples_join(sweep: Path) -> None:
 
 READS = {
     "test_imported_adapterhub_folders_give_the_library_s_own_predictions_for_every_cell": [
-        "adapterhub-folders"
+        "adapterhub-folders",
+        "adapterhub-llama-folder",
     ]
 }
 
@@ -431,3 +446,16 @@ def test_imported_adapterhub_folders_give_the_library_s_own_predictions_for_ever
     assert set(leave_out["adapter_layers"]) == {"1+2"} and set(leave_out["layernorms"]) == {"freeze"}
     pfeiffer = rows[rows["adapter_placement"] == "normed"]
     assert len(pfeiffer) == 12 and pfeiffer["accuracy"].nunique() > 1  # its cells differ: the check has teeth
+    # the Llama folder on the fixture's Llama base: every cell's predictions are the library's own
+    sweep, first, _ = sweeps["adapterhub-llama-folder"]
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = pd.read_csv(sweep / "results.csv")
+    expected = world["predictions"]["adapterhub-houlsby-llama"]
+    assert len(rows) == 6 and (rows["train_steps"] == 0).all() and (rows["model"] == "llama3_2_1b").all()
+    for row in rows.itertuples():
+        saved = np.load(sweep / str(row.job_dir) / "predictions.npz")
+        assert saved["intact"].tolist() == expected[None]
+        assert saved["ablated"].tolist() == expected[(row.first, row.last)], (row.first, row.last)
+    assert (
+        len({tuple(v) for v in expected.values()}) > 1
+    )  # some span changes a prediction: the check has teeth
