@@ -469,8 +469,18 @@ class AblateConfig:
     kind: str = param("zero", keys=(CELL,), column="ablate_kind")
     alpha: float | None = param(None, keys=(CELL,), column="alpha")  # kind=scale: 0 removes, 1 is intact
     layernorm: str = param("trained", keys=(CELL,), column="ablate_layernorm")
+    # k > 1: a block heatmap, whose cells remove whole blocks of k consecutive layers (0..k-1, k..2k-1, ...; the
+    # last block may be shorter); a sweep keeps the cells on that grid. In no key: a cell is the same
+    # evaluation whichever grid it is drawn on.
+    block: int = param(1, column="block")
 
     def __post_init__(self) -> None:
+        _check(
+            isinstance(self.block, int) and self.block >= 1,
+            "ablate.block",
+            self.block,
+            "an integer >= 1, the layers per block of a block heatmap (1: every layer range)",
+        )
         for name in ("first", "last"):
             value = getattr(self, name)
             _check(
@@ -483,6 +493,12 @@ class AblateConfig:
         _check(both, "ablate.first/last", (self.first, self.last), "set both or neither")
         if self.first is not None:
             _check(self.first <= self.last, "ablate.first", self.first, f"<= ablate.last={self.last}")
+            _check(
+                self.first % self.block == 0,
+                "ablate.first",
+                self.first,
+                f"the first layer of a block of ablate.block={self.block} (a multiple of {self.block})",
+            )
         _one_of("ablate.positions", self.positions, ABLATE_POSITIONS)
         _one_of("ablate.kind", self.kind, ABLATE_KINDS)
         _one_of("ablate.layernorm", self.layernorm, ABLATE_NORMS)
@@ -520,6 +536,24 @@ class AblateConfig:
                 value,
                 f"the model has L={num_layers} layers: use 0..{num_layers - 1}",
             )
+        if self.last is not None:
+            _check(
+                on_block_grid(self.first, self.last, self.block, num_layers),
+                "ablate.last",
+                self.last,
+                f"the last layer of a block of ablate.block={self.block} on L={num_layers} layers "
+                f"({', '.join(map(str, block_ends(self.block, num_layers)))})",
+            )
+
+
+def block_ends(block: int, num_layers: int) -> list[int]:
+    """The last layer of each block of `block` consecutive layers of a num_layers-layer model."""
+    return [min(start + block, num_layers) - 1 for start in range(0, num_layers, block)]
+
+
+def on_block_grid(first: int, last: int, block: int, num_layers: int) -> bool:
+    """True when first..last removes whole blocks of `block` layers (the last block may be shorter)."""
+    return first % block == 0 and last in block_ends(block, num_layers)
 
 
 @dataclass

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,6 +130,9 @@ class Evaluator:
         self.batches = [to_device(collate(data, i), device) for i in self.index]
         self.shards = self._plan_shards(memory_bytes)
         self.layer_passes = 0  # counts one layer over the whole split as 1/L of a full pass
+        # a full pass's seconds, measured on the first cell (the intact pass is slower: it meets every batch
+        # shape first, runs the last layer at every token and records statistics)
+        self.pass_seconds: float | None = None
         self._active: list[int] = []  # the batches whose states are held
         self._ctx: dict[int, dict] = {}
         # [layer k][i]: the state entering layer k of batch _active[i], in the base model of `_held`
@@ -137,6 +141,11 @@ class Evaluator:
         self._chain: tuple | None = None  # (first, ablation, last, [state after `last` per active batch])
         self._stats: dict[int, dict[tuple[int, str], torch.Tensor]] = {}  # per batch, per slot: sums
         self._means_set = False
+
+    @property
+    def num_layers(self) -> int:
+        """The model's layer count."""
+        return self.stages.num_layers
 
     @property
     def labels(self) -> np.ndarray:
@@ -323,6 +332,7 @@ class Evaluator:
         """Predicted labels of the active batches with the cell's layers ablated (the held states must be
         those of `ablation.base`)."""
         L = self.stages.num_layers
+        tic, before = time.perf_counter(), self.layer_passes
         self._set(ablation.ablated(first, last, L), ablation)
         chain = self._chain
         if chain and chain[:2] == (first, ablation) and first - 1 <= chain[2] <= last:
@@ -336,25 +346,57 @@ class Evaluator:
         self._chain = (first, ablation, last, states)
         preds = self._run_from(last + 1, states)
         self._set((), INTACT)
+        if self.pass_seconds is None:
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize()  # the kernels queued, not only launched
+            self.pass_seconds = (time.perf_counter() - tic) * L / (self.layer_passes - before)
         return preds
+
+    def _holds(self, batches: list[int], ablation: Ablation) -> bool:
+        """True when the held states are those a cell of `ablation` starts from, for these batches."""
+        wanted = ablation if ablation.base(self.stages.num_layers) else INTACT
+        return self._boundary is not None and self._active == batches and self._held == wanted
 
     def _hold_base(self, batches: list[int], ablation: Ablation) -> None:
         """Make the held states those a cell of `ablation` starts from, for these batches."""
-        wanted = ablation if ablation.base(self.stages.num_layers) else INTACT
-        if self._boundary is None or self._active != batches or self._held != wanted:
-            self._load(batches, wanted)
+        if not self._holds(batches, ablation):
+            self._load(batches, ablation if ablation.base(self.stages.num_layers) else INTACT)
+
+    def passes_before(self, cells: Sequence[Cell], ablation: Ablation = INTACT) -> int:
+        """Full passes predict(cells, ablation) makes besides its cells' own layers (ablation.cost): the
+        intact pass where `cells` holds None, and the states the cells start from (the intact model's, or the
+        all-removed model's for kind=keep) unless that pass or the states held now provide them."""
+        intact = None in cells
+        if all(cell is None for cell in cells):
+            return int(intact)
+        keep = bool(ablation.base(self.stages.num_layers))
+        everything = list(range(len(self.batches)))
+        provided = not keep if intact else not self.sharded and self._holds(everything, ablation)
+        return int(intact) + int(not provided)
 
     def predict(
-        self, cells: Sequence[Cell], ablation: Ablation = INTACT
+        self,
+        cells: Sequence[Cell],
+        ablation: Ablation = INTACT,
+        timed: Callable[[float], None] | None = None,
     ) -> Iterator[tuple[Cell, np.ndarray]]:
-        """(cell, predictions) for each cell (None: the intact model), in the order given.
+        """(cell, predictions) for each cell (None: the intact model), in the order given; `timed` is called
+        once with a full pass's seconds as soon as the first cell has measured it.
 
         Unsharded, each cell is yielded as soon as it is computed and the states stay held for later calls.
         Sharded, every cell's predictions are complete after the last shard, so all are yielded then.
         """
+
+        def tell() -> None:
+            nonlocal timed
+            if timed is not None and self.pass_seconds is not None:
+                timed(self.pass_seconds)
+                timed = None
+
         if not self.sharded:
             for cell in cells:
                 yield cell, self.intact() if cell is None else self.cell(*cell, ablation)
+                tell()
             return
         self._prepare(ablation)
         parts: dict[Cell, list[torch.Tensor]] = {cell: [] for cell in cells}
@@ -367,6 +409,7 @@ class Evaluator:
             for cell in parts:
                 if cell is not None:
                     parts[cell] += self._cell(*cell, ablation)
+                    tell()
             done += shard
         self._free()
         for cell, preds in parts.items():

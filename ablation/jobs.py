@@ -29,6 +29,9 @@ _L_EXPR = r"L(?:/\d+)?(?:[+-]\d+)?"
 _LAYER_RANGE = re.compile(rf"^(?:(-?\d+)|({_L_EXPR}))\.\.({_L_EXPR})$|^({_L_EXPR})$")
 _L_PARTS = re.compile(r"^L(?:/(\d+))?(?:([+-])(\d+))?$")
 ABLATE_KEYS = ("ablate.first", "ablate.last")
+# A block size written with L (`ablate.block=L/6`: about six blocks whatever the depth) is at least 1: every
+# layer range on a model of fewer layers than the divisor.
+BLOCK_KEY = "ablate.block"
 # Jobs sharing these run back to back: switching the model or task reloads the model.
 GROUPING_KEYS = ("preset", "model", "task")
 
@@ -220,7 +223,7 @@ def expand_layer_ranges(
         choices = [
             [f"{k}={str(layer_range(value, L)).replace(' ', '')}"]  # one list
             if k in LAYER_LIST_KEYS
-            else [f"{k}={v}" for v in layer_range(value, L)]
+            else [f"{k}={max(1, v) if k == BLOCK_KEY else v}" for v in layer_range(value, L)]
             for k, value in (a.split("=", 1) for a in ranged)
         ]
         # two values may name one job on this model (adapter.layers=L/2..L-1 and L-1..L-1 when L = 2)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ablation.adapters import remove_adapters, wrap_norms
 from ablation.atomic import clean_folder, lock, save_array, write_text
 from ablation.config import AblateConfig, CacheError, ModelConfig, RunConfig, TaskConfig, derive
+from ablation.cost import cost_line, layer_passes
 from ablation.data import Encoded, encode, examples_table, load_task
 from ablation.evaluate import Ablation, Evaluator, bound_resident_memory
 from ablation.imports import load_adapterhub, load_peft_lora
@@ -169,7 +170,14 @@ class Session:
                 cells = dict.fromkeys([None, *(group if ablate.cell else ()), ablate.cell])
                 todo = [c for c in cells if not self._path(self._at(ablate, c)).exists()]
                 bar = tqdm(total=len(todo), desc="eval cells", disable=len(todo) < 2, dynamic_ncols=True)
-                for cell, preds in self.evaluator.predict(todo, Ablation.of(ablate)):
+                ablation, L = Ablation.of(ablate), self.evaluator.num_layers
+                spans = [c for c in todo if c is not None]
+                passes = self.evaluator.passes_before(todo, ablation) + layer_passes(spans, L) / L
+
+                def timed(seconds: float) -> None:  # what the cells cost, at the speed the first one measured
+                    tqdm.write(f"[eval] {cost_line(len(spans), passes, L, seconds)}")
+
+                for cell, preds in self.evaluator.predict(todo, ablation, timed):
                     done = self._at(ablate, cell)
                     save_array(self._path(done), preds.astype(np.int16))
                     self._computed.add(cell_name(done))

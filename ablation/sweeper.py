@@ -26,13 +26,15 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ablation.atomic import write_text
-from ablation.config import AblateConfig, ConfigError, RunConfig, check_writable, derive
+from ablation.config import AblateConfig, ConfigError, RunConfig, check_writable, derive, on_block_grid
+from ablation.cost import plan_line
 from ablation.jobs import (
     ABLATE_KEYS,
     build_jobs,
     choose_grid,
     drop_lower_triangle,
     expand_layer_ranges,
+    group_key,
     write_cell_plan,
 )
 from ablation.results import FAILED_JOBS
@@ -116,29 +118,42 @@ class AblationSweeper(Sweeper):
         planned = expand_layer_ranges(build_jobs(params, grids, arguments, parser), self._num_layers)
         # Before the triangle filter: a layer the model does not have is an error even when every job
         # asking for it would be dropped (first=12 on a 12-layer model only appears with first > last).
-        unadapted = self._check_jobs(planned)
+        unadapted, off_grid = self._check_jobs(planned)
         if unadapted:
             log.info(
                 f"Dropped {len(unadapted)} of {len(planned)} jobs whose ablate.first..last leaves the layers "
                 "with adapters (adapter.layers)"
             )
-            planned = [job for n, job in enumerate(planned) if n not in unadapted]
+        if off_grid:
+            log.info(
+                f"Dropped {len(off_grid)} of {len(planned)} jobs whose ablate.first..last is not a range of "
+                "whole blocks (ablate.block)"
+            )
+        if unadapted or off_grid:
+            planned = [job for n, job in enumerate(planned) if n not in unadapted | off_grid]
         jobs, dropped = drop_lower_triangle(planned)
         if not jobs:
-            why = (
-                f"each of its {dropped} jobs has ablate.first > ablate.last"
-                if dropped
-                else "its grid is empty"
-            )
-            if unadapted:
-                why = (
-                    f"of its {dropped + len(unadapted)} jobs, {dropped} have ablate.first > ablate.last and "
-                    f"{len(unadapted)} ablate layers without adapters (adapter.layers)"
+            reasons = [
+                f"{n} {what}"
+                for n, what in (
+                    (dropped, "have ablate.first > ablate.last"),
+                    (len(unadapted), "ablate layers without adapters (adapter.layers)"),
+                    (len(off_grid), "are not ranges of whole blocks (ablate.block)"),
                 )
+                if n
+            ]
+            why = f"of its {dropped + len(unadapted) + len(off_grid)} jobs, {' and '.join(reasons)}"
+            if not reasons:
+                why = "its grid is empty"
+            elif len(reasons) == 1 and dropped:
+                why = f"each of its {dropped} jobs has ablate.first > ablate.last"
             raise ConfigError(f"the sweep has no job to run: {why}")
         if dropped:
             log.info(f"Dropped {dropped} of {len(planned)} jobs with ablate.first > ablate.last")
         log.info(f"Checked {len(planned)} jobs in {time.perf_counter() - tic:.1f} s")
+        plan = self._plan(jobs)
+        if plan:
+            log.info(f"Evaluation plan: {plan_line(plan)}; each job's log gives the time once measured")
         if self.dry_run:
             for num, job in enumerate(jobs):
                 log.info(f"#{num} : {' '.join(job)}")
@@ -166,6 +181,25 @@ class AblationSweeper(Sweeper):
             )
         return returns
 
+    def _plan(self, jobs: list[list[str]]) -> list[tuple[int, list[tuple[list[tuple[int, int]], bool]]]]:
+        """The sweep's cells as the evaluation meets them: per training (the jobs' overrides but ablate.*),
+        its model's layer count and its groups (jobs differing only in first/last) in sweep order, each with
+        its cells in the order its first job computes them and whether they keep (ablate.kind=keep)."""
+        trainings: dict[tuple[str, ...], dict[str, list[tuple[int, int]]]] = defaultdict(dict)
+        for job in jobs:
+            values = dict(arg.split("=", 1) for arg in job)
+            if all(k in values for k in ABLATE_KEYS):
+                training = tuple(a for a in job if not a.startswith("ablate."))
+                cell = (int(values["ablate.first"]), int(values["ablate.last"]))
+                trainings[training].setdefault(group_key(job), []).append(cell)
+        return [
+            (
+                self._num_layers(training),
+                [(cells, "ablate.kind=keep" in key.split()) for key, cells in groups.items()],
+            )
+            for training, groups in trainings.items()
+        ]
+
     def _num_layers(self, overrides: tuple[str, ...]) -> int:
         """The layer count of the model these overrides choose (composed once per distinct overrides)."""
         if overrides not in self._layers:
@@ -173,14 +207,16 @@ class AblationSweeper(Sweeper):
             self._layers[overrides] = int(OmegaConf.select(cfg, "model.num_layers"))
         return self._layers[overrides]
 
-    def _check_jobs(self, jobs: list[list[str]]) -> set[int]:
+    def _check_jobs(self, jobs: list[list[str]]) -> tuple[set[int], set[int]]:
         """Validate every job's config before any output is written; the indices of the jobs whose cell
-        ablates layers without adapters (adapter.layers), which the sweep drops like first > last.
+        ablates layers without adapters (adapter.layers), and of those whose cell is not a range of whole
+        blocks (ablate.block), which the sweep drops like first > last.
 
         Jobs that differ only in ablate.first/last or the seed share one composed config (composing is
         the slow part, ~0.1 s a job); those values are then checked against it directly.
         """
         unadapted: set[int] = set()
+        off_grid: set[int] = set()
         loader = self.hydra_context.config_loader
         too_high: dict[str, list[int]] = defaultdict(list)
         layers: dict[str, int] = {}
@@ -209,6 +245,10 @@ class AblationSweeper(Sweeper):
                 continue
             if first is not None and last is not None and first > last:
                 continue  # dropped by the triangle filter; its layers are checked above
+            block = AblateConfig(block=ablate.get("block", 1)).block  # checked before it divides
+            if first is not None and not on_block_grid(first, last, block, run.model.num_layers):
+                off_grid.add(n)
+                continue
             if (
                 first is not None
                 and run.ablatable
@@ -225,7 +265,7 @@ class AblationSweeper(Sweeper):
                 for m, v in too_high.items()
             ]
             raise ConfigError("; ".join(msgs))
-        return unadapted
+        return unadapted, off_grid
 
 
 def _failure(job_num: int, ret: JobReturn) -> dict[str, Any]:

@@ -34,7 +34,17 @@ from analysis.select import (
     top_half_pair,
     varying,
 )
-from analysis.stats import LEVEL, Group, cell_groups, group, interval, relative_decrease, replicates
+from analysis.stats import (
+    LEVEL,
+    Group,
+    block_size,
+    blocks,
+    cell_groups,
+    group,
+    interval,
+    relative_decrease,
+    replicates,
+)
 from analysis.stats import mean_accuracy as _accuracy
 
 INF = float("inf")
@@ -241,21 +251,25 @@ def _single_layer(panel: pd.DataFrame):
     if found is None:
         return None
     n_layers, intact, cells = found
-    layers = sorted(f for f, la in cells if f == la)
-    if not layers:
+    # on a block heatmap (ablate.block=k), the single blocks: the diagonal the heatmap has
+    k, units = block_size(panel), blocks(panel)
+    spans = [span for span in units if span in cells]
+    if not spans:
         return None
-    groups = [intact, *(cells[(layer, layer)] for layer in layers)]
+    groups = [intact, *(cells[span] for span in spans)]
     if _collapsed(panel, [intact]):
         return f"intact model {100 * _accuracy(intact):.1f}%; {COLLAPSED}", []
     reps = replicates(groups)
     values = relative_decrease(_accuracy(intact), np.array([_accuracy(g) for g in groups[1:]]))
     stats = relative_decrease(reps[:, :1], reps[:, 1:])
+    what, unit = ("single-layer", "layers") if k == 1 else (f"single-block ({k} layers)", "blocks")
     text = (
-        f"single-layer relative decrease {values.min():.2f}% to {values.max():.2f}% over "
-        f"{len(layers)} of {n_layers} layers, {intact.correct.shape[0]} seed(s)"
+        f"{what} relative decrease {values.min():.2f}% to {values.max():.2f}% over "
+        f"{len(spans)} of {len(units)} {unit}, {intact.correct.shape[0]} seed(s)"
     )
     return text, [
-        (f"layer {la}", float(v), stats[:, i]) for i, (la, v) in enumerate(zip(layers, values, strict=True))
+        (f"layer {a}" if a == b else f"layers {a}..{b}", float(v), stats[:, i])
+        for i, ((a, b), v) in enumerate(zip(spans, values, strict=True))
     ]
 
 
@@ -293,9 +307,12 @@ def _lower_vs_upper(panel: pd.DataFrame):
     if found is None:
         return None
     n_layers, intact, cells = found
-    j = lower_block(n_layers)
-    low, high = cells.get((0, j - 1)), cells.get((n_layers - j, n_layers - 1))
-    if low is None or high is None or n_layers - j <= j - 1:
+    # the paper's share of the layers at each end; on a block heatmap, as many whole blocks (at least one)
+    units = blocks(panel)
+    n = max(1, lower_block(n_layers) // block_size(panel))
+    (_, low_end), (high_start, _) = units[n - 1], units[-n]
+    low, high = cells.get((0, low_end)), cells.get((high_start, n_layers - 1))
+    if low is None or high is None or high_start <= low_end:
         return None
     if _collapsed(panel, [intact]):
         return f"intact model {100 * _accuracy(intact):.1f}%; {COLLAPSED}", []
@@ -303,7 +320,7 @@ def _lower_vs_upper(panel: pd.DataFrame):
     i, lo_acc, hi_acc = (_accuracy(g) for g in (intact, low, high))
     d_low, d_high = relative_decrease(i, lo_acc), relative_decrease(i, hi_acc)
     text = (
-        f"layers {n_layers - j}..{n_layers - 1} removed: {d_high:.2f}%, layers 0..{j - 1} removed: "
+        f"layers {high_start}..{n_layers - 1} removed: {d_high:.2f}%, layers 0..{low_end} removed: "
         f"{d_low:.2f}% (relative decrease)"
     )
     stat = relative_decrease(reps[:, 0], reps[:, 2]) - relative_decrease(reps[:, 0], reps[:, 1])

@@ -16,7 +16,7 @@ from matplotlib import colormaps
 from matplotlib.colors import Normalize, to_hex
 
 from analysis.examples import ID, cell_flips, changed, examples_of, text_of
-from analysis.stats import cell_intervals
+from analysis.stats import block_size, blocks, cell_intervals
 
 CELL = 38  # pixels per heatmap cell
 MARGIN = 34  # pixels left of and above the grid, for the layer numbers
@@ -45,9 +45,11 @@ def panel_data(panel: pd.DataFrame, title: str) -> dict:
         cells[f"{first}..{last}"] = {
             "first": first,
             "last": last,
-            "accuracy": round(float(r["accuracy"]), 2),
-            "drop": [round(float(r[c]), 2) for c in ("drop_points", "drop_lo", "drop_hi")],
-            "decrease": [round(float(r[c]), 2) for c in ("relative_decrease", "lo", "hi")],
+            # rounded once, to the one decimal shown, by the PNG's rule (Python's; JavaScript's toFixed rounds
+            # ties the other way): the SVG, the tooltip and heatmap.png print the same number
+            "accuracy": _shown(r["accuracy"]),
+            "drop": [_shown(r[c]) for c in ("drop_points", "drop_lo", "drop_hi")],
+            "decrease": [_shown(r[c]) for c in ("relative_decrease", "lo", "hi")],
             "seeds": int(r["seeds"]),
             "color": to_hex(rgba),
             "ink": "#ffffff" if dark else "#1f2328",
@@ -55,14 +57,25 @@ def panel_data(panel: pd.DataFrame, title: str) -> dict:
             "gained": _pairs(flips, "gained"),
         }
     layers = sorted({c["first"] for c in cells.values()} | {c["last"] for c in cells.values()})
+    starts, ends, axis = layers, layers, [str(layer) for layer in layers]
+    if block_size(panel) > 1:  # a block heatmap: rows the blocks' first layers, columns their last
+        starts, ends = [a for a, _ in blocks(panel)], [b for _, b in blocks(panel)]
+        axis = [f"{a}–{b}" if a != b else str(a) for a, b in blocks(panel)]
     return {
         "title": title,
-        "layers": layers,
+        "rows": starts,
+        "columns": ends,
+        "names": axis,
         "cells": cells,
         "ids": examples[ID].tolist(),
         "texts": [t if len(t) <= SHOWN_TEXT else t[: SHOWN_TEXT - 1] + "…" for t in text_of(examples)],
         "labels": names.tolist(),
     }
+
+
+def _shown(value: float) -> float:
+    """The value as the page shows it: one decimal."""
+    return float(f"{float(value):.1f}")
 
 
 def _pairs(flips: pd.DataFrame, change: str) -> list[list[int]]:
@@ -74,26 +87,29 @@ def _pairs(flips: pd.DataFrame, change: str) -> list[list[int]]:
 def heatmap_html(data: dict, index: int) -> str:
     """One panel: the SVG grid (upper triangle: rows the first ablated layer, columns the last), its tooltip
     and the list a click fills; the data as JSON beside it."""
-    layers = data["layers"]
-    at = {layer: i for i, layer in enumerate(layers)}
-    size = MARGIN + CELL * len(layers) + 4
+    row = {layer: i for i, layer in enumerate(data["rows"])}
+    column = {layer: i for i, layer in enumerate(data["columns"])}
+    margin = max(MARGIN, 10 + 7 * max(map(len, data["names"]), default=0))  # room for "25–29"
+    size = margin + CELL * len(row) + 4
     parts = []
-    for layer in layers:
-        pos = MARGIN + CELL * at[layer] + CELL / 2
-        parts.append(f"<text x='{pos}' y='{MARGIN - 8}' text-anchor='middle' class='axis'>{layer}</text>")
-        parts.append(f"<text x='{MARGIN - 8}' y='{pos + 4}' text-anchor='end' class='axis'>{layer}</text>")
+    for i, name in enumerate(data["names"]):
+        pos = margin + CELL * i + CELL / 2
+        parts.append(f"<text x='{pos}' y='{margin - 8}' text-anchor='middle' class='axis'>{name}</text>")
+        parts.append(f"<text x='{margin - 8}' y='{pos + 4}' text-anchor='end' class='axis'>{name}</text>")
     for name, cell in data["cells"].items():
-        x, y = MARGIN + CELL * at[cell["last"]], MARGIN + CELL * at[cell["first"]]
-        outline = " stroke='#1f2328' stroke-width='1.5'" if cell["first"] == cell["last"] else ""
+        x, y = margin + CELL * column[cell["last"]], margin + CELL * row[cell["first"]]
+        single = row[cell["first"]] == column[cell["last"]]  # one layer, or one block
+        outline = " stroke='#1f2328' stroke-width='1.5'" if single else ""
         parts.append(
             f"<g class='cell' data-cell='{name}' tabindex='0'><rect x='{x}' y='{y}' width='{CELL - 2}' "
             f"height='{CELL - 2}' fill='{cell['color']}'{outline}/><text x='{x + CELL / 2 - 1}' "
             f"y='{y + CELL / 2 + 3}' text-anchor='middle' fill='{cell['ink']}'>{cell['decrease'][0]:.1f}</text></g>"
         )
+    unit = "layer" if data["rows"] == data["columns"] else "block (its layers)"
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     return (
         f"<div class='explorer' id='explorer-{index}'>"
-        f"<p><b>{html.escape(data['title'])}</b>: relative decrease (%) per cell, rows the first ablated layer, "
+        f"<p><b>{html.escape(data['title'])}</b>: relative decrease (%) per cell, rows the first ablated {unit}, "
         "columns the last; hover a cell for its numbers, click it for the examples it flips.</p>"
         f"<svg width='{size}' height='{size}' role='img' aria-label='clickable heatmap'>{''.join(parts)}</svg>"
         "<div class='tip' hidden></div><div class='flips'></div>"
@@ -162,5 +178,5 @@ document.querySelectorAll('.explorer').forEach(function (root) {
 
 def explorers(panels: list[tuple[pd.DataFrame, str]]) -> str:
     """The clickable heatmaps of these (panel, title) pairs, with their style and script once."""
-    blocks = [heatmap_html(panel_data(panel, title), i) for i, (panel, title) in enumerate(panels)]
-    return f"<style>{STYLE}</style>{''.join(blocks)}<script>{SCRIPT}</script>"
+    parts = [heatmap_html(panel_data(panel, title), i) for i, (panel, title) in enumerate(panels)]
+    return f"<style>{STYLE}</style>{''.join(parts)}<script>{SCRIPT}</script>"

@@ -70,7 +70,7 @@ from analysis.select import (
     varying,
 )
 from analysis.stability import stability_table
-from analysis.stats import layer_matrix, recipe_profile, summarize_seeds, uncertain_cells
+from analysis.stats import block_size, blocks, layer_matrix, recipe_profile, summarize_seeds, uncertain_cells
 
 __all__ = [
     "alpha_plot",
@@ -185,6 +185,12 @@ def _draw_matrix(
         note = "\n".join(filter(None, [note, "hatched: 95% interval (examples × seeds) includes 0"]))
     ax.set_xlabel("last ablated layer")
     ax.set_ylabel("first ablated layer")
+    if list(matrix.index) != list(matrix.columns):  # a block heatmap: block i is layers index[i]..columns[i]
+        names = [f"{a}–{b}" if a != b else str(a) for a, b in zip(matrix.index, matrix.columns, strict=True)]
+        ax.set_xticklabels(names)
+        ax.set_yticklabels(names)
+        ax.set_xlabel("last ablated block (layers)")
+        ax.set_ylabel("first ablated block (layers)")
     ax.tick_params(axis="both", labelrotation=0)
     return note
 
@@ -201,7 +207,7 @@ def heatmap_figure(
     `uncertain(panel)` gives each panel's cells to hatch (e.g. `analysis.claims.uncertain_cells`).
     """
     panels, columns = _panel_grid(split_panels(df), df, PANEL_COLUMNS)
-    side = 0.45 * (int(df["last"].max()) + 1) + 2.0
+    side = 0.45 * _positions(df) + 2.0
     fig, axes = _figure(len(panels), columns, (1.2 * side, side + 0.3))
     for ax, panel in zip(axes, panels, strict=False):
         heatmap(panel, ax, value=value, note=note, uncertain=None if uncertain is None else uncertain(panel))
@@ -873,8 +879,13 @@ class Drawing:
     beside: tuple[Callable[[pd.DataFrame, Axes, str], pd.DataFrame], ...] = ()
 
 
+def _positions(rows: pd.DataFrame) -> int:
+    """The rows (and columns) of the rows' heatmap: its layers, or its blocks."""
+    return len(blocks(rows))
+
+
 def _heatmap_size(rows: pd.DataFrame) -> tuple[float, float]:
-    side = 0.45 * (int(rows["last"].max()) + 1) + 2.0
+    side = 0.45 * _positions(rows) + 2.0
     return 1.2 * side, side + 0.3
 
 
@@ -1198,6 +1209,10 @@ def _title(df: pd.DataFrame) -> str:
     layers = adapted_layers(df["adapter_layers"].iloc[0]) if "adapter_layers" in df.columns else None
     if layers is not None and layers != tuple(range(layers[-1] + 1)):
         details.append(f"adapters in layers {layers_text(layers)} only")
+    if "head" in df.columns and df["head"].iloc[0] == "lm":
+        details.append("head: the LM's label words")
+    if block_size(df) > 1:
+        details.append(f"blocks of {block_size(df)} layers")
     if "seed" in df.columns and df["seed"].nunique() > 1:
         details.append(f"mean of {df['seed'].nunique()} seeds")
     if "intact_accuracy" in df.columns:

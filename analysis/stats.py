@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ablation.config import block_ends
 from analysis.collect import correctness, load_predictions
 from analysis.select import (
     PANEL_COLUMNS,
@@ -219,6 +220,20 @@ def matrix_layers(df: pd.DataFrame) -> list[int]:
     return sorted({layer for layer in adapted_layers(found[0]) if layer <= top} | named)
 
 
+def block_size(df: pd.DataFrame) -> int:
+    """The layers per block of a heatmap's rows (ablate.block; 1: every layer range). Rows of several sizes
+    are drawn on the finest grid: a larger block's cells are cells of it."""
+    sizes = df["block"].dropna() if "block" in df.columns else pd.Series(dtype=float)
+    return int(sizes.min()) if len(sizes) else 1
+
+
+def blocks(df: pd.DataFrame) -> list[tuple[int, int]]:
+    """(first, last) layer of each block of a heatmap's rows, in order: (0, k-1), (k, 2k-1), ..., the last
+    block ending at the last layer the rows name (shorter where k does not divide the layer count)."""
+    k, n_layers = block_size(df), int(df["last"].dropna().max()) + 1
+    return [(end - (end % k), end) for end in block_ends(k, n_layers)]
+
+
 def layer_matrix(
     df: pd.DataFrame, value: str = "relative_decrease", n_layers: int | Sequence[int] | None = None
 ) -> pd.DataFrame:
@@ -244,10 +259,14 @@ def layer_matrix(
     layers = pd.Index(range(n_layers) if isinstance(n_layers, int) else list(n_layers))
     numbers = df.assign(**{value: df[value].astype(float)})
     matrix = numbers.pivot_table(index="first", columns="last", values=value, aggfunc="mean")
-    matrix = matrix.reindex(index=layers, columns=layers).astype(float)
+    starts, ends = layers, layers
+    if block_size(df) > 1:  # a block heatmap: rows the blocks' first layers, columns their last
+        kept = [(a, b) for a, b in blocks(df) if a in set(layers) or b in set(layers)]
+        starts, ends = pd.Index([a for a, _ in kept]), pd.Index([b for _, b in kept])
+    matrix = matrix.reindex(index=starts, columns=ends).astype(float)
     matrix.index.name, matrix.columns.name = "first", "last"
-    # the layers are sorted, so first <= last is the upper triangle of positions too
-    return matrix.where(np.triu(np.ones((len(layers), len(layers)), dtype=bool)))
+    # the layers (blocks) are sorted, so first <= last is the upper triangle of positions too
+    return matrix.where(np.triu(np.ones((len(starts), len(ends)), dtype=bool)))
 
 
 # --- layer-ablation cells ------------------------------------------------------------------------------

@@ -369,6 +369,19 @@ CLI_CASES = {
         "ablate.last=0..30",
         "hydra.sweep.dir={out}",
     ],
+    "block_zero": [
+        "-m",
+        "ablate.first=0..11",
+        "ablate.last=0..11",
+        "ablate.block=0",
+        "hydra.sweep.dir={out}",
+    ],
+    "run_off_the_block_grid": [
+        "ablate.block=3",
+        "ablate.first=0",
+        "ablate.last=3",
+        "hydra.run.dir={out}",
+    ],
     "dry_run": [
         "-m",
         "study=tradeoff",
@@ -494,6 +507,11 @@ BAD_CLI = [
         ["method.target=['query', 'value'] is not allowed", "model.family=llama", "'q_proj'"],
     ),
     ("decoder_last_30", ["30 layers", "0..29"]),
+    ("block_zero", ["ablate.block=0 is not allowed", "an integer >= 1"]),
+    (
+        "run_off_the_block_grid",
+        ["ablate.last=3 is not allowed", "ablate.block=3 on L=12 layers (2, 5, 8, 11)"],
+    ),
     ("run_unadapted_cell", ["ablate.first..last='1..4' is not allowed", "layers [1, 2] have no adapters"]),
     (
         "sweep_all_unadapted",
