@@ -129,6 +129,7 @@ class Evaluator:
         self.index = eval_batches(data, batch_size)
         self.batches = [to_device(collate(data, i), device) for i in self.index]
         self.shards = self._plan_shards(memory_bytes)
+        self._tokens = [batch["input_ids"].numel() for batch in self.batches]  # padded: what a layer computes
         self.layer_passes = 0  # counts one layer over the whole split as 1/L of a full pass
         # a full pass's seconds, measured on the first cell (the intact pass is slower: it meets every batch
         # shape first, runs the last layer at every token and records statistics)
@@ -349,7 +350,11 @@ class Evaluator:
         if self.pass_seconds is None:
             if self.device.startswith("cuda"):
                 torch.cuda.synchronize()  # the kernels queued, not only launched
-            self.pass_seconds = (time.perf_counter() - tic) * L / (self.layer_passes - before)
+            # layers run on the active batches, scaled to L layers on every token: a shard's batches are
+            # sorted by length, so the first shard's share of the batches is not its share of the work
+            layers = (self.layer_passes - before) * len(self.batches) / len(self._active)
+            share = sum(self._tokens[b] for b in self._active) / sum(self._tokens)
+            self.pass_seconds = (time.perf_counter() - tic) * L / layers / share
         return preds
 
     def _holds(self, batches: list[int], ablation: Ablation) -> bool:
