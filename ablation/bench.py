@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from ablation.adapters import remove_adapters
+from ablation.cost import floor_passes
 from ablation.data import Encoded, collate, to_device, train_batches
 from ablation.evaluate import Ablation, Evaluator
 from ablation.methods import prepare
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     # The machine's speed drifts over minutes, so the reference full passes are timed in the middle
     # and at the end of the cell evaluation (and excluded from it), not only before.
     cells_s, reference = 0.0, []
-    floor = sum(n * (n + 1) // 2 for n in range(1, L + 1)) / L
+    floor = floor_passes(L)
     tic = time.perf_counter()
     ev.intact()
     for first in range(L):

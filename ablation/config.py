@@ -546,9 +546,15 @@ class AblateConfig:
             )
 
 
+def block_spans(block: int, num_layers: int) -> list[tuple[int, int]]:
+    """(first, last) layer of each block of `block` consecutive layers of a num_layers-layer model, in order
+    (the last block shorter where `block` does not divide num_layers)."""
+    return [(start, min(start + block, num_layers) - 1) for start in range(0, num_layers, block)]
+
+
 def block_ends(block: int, num_layers: int) -> list[int]:
     """The last layer of each block of `block` consecutive layers of a num_layers-layer model."""
-    return [min(start + block, num_layers) - 1 for start in range(0, num_layers, block)]
+    return [last for _, last in block_spans(block, num_layers)]
 
 
 def on_block_grid(first: int, last: int, block: int, num_layers: int) -> bool:

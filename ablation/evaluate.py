@@ -357,15 +357,18 @@ class Evaluator:
             self.pass_seconds = (time.perf_counter() - tic) * L / layers / share
         return preds
 
+    def _start(self, ablation: Ablation) -> Ablation:
+        """The model whose states a cell of `ablation` starts from: INTACT, or `ablation` for kind=keep."""
+        return ablation if ablation.base(self.stages.num_layers) else INTACT
+
     def _holds(self, batches: list[int], ablation: Ablation) -> bool:
         """True when the held states are those a cell of `ablation` starts from, for these batches."""
-        wanted = ablation if ablation.base(self.stages.num_layers) else INTACT
-        return self._boundary is not None and self._active == batches and self._held == wanted
+        return self._boundary is not None and self._active == batches and self._held == self._start(ablation)
 
     def _hold_base(self, batches: list[int], ablation: Ablation) -> None:
         """Make the held states those a cell of `ablation` starts from, for these batches."""
         if not self._holds(batches, ablation):
-            self._load(batches, ablation if ablation.base(self.stages.num_layers) else INTACT)
+            self._load(batches, self._start(ablation))
 
     def passes_before(self, cells: Sequence[Cell], ablation: Ablation = INTACT) -> int:
         """Full passes predict(cells, ablation) makes besides its cells' own layers (ablation.cost): the

@@ -250,7 +250,7 @@ def _single_layer(panel: pd.DataFrame):
     found = cell_groups(panel)
     if found is None:
         return None
-    n_layers, intact, cells = found
+    _, intact, cells = found
     # on a block heatmap (ablate.block=k), the single blocks: the diagonal the heatmap has
     k, units = block_size(panel), blocks(panel)
     spans = [span for span in units if span in cells]

@@ -16,7 +16,7 @@ from matplotlib import colormaps
 from matplotlib.colors import Normalize, to_hex
 
 from analysis.examples import ID, cell_flips, changed, examples_of, text_of
-from analysis.stats import block_size, blocks, cell_intervals
+from analysis.stats import block_name, block_size, blocks, cell_intervals
 
 CELL = 38  # pixels per heatmap cell
 MARGIN = 34  # pixels left of and above the grid, for the layer numbers
@@ -59,8 +59,8 @@ def panel_data(panel: pd.DataFrame, title: str) -> dict:
     layers = sorted({c["first"] for c in cells.values()} | {c["last"] for c in cells.values()})
     starts, ends, axis = layers, layers, [str(layer) for layer in layers]
     if block_size(panel) > 1:  # a block heatmap: rows the blocks' first layers, columns their last
-        starts, ends = [a for a, _ in blocks(panel)], [b for _, b in blocks(panel)]
-        axis = [f"{a}–{b}" if a != b else str(a) for a, b in blocks(panel)]
+        spans = blocks(panel)
+        starts, ends, axis = [a for a, _ in spans], [b for _, b in spans], [block_name(*s) for s in spans]
     return {
         "title": title,
         "rows": starts,

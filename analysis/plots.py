@@ -70,7 +70,15 @@ from analysis.select import (
     varying,
 )
 from analysis.stability import stability_table
-from analysis.stats import block_size, blocks, layer_matrix, recipe_profile, summarize_seeds, uncertain_cells
+from analysis.stats import (
+    block_name,
+    block_size,
+    blocks,
+    layer_matrix,
+    recipe_profile,
+    summarize_seeds,
+    uncertain_cells,
+)
 
 __all__ = [
     "alpha_plot",
@@ -186,7 +194,7 @@ def _draw_matrix(
     ax.set_xlabel("last ablated layer")
     ax.set_ylabel("first ablated layer")
     if list(matrix.index) != list(matrix.columns):  # a block heatmap: block i is layers index[i]..columns[i]
-        names = [f"{a}–{b}" if a != b else str(a) for a, b in zip(matrix.index, matrix.columns, strict=True)]
+        names = [block_name(a, b) for a, b in zip(matrix.index, matrix.columns, strict=True)]
         ax.set_xticklabels(names)
         ax.set_yticklabels(names)
         ax.set_xlabel("last ablated block (layers)")

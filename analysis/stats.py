@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ablation.config import block_ends
+from ablation.config import block_spans
 from analysis.collect import correctness, load_predictions
 from analysis.select import (
     PANEL_COLUMNS,
@@ -230,8 +230,12 @@ def block_size(df: pd.DataFrame) -> int:
 def blocks(df: pd.DataFrame) -> list[tuple[int, int]]:
     """(first, last) layer of each block of a heatmap's rows, in order: (0, k-1), (k, 2k-1), ..., the last
     block ending at the last layer the rows name (shorter where k does not divide the layer count)."""
-    k, n_layers = block_size(df), int(df["last"].dropna().max()) + 1
-    return [(end - (end % k), end) for end in block_ends(k, n_layers)]
+    return block_spans(block_size(df), int(df["last"].dropna().max()) + 1)
+
+
+def block_name(first: int, last: int) -> str:
+    """A block's axis label: its layers, "12–14" (one layer: "12")."""
+    return f"{first}–{last}" if first != last else str(first)
 
 
 def layer_matrix(
@@ -261,7 +265,8 @@ def layer_matrix(
     matrix = numbers.pivot_table(index="first", columns="last", values=value, aggfunc="mean")
     starts, ends = layers, layers
     if block_size(df) > 1:  # a block heatmap: rows the blocks' first layers, columns their last
-        kept = [(a, b) for a, b in blocks(df) if a in set(layers) or b in set(layers)]
+        shown = set(layers)
+        kept = [(a, b) for a, b in blocks(df) if a in shown or b in shown]
         starts, ends = pd.Index([a for a, _ in kept]), pd.Index([b for _, b in kept])
     matrix = matrix.reindex(index=starts, columns=ends).astype(float)
     matrix.index.name, matrix.columns.name = "first", "last"
