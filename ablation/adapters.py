@@ -90,7 +90,8 @@ class AdapterLayer(nn.Module):
 
     The slot's contribution c = adapter(s) - s is added in full (mode "on"), not at all ("off"), replaced by
     its mean over the validation tokens of the intact model ("mean", `mean` set by the evaluator) or scaled
-    by `alpha` ("scale"). `record`, when set, is handed (slot, s, adapter output) on every "on" forward.
+    by `alpha` ("scale"). `record`, when set, is handed (slot, s, the slot's output) on every "on" or "scale"
+    forward.
     `position` is the sub-layer (what ablate.positions selects), `name` the slot within the layer: the
     position for a bottleneck adapter (one per sub-layer), the wrapped projection for LoRA (LoraSlot).
     """
@@ -142,14 +143,12 @@ class AdapterLayer(nn.Module):
         if self._norm:
             source = self._norm[0](h + source)  # the residual sum, normalised as the layer will
         out = self.adapter(h, source) if self.parallel else self.adapter(h)
-        if self.mode == "on":
-            if self.record is not None:
-                self.record(self, h, out)
-            return out
-        # scale: alpha 0 and 1 are removal and the intact slot exactly (h + 1 * (out - h) rounds otherwise)
-        if self.alpha == 1.0:
-            return out
-        return h if self.alpha == 0.0 else h + self.alpha * (out - h)
+        if self.mode == "scale":
+            # alpha 0 and 1 are removal and the intact slot exactly (h + 1 * (out - h) rounds otherwise)
+            out = out if self.alpha == 1.0 else h if self.alpha == 0.0 else h + self.alpha * (out - h)
+        if self.record is not None:
+            self.record(self, h, out)
+        return out
 
     def weight_norms(self) -> tuple[float, float]:
         """Frobenius norms of the down- and up-projection weights."""
@@ -188,10 +187,11 @@ class LoraSlot(AdapterLayer):
                 raise RuntimeError(f"layer {self.layer} {self.name}: mean ablation before the means exist")
             return h + self.mean.to(h.dtype)
         out = self.base_layer(x)
-        if self.mode == "on":
+        if self.mode == "scale" and self.alpha != 1.0:
+            out = h + self.alpha * (out - h)
+        if self.record is not None:
             self.record(self, h, out)
-            return out
-        return out if self.alpha == 1.0 else h + self.alpha * (out - h)
+        return out
 
     def weight_norms(self) -> tuple[float, float]:
         """Frobenius norms of LoRA's A (down) and B (up) weights."""
@@ -358,14 +358,18 @@ def set_ablation(
     if mode not in SLOT_MODES[1:]:
         raise ValueError(f"mode={mode!r}: one of {SLOT_MODES[1:]}")
     off = set(layers)
-
-    def ablated(layer: int, position: str) -> bool:
-        return layer in off and positions in ("both", position)
-
-    for (layer, position), slot in adapter_slots(model).items():
-        slot.mode, slot.alpha = (mode, alpha) if ablated(layer, position) else ("on", 1.0)
+    for slot in adapter_slots(model).values():
+        ablated = slot.layer in off and slot_ablated(positions, slot.position)
+        slot.mode, slot.alpha = (mode, alpha) if ablated else ("on", 1.0)
     switches = norm_switches(model)
     if norms == "pretrained" and off and not switches:
         raise RuntimeError("norms='pretrained' needs the LayerNorms wrapped first (wrap_norms)")
     for norm in switches:
-        norm.pretrained = norms == "pretrained" and ablated(norm.layer, norm.position)
+        norm.pretrained = (
+            norms == "pretrained" and norm.layer in off and slot_ablated(positions, norm.position)
+        )
+
+
+def slot_ablated(positions: str, position: str) -> bool:
+    """True when ablate.positions=`positions` ablates a slot (or norm) of sub-layer `position`."""
+    return positions in ("both", position)

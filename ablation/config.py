@@ -55,6 +55,12 @@ ABLATE_POSITIONS = ("both", "attention", "output")
 # model; scale: multiplied by ablate.alpha; keep: the complement, only first..last keep their adapters
 ABLATE_KINDS = ("zero", "mean", "scale", "keep")
 ABLATE_NORMS = ("trained", "pretrained")  # the LayerNorms the ablated layers run with
+# ablate.estimate: how a cell's predictions are had; unset: exact, the model run with the adapters ablated.
+# attribution: a first-order estimate from one forward and one backward pass per label of the intact model;
+# integrated: the gradients averaged along a gate of every layer's adapters from intact to ablated, 4 such
+# passes (ablation.estimate). Every cell at once; never judged or averaged with exact rows.
+ESTIMATORS = ("attribution", "integrated")
+EXACT = "exact"  # the estimate column of an exact row
 # With adapter.load, the adapter options an AdapterHub folder decides (`derive` takes them from it) and those it
 # cannot express (they must keep their defaults).
 IMPORT_DECIDED = ("size", "activation", "positions", "scaling", "placement", "layers")
@@ -473,6 +479,11 @@ class AblateConfig:
     # last block may be shorter); a sweep keeps the cells on that grid. In no key: a cell is the same
     # evaluation whichever grid it is drawn on.
     block: int = param(1, column="block")
+    # None or "exact": exact cells; an estimator (ESTIMATORS): estimated ones, cached apart, their rows say so.
+    # Enters the cell key only when set (derive writes exact unset), so exact cells keep the names they had.
+    estimate: str | None = param(
+        None, keys=(CELL,), column="estimate", when_set=True, unset=lambda run: EXACT
+    )
 
     def __post_init__(self) -> None:
         _check(
@@ -520,6 +531,29 @@ class AblateConfig:
             (self.kind, self.layernorm),
             "an ablation of a layer range: set ablate.first and ablate.last too",
         )
+        _one_of("ablate.estimate", self.estimate, (None, EXACT, *ESTIMATORS))
+        if self.estimate not in (None, EXACT):
+            _check(
+                self.first is not None,
+                "ablate.estimate",
+                self.estimate,
+                "an estimate of layer-range cells: set ablate.first and ablate.last too (the intact model is "
+                "always exact)",
+            )
+            _check(
+                self.layernorm == "trained",
+                "ablate.estimate",
+                self.estimate,
+                "only with ablate.layernorm=trained: the estimate follows the adapters' outputs, not the "
+                "LayerNorms' weights",
+            )
+            _check(
+                self.estimate != "integrated" or self.kind != "mean",
+                "ablate.estimate",
+                self.estimate,
+                "not with ablate.kind=mean: its gate runs from the intact model to removal or ablate.alpha "
+                "(ablate.estimate=attribution estimates mean cells)",
+            )
 
     @property
     def cell(self) -> tuple[int, int] | None:
@@ -836,6 +870,8 @@ def derive(cfg: RunConfig) -> RunConfig:
         adapter = replace(adapter, layers=None if layers == _all_layers(cfg) else layers)
     if ablate.alpha is not None:  # 1 and 1.0 are one cell (the cache key holds the text)
         ablate = replace(ablate, alpha=float(ablate.alpha))
+    if ablate.estimate == EXACT:  # written unset: the exact cells' names are those made before the option
+        ablate = replace(ablate, estimate=None)
     return replace(cfg, task=task, method=method, adapter=adapter, ablate=ablate)
 
 

@@ -18,6 +18,9 @@ The boundary states take (L+1) x tokens x d x 4 bytes (about 1 GB on the default
 bert-base on QQP). When they exceed the memory budget, the split is evaluated shard by shard: for each
 shard of examples, its intact states and every requested cell, then the states are freed. The compute
 stays at the floor (no cell is evaluated twice) and the predictions are those of the unsharded path.
+
+`Evaluator.estimate` gives the same cells estimated from the gradients of the intact model instead
+(ablation.estimate: a few passes for every cell, not exact).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ablation.adapters import AdapterLayer, adapter_slots, set_ablation
 from ablation.data import Encoded, collate, eval_batches, to_device
+from ablation.estimate import STEPS, cell_predictions, layer_effects
 from ablation.models import Stages
 from ablation.precision import autocast
 
@@ -142,6 +146,9 @@ class Evaluator:
         self._chain: tuple | None = None  # (first, ablation, last, [state after `last` per active batch])
         self._stats: dict[int, dict[tuple[int, str], torch.Tensor]] = {}  # per batch, per slot: sums
         self._means_set = False
+        # per (mode, alpha, positions): intact logit differences [N, K] and per-layer effects [L, N, K]
+        self._estimates: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self.estimate_seconds: float | None = None  # the last gradient pass's time (ablation.estimate)
 
     @property
     def num_layers(self) -> int:
@@ -444,6 +451,45 @@ class Evaluator:
         everything = list(range(len(self.batches)))
         self._hold_base(everything, ablation)
         return self._unsort(self._cell(first, last, ablation), self._active)
+
+    def estimate(
+        self, cells: Sequence[tuple[int, int]], ablation: Ablation = INTACT, estimator: str = "attribution"
+    ) -> Iterator[tuple[Cell, np.ndarray]]:
+        """(cell, predictions) for each cell estimated from gradients (ablation.estimate's `estimator`): one
+        forward and K-1 backward passes over the split per gradient point, for all cells of an ablation."""
+        logits, effects = self.attributions(ablation, estimator)
+        for first, last in cells:
+            yield (first, last), cell_predictions(logits, effects, first, last, keep=ablation.kind == "keep")
+
+    def attributions(
+        self, ablation: Ablation = INTACT, estimator: str = "attribution"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The intact logits minus label 0's [N, K] and each layer's estimated change of them when its slots
+        are ablated [L, N, K], in dataset order (computed once per estimator, mode, alpha and positions)."""
+        if ablation.layernorm != "trained":
+            raise ValueError("an estimate follows the adapters' outputs: only with trained LayerNorms")
+        key = (estimator, ablation.mode, ablation.alpha, ablation.positions)
+        if key not in self._estimates:
+            self._prepare(ablation)
+            tic = time.perf_counter()
+            logits, effects = layer_effects(
+                self.stages,
+                self.batches,
+                ablation.positions,
+                ablation.mode,
+                ablation.alpha or 0.0,
+                self.precision,
+                self.device,
+                STEPS[estimator],
+            )
+            order = np.concatenate(self.index)
+            L, K = self.stages.num_layers, logits[0].shape[1]
+            in_order = np.empty((len(order), K)), np.empty((L, len(order), K))
+            in_order[0][order] = torch.cat(logits).cpu().numpy()
+            in_order[1][:, order] = torch.cat(effects, dim=1).cpu().numpy()
+            self._estimates[key] = in_order
+            self.estimate_seconds = time.perf_counter() - tic
+        return self._estimates[key]
 
     @torch.inference_mode()
     def from_scratch(

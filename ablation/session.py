@@ -15,7 +15,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 
 from ablation.adapters import remove_adapters, wrap_norms
 from ablation.atomic import clean_folder, lock, save_array, write_text
-from ablation.config import AblateConfig, CacheError, ModelConfig, RunConfig, TaskConfig, derive
+from ablation.config import EXACT, AblateConfig, CacheError, ModelConfig, RunConfig, TaskConfig, derive
 from ablation.cost import cost_line, layer_passes
 from ablation.data import Encoded, encode, examples_table, load_task
+from ablation.estimate import STEPS
 from ablation.evaluate import Ablation, Evaluator, bound_resident_memory
 from ablation.imports import load_adapterhub, load_peft_lora
 from ablation.keys import cell_name, data_key, eval_key, process_spec, training_key, training_spec
@@ -177,7 +178,7 @@ class Session:
                 def timed(seconds: float) -> None:  # what the cells cost, at the speed the first one measured
                     tqdm.write(f"[eval] {cost_line(len(spans), passes, L, seconds)}")
 
-                for cell, preds in self.evaluator.predict(todo, ablation, timed):
+                for cell, preds in self._evaluate(todo, ablate, timed):
                     done = self._at(ablate, cell)
                     save_array(self._path(done), preds.astype(np.int16))
                     self._computed.add(cell_name(done))
@@ -186,6 +187,27 @@ class Session:
                 if self.evaluator.recorded and not (self.cell_dir / DIAGNOSTICS).exists():
                     self._write_diagnostics()  # the intact pass just ran: its statistics cost nothing more
         return read_predictions(path, len(self.evaluator.labels)), cell_name(ablate) in self._computed
+
+    def _evaluate(
+        self, todo: list, ablate: AblateConfig, timed: Callable[[float], None]
+    ) -> Iterator[tuple[tuple[int, int] | None, np.ndarray]]:
+        """(cell, predictions) of these cells: exact, or the layer ranges estimated when ablate.estimate is set
+        (the intact model is always exact)."""
+        ablation = Ablation.of(ablate)
+        if ablate.estimate in (None, EXACT):
+            yield from self.evaluator.predict(todo, ablation, timed)
+            return
+        spans = [c for c in todo if c is not None]
+        if None in todo:
+            yield from self.evaluator.predict([None])
+        cells = list(self.evaluator.estimate(spans, ablation, ablate.estimate))
+        if spans:
+            points = STEPS[ablate.estimate] or 1
+            tqdm.write(
+                f"[eval] {len(spans)} cells estimated ({ablate.estimate}) from {points} forward and backward "
+                f"pass{'es' if points > 1 else ''} per label difference: {self.evaluator.estimate_seconds:.0f} s"
+            )
+        yield from cells
 
     def diagnostics_file(self) -> Path:
         """The file of what each adapter slot's contribution does in the intact model (Evaluator.diagnostics),

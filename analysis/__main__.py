@@ -1,4 +1,5 @@
-"""Command line: `python -m analysis report|compare|examples|figures|heatmap|table|ci|rebuild ...` (see --help)."""
+"""Command line: `python -m analysis report|compare|claims|estimate|examples|figures|heatmap|table|ci|rebuild ...`
+(see --help)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablation.config import ABLATE_KINDS, ABLATE_NORMS, ABLATE_POSITIONS
+from ablation.config import ABLATE_KINDS, ABLATE_NORMS, ABLATE_POSITIONS, ESTIMATORS, EXACT
 from analysis.collect import load_results, load_runs
 from analysis.select import (
     ABLATION_DEFAULTS,
     ALPHA,
+    ESTIMATE,
     KIND,
     LAYERNORM,
     PANEL_COLUMNS,
@@ -34,6 +36,7 @@ CELL_FLAGS = {
     LAYERNORM: ("--layernorm", "LayerNorm choices"),
     ALPHA: ("--alpha", "alphas"),
     "positions": ("--positions", "adapter positions"),
+    ESTIMATE: ("--estimate", "estimates"),
 }
 
 
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             return _examples(args)
         if args.command == "claims":
             return _claims(args)
+        if args.command == "estimate":
+            return _estimate(args)
         if args.command == "rebuild":
             from ablation.results import rebuild_table
 
@@ -114,6 +119,41 @@ def _claims(args: argparse.Namespace) -> int:
     for t in judged[1:]:
         merged = merged.merge(t, on=["claim", "panel"], how="outer", sort=False)
     print(merged.fillna("-").to_string(index=False))
+    return 0
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    """Each estimated heatmap against the exact one: the table, the side-by-side figure, the worst cells."""
+    from analysis.estimates import comparison, confirm_command, confirmation, estimators, paired_cells
+    from analysis.plots import estimate_figure
+
+    df = load_runs(args.dirs).table
+    pairs = [pair for estimate in estimators(df) for pair in paired_cells(df, estimate)]
+    if not pairs:
+        raise ValueError(
+            f"estimate: no estimated cells in {', '.join(map(str, args.dirs))} (a sweep with "
+            "ablate.estimate=attribution or integrated makes them)"
+        )
+    out = args.out if args.out is not None else Path("estimate")
+    table = comparison(df)
+    if table.empty:
+        print(
+            "no exact cells beside the estimated ones: the estimate's worst cells and the command that computes them"
+        )
+    else:
+        table.to_csv(out.with_suffix(".csv"), index=False)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        print(f"\ntable: {out.with_suffix('.csv')}")
+    for path in estimate_figure(pairs, out):
+        print(path)
+    for name, exact, guessed in pairs:
+        worst = confirmation(exact, guessed, args.confirm)
+        print(f"\n{name}: the estimate's {len(worst)} worst cells, estimated and exact (relative decrease %)")
+        for row in worst.itertuples():
+            exact_text = "not computed" if np.isnan(row.exact) else f"{row.exact:.1f}"
+            print(f"  {row.first}..{row.last}: {row.estimated:.1f} estimated, {exact_text} exact")
+        cells = list(zip(worst["first"], worst["last"], strict=True))
+        print(f"  computed exactly by: {confirm_command(cells)} (with the training's own options)")
     return 0
 
 
@@ -372,12 +412,15 @@ def choose_cells(df: pd.DataFrame, args: argparse.Namespace, where: str) -> Cell
     rows = rows[(rows[KIND] == kind).to_numpy(dtype=bool)]
     layernorm = _pick(rows, LAYERNORM, args.layernorm, where)
     rows = rows[(rows[LAYERNORM] == layernorm).to_numpy(dtype=bool)]
+    held = set(rows[ESTIMATE])  # exact cells where there are any: an estimate is read when asked for
+    estimate = _pick(rows, ESTIMATE, args.estimate or (EXACT if EXACT in held else None), where)
+    rows = rows[(rows[ESTIMATE] == estimate).to_numpy(dtype=bool)]
     if kind != "scale" and args.alpha is not None:
         raise ValueError(f"{where}: --alpha {args.alpha:g} is for --kind scale only, not kind {kind}")
     alpha = _pick(rows, ALPHA, args.alpha, where) if kind == "scale" else None
     if args.positions is not None:
-        _pick(CellChoice(kind, layernorm, alpha)(rows), "positions", args.positions, where)
-    return CellChoice(kind, layernorm, alpha, args.positions)
+        _pick(CellChoice(kind, layernorm, alpha, estimate=estimate)(rows), "positions", args.positions, where)
+    return CellChoice(kind, layernorm, alpha, args.positions, estimate)
 
 
 def _pick(rows: pd.DataFrame, column: str, given: object, where: str) -> object:
@@ -496,6 +539,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR[,DIR...]",
         help="run or sweep directories, one column each (A, B, ...); comma-joined ones are judged together",
     )
+    estimate = commands.add_parser(
+        "estimate",
+        help="estimated heatmaps (ablate.estimate) against the exact ones: agreement, verdicts, time, worst cells",
+    )
+    estimate.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="sweep directories")
+    estimate.add_argument("--out", type=Path, default=None, help="output stem (default: ./estimate)")
+    estimate.add_argument(
+        "--confirm", type=int, default=10, help="the estimate's worst cells listed (default: %(default)s)"
+    )
     examples = commands.add_parser(
         "examples",
         help="which validation examples a cell loses and gains (--cell F..L), or the most fragile ones",
@@ -569,6 +621,12 @@ def _cell_flags(sub: argparse.ArgumentParser) -> None:
         "--layernorm", choices=ABLATE_NORMS, default=None, help=f"ablate_layernorm of the cells {only}"
     )
     sub.add_argument("--alpha", type=float, default=None, help=f"alpha of the cells of kind scale {only}")
+    sub.add_argument(
+        "--estimate",
+        choices=(EXACT, *ESTIMATORS),
+        default=None,
+        help="exact cells or an estimate's (default: exact where there are any)",
+    )
     sub.add_argument(
         "--positions",
         choices=ABLATE_POSITIONS,

@@ -151,16 +151,22 @@ def difference_figure(table: pd.DataFrame, out_stem: str | Path, title: str) -> 
 
 
 def _draw_matrix(
-    matrix: pd.DataFrame, ax: Axes, label: str, annot: bool, uncertain: pd.DataFrame | None, note: str | None
+    matrix: pd.DataFrame,
+    ax: Axes,
+    label: str,
+    annot: bool,
+    uncertain: pd.DataFrame | None,
+    note: str | None,
+    limit: float | None = None,
 ) -> str | None:
-    """The heatmap itself: percent values, diverging colours centred on 0, diagonal outlined, hatching."""
+    """The heatmap itself: percent values, diverging colours centred on 0 (up to +-`limit` %, by default the
+    largest value's), diagonal outlined, hatching."""
     n_layers = len(matrix)
     # Single-layer effects are a few tenths of a percent: keep one decimal, smaller on big grids.
     fmt, fontsize = ".1f", (9 if n_layers <= 8 else 6.5)
     # Symmetric limits: a gain and a loss of the same size get equally strong colours, 0 is white.
-    limit = (
-        float(np.nanmax(np.abs(matrix.to_numpy(dtype=float)))) * 100 if matrix.notna().any().any() else 1.0
-    )
+    if limit is None:
+        limit = _largest(matrix) * 100
     limit = limit if limit > 0 else 1.0
     sns.heatmap(
         matrix * 100,
@@ -201,6 +207,33 @@ def _draw_matrix(
         ax.set_ylabel("first ablated block (layers)")
     ax.tick_params(axis="both", labelrotation=0)
     return note
+
+
+def _largest(matrix: pd.DataFrame) -> float:
+    """The largest absolute value of a matrix (0 when it holds none)."""
+    return float(np.nanmax(np.abs(matrix.to_numpy(dtype=float)))) if matrix.notna().any().any() else 0.0
+
+
+def estimate_figure(pairs: list[tuple[str, pd.DataFrame, pd.DataFrame]], out_stem: str | Path) -> list[Path]:
+    """Save each panel's exact heatmap beside its estimated one, on one colour scale (analysis.estimates's
+    (panel, exact cells, estimated cells); a panel without exact cells says so on the left)."""
+    side = 0.45 * max(_positions(guessed) for _, _, guessed in pairs) + 2.0
+    fig, axes = _figure(2 * len(pairs), 2, (1.2 * side, side + 0.5))
+    for n, (name, exact, guessed) in enumerate(pairs):
+        b = layer_matrix(guessed, "relative_decrease")
+        a = None if exact.empty else layer_matrix(exact, "relative_decrease")
+        limit = max(_largest(b), 0.0 if a is None else _largest(a)) * 100
+        estimate = guessed["estimate"].iloc[0]
+        if a is None:
+            _nothing(
+                axes[2 * n],
+                f"{name}\nno exact cells: computed by the command\n`python -m analysis estimate` gives",
+            )
+        for ax, matrix, what in ((axes[2 * n], a, "exact"), (axes[2 * n + 1], b, f"estimated ({estimate})")):
+            if matrix is not None:
+                _draw_matrix(matrix, ax, "relative decrease (%)", True, None, None, limit)
+                ax.set_title(f"{name}\n{what}", fontsize=10)
+    return _save(fig, out_stem)
 
 
 def heatmap_figure(

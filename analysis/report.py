@@ -20,9 +20,10 @@ from ablation.results import RESULT_JSON
 from analysis.claims import CLAIMS, NO_ROWS, claim_study, evaluate_claims
 from analysis.collect import Runs, load_runs
 from analysis.controls import CONTROL_LIST, findings
+from analysis.estimates import TOP, comparison, confirm_command, confirmation, estimators, paired_cells
 from analysis.examples import TextsMissing, examples_of, fragility, summary
 from analysis.interactive import explorers
-from analysis.plots import DRAWINGS, study_figures
+from analysis.plots import DRAWINGS, estimate_figure, study_figures
 from analysis.select import (
     KIND,
     LAYERNORM,
@@ -97,6 +98,7 @@ def render(runs: Runs, figures_dir: Path) -> str:
         *([_section("Training", training)] if (training := _training(df)) else []),
         *([_section("Which examples the layer ranges break", flips)] if (flips := _examples(df)) else []),
         _section("Figures", _figures(df, figures_dir)),
+        *([_section("Estimated cells", estimated)] if (estimated := _estimates(df, figures_dir)) else []),
         _section("Layer-ablation cells with their intervals", _cells(df)),
         _section("The runs behind this page", _runs(runs)),
     ]
@@ -355,6 +357,66 @@ def _figures(df: pd.DataFrame, figures_dir: Path) -> str:
             f"<figcaption>{html.escape(caption)} ({html.escape(path.name)})</figcaption></figure>"
         )
     return "\n".join(parts)
+
+
+def _estimates(df: pd.DataFrame, figures_dir: Path) -> str | None:
+    """The estimated heatmaps (ablate.estimate) beside the exact ones, how far they agree, and the estimate's
+    worst cells with their exact values ("estimate, then confirm"); None without estimated cells."""
+    pairs = [pair for estimate in estimators(df) for pair in paired_cells(df, estimate)]
+    if not pairs:
+        return None
+    note = (
+        "<p class='muted'>Cells estimated from gradients (<code>ablate.estimate</code>): every figure and claim "
+        "above reads exact cells only. Here each estimated heatmap is set beside the exact one of the same "
+        "training: Spearman's correlation of the relative decrease over the cells, the largest error (points "
+        f"of %), how many of the exact {TOP} most damaging cells the estimate also ranks among its {TOP}, the "
+        "heatmap claims' verdicts judged on the estimate, and each one's evaluation time. What it can be "
+        "trusted for: docs/deep.md.</p>"
+    )
+    table = comparison(df)
+    head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in table.columns)
+    rows = []
+    for _, r in table.iterrows():
+        cells = [html.escape(str(r["panel"])), html.escape(str(r["estimate"])), f"{r['cells']}"]
+        cells += [
+            _number(r["spearman"], "{:.3f}"),
+            _number(r["largest_error"], "{:.1f}"),
+            _number(r[f"top{TOP}_overlap"], "{:.0f}"),
+        ]
+        cells += [html.escape(str(r["verdicts_kept"])), html.escape(str(r["verdicts_changed"]) or "none")]
+        cells += [
+            _number(r["exact_seconds"], "{:.0f}"),
+            _number(r["estimate_seconds"], "{:.0f}"),
+            _number(r["time_ratio"], "{:.1f}"),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    listed = f"<table><tr>{head}</tr>{''.join(rows)}</table>" if rows else ""
+    figure = next(p for p in estimate_figure(pairs, figures_dir / "estimate") if p.suffix == ".png")
+    data = base64.b64encode(figure.read_bytes()).decode("ascii")
+    image = (
+        f"<figure><img alt='estimate' src='data:image/png;base64,{data}'><figcaption>Exact (left) and "
+        "estimated (right) relative decrease, one colour scale per panel (estimate.png)</figcaption></figure>"
+    )
+    confirms = []
+    for name, exact, guessed in pairs:
+        worst = confirmation(exact, guessed, TOP)
+        items = "".join(
+            f"<tr><td>{a}..{b}</td><td class='num'>{e:.1f}</td><td class='num'>{_number(x, '{:.1f}')}</td></tr>"
+            for a, b, e, x in worst.itertuples(index=False)
+        )
+        missing = worst[worst["exact"].isna()]
+        command = (
+            f"<p>Not computed exactly yet: <code>{html.escape(confirm_command(list(zip(missing['first'], missing['last'], strict=True))))}</code> "
+            "with the training's own options.</p>"
+            if len(missing)
+            else ""
+        )
+        confirms.append(
+            f"<details><summary>{html.escape(name)}: the estimate's {len(worst)} worst cells, estimated and exact"
+            f"</summary><table><tr><th>cell</th><th>estimated (%)</th><th>exact (%)</th></tr>{items}</table>"
+            f"{command}</details>"
+        )
+    return note + listed + image + "".join(confirms)
 
 
 def _examples(df: pd.DataFrame) -> str | None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ablation.config import ABLATE_KINDS, HEAD_METHODS, METHODS, RECIPE_LAYERNORMS, AdapterConfig
+from ablation.config import ABLATE_KINDS, EXACT, HEAD_METHODS, METHODS, RECIPE_LAYERNORMS, AdapterConfig
 from ablation.keys import REPLICATE, SETTING_COLUMNS, TRAINING_COLUMNS
 from analysis.collect import conform, has_diagnostics, has_examples, has_history
 
@@ -44,13 +44,16 @@ LAYERNORM_ORDER = ("train", "adapted", "freeze")  # the suite's recipe first
 PAPER_SIZES = (8, 64, 256)  # the adapter sizes of the paper's GLUE grid (its bottleneck claim)
 # The ablation's columns, and what a table without them (or a row with a gap) means: the paper's removal.
 KIND, ALPHA, LAYERNORM = "ablate_kind", "alpha", "ablate_layernorm"
-ABLATION_DEFAULTS = {KIND: "zero", LAYERNORM: "trained"}
+# How a cell was had: exact, or an estimate (ablate.estimate); every figure and claim reads exact cells only
+ESTIMATE = "estimate"
+ABLATION_DEFAULTS = {KIND: "zero", LAYERNORM: "trained", ESTIMATE: EXACT}
 HEAD = "head"  # the method that trains only the classification head on the frozen encoder
 
 
 def with_ablation(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows with `ablate_kind`, `ablate_layernorm` and `alpha` present: a missing kind (an older table,
-    or a gap) reads as `zero`, a missing LayerNorm choice as `trained`, a missing alpha as NaN."""
+    """The rows with `ablate_kind`, `ablate_layernorm`, `estimate` and `alpha` present: a missing kind (an
+    older table, or a gap) reads as `zero`, a missing LayerNorm choice as `trained`, a missing estimate as
+    `exact`, a missing alpha as NaN."""
     filled = {}
     for column, default in ABLATION_DEFAULTS.items():
         if column not in df.columns:
@@ -69,13 +72,17 @@ def intact(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["first"].isna() & df["last"].isna()]
 
 
-def cells(df: pd.DataFrame, kind: str = "zero", layernorm: str = "trained") -> pd.DataFrame:
+def cells(
+    df: pd.DataFrame, kind: str = "zero", layernorm: str = "trained", estimate: str = EXACT
+) -> pd.DataFrame:
     """Ablation cells of one kind (`zero`, `mean`, `scale`, `keep`) and LayerNorm choice (`trained`,
-    `pretrained`), with the ablation's columns filled in (see `with_ablation`)."""
+    `pretrained`), exact unless `estimate` names an estimator, with the ablation's columns filled in (see
+    `with_ablation`). Every figure and claim reads exact cells: an estimate is never judged with them."""
     if kind not in ABLATE_KINDS:
         raise ValueError(f"cells: kind must be one of {ABLATE_KINDS}, got {kind!r}")
     rows = with_ablation(df.dropna(subset=["first", "last"]))
-    return rows[((rows[KIND] == kind) & (rows[LAYERNORM] == layernorm)).to_numpy(dtype=bool)]
+    chosen = (rows[KIND] == kind) & (rows[LAYERNORM] == layernorm) & (rows[ESTIMATE] == estimate)
+    return rows[chosen.to_numpy(dtype=bool)]
 
 
 def ablated(df: pd.DataFrame) -> pd.DataFrame:
@@ -85,17 +92,18 @@ def ablated(df: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class CellChoice:
-    """One kind of ablation cell as a selector: called on rows, it keeps the cells of `kind` and `layernorm`
-    (`cells`, as every heatmap of the report selects them), of `alpha` (kind scale) and of `positions` where
-    given (None: every position, one panel each)."""
+    """One kind of ablation cell as a selector: called on rows, it keeps the cells of `kind`, `layernorm` and
+    `estimate` (`cells`, as every heatmap of the report selects them), of `alpha` (kind scale) and of
+    `positions` where given (None: every position, one panel each)."""
 
     kind: str = "zero"
     layernorm: str = "trained"
     alpha: float | None = None
     positions: str | None = None
+    estimate: str = EXACT
 
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
-        rows = cells(df, self.kind, self.layernorm)
+        rows = cells(df, self.kind, self.layernorm, self.estimate)
         keep = np.ones(len(rows), dtype=bool)
         if self.alpha is not None:
             keep &= np.isclose(rows[ALPHA].astype(float).to_numpy(), self.alpha)
@@ -110,6 +118,8 @@ class CellChoice:
             names.append(f"{ALPHA}={self.alpha:g}")
         if self.layernorm != ABLATION_DEFAULTS[LAYERNORM]:
             names.append(f"{LAYERNORM}={self.layernorm}")
+        if self.estimate != EXACT:
+            names.append(f"{ESTIMATE}={self.estimate}")
         return " ".join(names)
 
 
