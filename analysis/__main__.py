@@ -148,7 +148,8 @@ def _estimate(args: argparse.Namespace) -> int:
         print(path)
     for name, exact, guessed in pairs:
         worst = confirmation(exact, guessed, args.confirm)
-        print(f"\n{name}: the estimate's {len(worst)} worst cells, estimated and exact (relative decrease %)")
+        what = f"the {guessed['estimate'].iloc[0]} estimate's {len(worst)} worst cells"
+        print(f"\n{name}: {what}, estimated and exact (relative decrease %)")
         for row in worst.itertuples():
             exact_text = "not computed" if np.isnan(row.exact) else f"{row.exact:.1f}"
             print(f"  {row.first}..{row.last}: {row.estimated:.1f} estimated, {exact_text} exact")

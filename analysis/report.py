@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ablation.atomic import write_text
+from ablation.config import EXACT
 from ablation.results import RESULT_JSON
 from analysis.claims import CLAIMS, NO_ROWS, claim_study, evaluate_claims
 from analysis.collect import Runs, load_runs
@@ -25,6 +26,7 @@ from analysis.examples import TextsMissing, examples_of, fragility, summary
 from analysis.interactive import explorers
 from analysis.plots import DRAWINGS, estimate_figure, study_figures
 from analysis.select import (
+    ESTIMATE,
     KIND,
     LAYERNORM,
     PRESET_NOTE,
@@ -193,9 +195,11 @@ def _mixed_precisions(df: pd.DataFrame) -> str:
 
 
 def _kinds(df: pd.DataFrame) -> str:
-    """': 78 zero, 78 mean, ...' for cells of more than the paper's removal; '' for removal cells only."""
+    """': 78 zero, 78 mean, 78 zero (estimated: attribution), ...' for cells of more than the paper's exact
+    removal; '' for its cells only."""
     cells = with_ablation(df.dropna(subset=["first", "last"]))
     kinds = cells[KIND] + cells[LAYERNORM].map(lambda n: "" if n == "trained" else f" ({n} LayerNorms)")
+    kinds += cells[ESTIMATE].map(lambda e: "" if e == EXACT else f" (estimated: {e})")
     counts = kinds.value_counts(sort=False)
     if set(counts.index) <= {"zero"}:
         return ""
@@ -412,7 +416,8 @@ def _estimates(df: pd.DataFrame, figures_dir: Path) -> str | None:
             else ""
         )
         confirms.append(
-            f"<details><summary>{html.escape(name)}: the estimate's {len(worst)} worst cells, estimated and exact"
+            f"<details><summary>{html.escape(name)}: the {html.escape(guessed['estimate'].iloc[0])} estimate's "
+            f"{len(worst)} worst cells, estimated and exact"
             f"</summary><table><tr><th>cell</th><th>estimated (%)</th><th>exact (%)</th></tr>{items}</table>"
             f"{command}</details>"
         )

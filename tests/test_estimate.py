@@ -188,7 +188,10 @@ def test_an_estimated_sweep_runs_through_the_user_s_command_and_is_compared_with
     assert compared["estimate_seconds"].iloc[0] > 0
     assert out.with_suffix(".png").exists()
     page = build_report([sweep], tmp_path / "report.html").read_text()
-    assert "<h2>Estimated cells</h2>" in page and "the estimate's 6 worst cells, estimated and exact" in page
+    assert (
+        "<h2>Estimated cells</h2>" in page
+        and "the attribution estimate's 6 worst cells, estimated and exact" in page
+    )
     # estimated cells alone (no exact beside them): the worst ones and the command that computes them
     alone = tmp_path / "alone"
     grid = ["ablate.first=0..2", "ablate.last=0..2", "ablate.estimate=integrated"]
