@@ -146,7 +146,7 @@ class Evaluator:
         self._chain: tuple | None = None  # (first, ablation, last, [state after `last` per active batch])
         self._stats: dict[int, dict[tuple[int, str], torch.Tensor]] = {}  # per batch, per slot: sums
         self._means_set = False
-        # per (mode, alpha, positions): intact logit differences [N, K] and per-layer effects [L, N, K]
+        # per (estimator, mode, alpha, positions): intact logit differences [N, K], per-layer effects [L, N, K]
         self._estimates: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self.estimate_seconds: float | None = None  # the last gradient pass's time (ablation.estimate)
 
