@@ -145,9 +145,12 @@ def _key(item) -> str:
 
 
 def test_wandb_offline_writes_a_run_file_with_config_history_and_summary(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)  # no account: offline
     _log(open_tracker(LoggerConfig(name="wandb", project="study"), tmp_path, "5", "seed=0"))
+    # run.finish() only asks W&B's service to close the run file (wandb 0.31 publishes the request without
+    # waiting), so the file may still be unwritten here; teardown waits for the service, as exit does
+    wandb.teardown()
     (file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     records = wandb_records(file)
     kinds = [r.WhichOneof("record_type") for r in records]
