@@ -124,7 +124,14 @@ def _claims(args: argparse.Namespace) -> int:
 
 def _estimate(args: argparse.Namespace) -> int:
     """Each estimated heatmap against the exact one: the table, the side-by-side figure, the worst cells."""
-    from analysis.estimates import comparison, confirm_command, confirmation, estimators, paired_cells
+    from analysis.estimates import (
+        comparison,
+        confirm_command,
+        confirmation,
+        estimators,
+        overrides,
+        paired_cells,
+    )
     from analysis.plots import estimate_figure
 
     df = load_runs(args.dirs).table
@@ -154,7 +161,9 @@ def _estimate(args: argparse.Namespace) -> int:
             exact_text = "not computed" if np.isnan(row.exact) else f"{row.exact:.1f}"
             print(f"  {row.first}..{row.last}: {row.estimated:.1f} estimated, {exact_text} exact")
         cells = list(zip(worst["first"], worst["last"], strict=True))
-        print(f"  computed exactly by: {confirm_command(cells)} (with the training's own options)")
+        print(
+            f"  computed exactly by: {confirm_command(cells, overrides(guessed))} (with the training's own options)"
+        )
     return 0
 
 

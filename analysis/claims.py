@@ -21,7 +21,6 @@ from analysis.select import (
     FIGURES,
     PAPER_SIZES,
     RECIPE_COLUMNS,
-    STUDY_FIGURES,
     every_layer,
     figure_plan,
     halves,
@@ -212,8 +211,8 @@ def _with_condition(result: str, holds: bool | None) -> str:
 
 
 def claim_study(claim: Claim) -> str:
-    """The study whose rows measure the claim: the first in `STUDY_FIGURES` that draws its figure."""
-    return next(name for name, figures in STUDY_FIGURES.items() if claim.figure in figures)
+    """The study whose rows measure the claim: the first that draws its figure."""
+    return FIGURES[claim.figure].studies[0]
 
 
 def _row(claim: Claim, panel: str, measured: str, value: float, lo: float, hi: float, result: str) -> dict:

@@ -12,12 +12,14 @@ here they are judged on their own, as if they were exact, and the verdicts compa
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
-from ablation.config import EXACT
+from ablation.config import ABLATE_KINDS, EXACT
 from analysis.claims import CLAIMS, evaluate_claims
-from analysis.select import ESTIMATE, PANEL_COLUMNS, cells, varying, with_ablation
+from analysis.select import ALPHA, ESTIMATE, KIND, PANEL_COLUMNS, CellChoice, varying, with_ablation
 
 TOP = 10  # the most damaging cells compared
 VALUE = "relative_decrease"
@@ -48,19 +50,42 @@ def panel_name(rows: pd.DataFrame, columns: list[str]) -> str:
     return " · ".join(str(first[c]) for c in ["model", "task", "method", *columns] if c in rows.columns)
 
 
-def paired_cells(df: pd.DataFrame, estimate: str) -> list[tuple[str, pd.DataFrame, pd.DataFrame]]:
-    """(panel name, exact cells, estimated cells) of the paper's removal, per panel holding estimated cells
-    (its exact cells empty where none were computed)."""
-    exact, guessed = cells(df), cells(df, estimate=estimate)
-    both = pd.concat([exact, guessed])
-    split = [c for c in varying(both, PANEL_COLUMNS) if c not in ("model", "task", "method")]
-    keys = [c for c in ("model", "task", "method", *split) if c in both.columns]
+def ablations(df: pd.DataFrame, estimate: str) -> list[CellChoice]:
+    """The ablations (kind, and alpha for scale) whose cells `estimate` holds, the paper's removal first."""
+    rows = with_ablation(df.dropna(subset=["first", "last"]))
+    rows = rows[(rows[ESTIMATE] == estimate).to_numpy(dtype=bool)]
     out = []
-    for _, rows in both.groupby(keys, sort=True, dropna=False):
-        a, b = rows[rows.index.isin(exact.index)], rows[rows.index.isin(guessed.index)]
-        if len(b):
-            out.append((panel_name(rows, split), a, b))
+    for kind in ABLATE_KINDS:
+        chosen = rows[(rows[KIND] == kind).to_numpy(dtype=bool)]
+        alphas = sorted(set(chosen[ALPHA].dropna().astype(float))) if kind == "scale" else [None]
+        out += [CellChoice(kind, alpha=alpha) for alpha in alphas] if len(chosen) else []
     return out
+
+
+def paired_cells(df: pd.DataFrame, estimate: str) -> list[tuple[str, pd.DataFrame, pd.DataFrame]]:
+    """(panel name, exact cells, estimated cells) per panel and ablation holding estimated cells (its exact
+    cells empty where none were computed); the name says the ablation where it is not the paper's removal."""
+    out = []
+    for choice in ablations(df, estimate):
+        exact, guessed = choice(df), replace(choice, estimate=estimate)(df)
+        both = pd.concat([exact, guessed])
+        split = [c for c in varying(both, PANEL_COLUMNS) if c not in ("model", "task", "method")]
+        keys = [c for c in ("model", "task", "method", *split) if c in both.columns]
+        for _, rows in both.groupby(keys, sort=True, dropna=False):
+            a, b = rows[rows.index.isin(exact.index)], rows[rows.index.isin(guessed.index)]
+            if len(b):
+                name = " · ".join(n for n in (panel_name(rows, split), choice.label()) if n)
+                out.append((name, a, b))
+    return out
+
+
+def overrides(guessed: pd.DataFrame) -> str:
+    """The ablate.* options that make these cells' ablation ('' for the paper's removal)."""
+    kind = guessed[KIND].iloc[0]
+    parts = [] if kind == "zero" else [f"ablate.kind={kind}"]
+    if kind == "scale":
+        parts.append(f"ablate.alpha={float(guessed[ALPHA].iloc[0]):g}")
+    return " ".join(parts)
 
 
 def _by_cell(rows: pd.DataFrame) -> pd.Series:
@@ -111,7 +136,9 @@ def comparison(df: pd.DataFrame) -> pd.DataFrame:
             a, b = _by_cell(exact), _by_cell(guessed)
             common = a.index.intersection(b.index)
             a, b = a[common], b[common]
-            kept, judged, changed = _verdicts(df, exact, guessed)
+            # the heatmap claims are about removal: judged only on its cells
+            removal = guessed[KIND].iloc[0] == "zero"
+            kept, judged, changed = _verdicts(df, exact, guessed) if removal else (0, 0, [])
             exact_s, estimate_s = _seconds(exact), _seconds(guessed)
             rows.append(
                 {
@@ -121,7 +148,11 @@ def comparison(df: pd.DataFrame) -> pd.DataFrame:
                     "spearman": a.corr(b, method="spearman") if len(common) > 2 else np.nan,
                     "largest_error": float((a - b).abs().max() * 100),
                     f"top{TOP}_overlap": len(_top(a, TOP) & _top(b, TOP)) if len(common) >= TOP else np.nan,
-                    "verdicts_kept": f"{kept} of {judged}" if judged else "none judged",
+                    "verdicts_kept": f"{kept} of {judged}"
+                    if judged
+                    else "none judged"
+                    if removal
+                    else "not judged",
                     "verdicts_changed": "; ".join(changed),
                     "exact_seconds": exact_s,
                     "estimate_seconds": estimate_s,
@@ -152,9 +183,9 @@ def confirmation(exact: pd.DataFrame, guessed: pd.DataFrame, k: int) -> pd.DataF
     )
 
 
-def confirm_command(cells_: list[tuple[int, int]], overrides: str = "") -> str:
+def confirm_command(cells_: list[tuple[int, int]], options: str = "") -> str:
     """The user's command that computes these cells exactly: the first and last layers they use (a grid
     covering them; the cells of first > last are dropped by the sweep)."""
     firsts = ",".join(str(f) for f in sorted({f for f, _ in cells_}))
     lasts = ",".join(str(last) for last in sorted({last for _, last in cells_}))
-    return f"python -m ablation.run -m {overrides + ' ' if overrides else ''}ablate.first={firsts} ablate.last={lasts}"
+    return f"python -m ablation.run -m {options + ' ' if options else ''}ablate.first={firsts} ablate.last={lasts}"

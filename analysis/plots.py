@@ -14,9 +14,10 @@ figure is one `Drawing` (its panel function, title, caption and panel size) besi
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,10 +75,11 @@ from analysis.stats import (
     block_name,
     block_size,
     blocks,
+    cell_intervals,
     layer_matrix,
+    matrix_layers,
     recipe_profile,
     summarize_seeds,
-    uncertain_cells,
 )
 
 __all__ = [
@@ -98,8 +100,8 @@ __all__ = [
     "study_figures",
 ]  # figure_plan: re-exported from select
 MAX_COLUMNS = 3
-# A heatmap panel's rows -> its first x last matrix of cells to hatch (interval includes zero).
-Uncertain = Callable[[pd.DataFrame], pd.DataFrame]
+# A heatmap panel's rows -> its cells' intervals (analysis.stats.cell_intervals).
+CellTable = Callable[[pd.DataFrame], pd.DataFrame]
 METHOD_ORDER = ("adapters", "lora", "top_k", "layernorm", "head")
 METHOD_LABELS = {
     "adapters": "adapters (size m)",
@@ -121,17 +123,27 @@ def heatmap(
     value: str = "relative_decrease",
     annot: bool = True,
     note: str | None = None,
-    uncertain: pd.DataFrame | None = None,
+    cells: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Draw one panel (rows: first ablated layer, columns: last, in %) on `ax`; return the matrix.
+    """Draw one panel (rows: first ablated layer, columns: last, in %) on `ax`; return the matrix (in the
+    units of `value`).
 
     The colours diverge around zero (a gain and a loss of the same size get opposite hues of the same
-    strength). `uncertain`, a first x last boolean matrix, hatches the cells whose interval includes zero.
+    strength). `cells`, the panel's `analysis.stats.cell_intervals`, hatches the cells whose interval includes
+    zero and gives the relative decrease drawn, so the figure prints each cell's number as the report's
+    tables and clickable heatmap print it (rounded once, from one value).
     """
-    matrix = layer_matrix(df, value)
-    note = _draw_matrix(matrix, ax, f"{value.replace('_', ' ')} (%)", annot, uncertain, note)
+    uncertain = None
+    if cells is not None:
+        cells = cells.assign(block=block_size(df))  # the panel's grid: blocks where it has them
+        uncertain = layer_matrix(cells, "includes_zero", matrix_layers(df)).fillna(0.0) > 0.5
+    if cells is not None and value == "relative_decrease":
+        percent = layer_matrix(cells, value, matrix_layers(df))
+    else:
+        percent = layer_matrix(df, value) * 100
+    note = _draw_matrix(percent, ax, f"{value.replace('_', ' ')} (%)", annot, uncertain, note)
     ax.set_title(_title(df) + (f"\n{note}" if note else ""), fontsize=10)
-    return matrix
+    return percent / 100
 
 
 def difference_figure(table: pd.DataFrame, out_stem: str | Path, title: str) -> list[Path]:
@@ -139,7 +151,7 @@ def difference_figure(table: pd.DataFrame, out_stem: str | Path, title: str) -> 
 
     `table` has columns first, last, difference, includes_zero (see `analysis.claims.difference_intervals`).
     """
-    matrix = layer_matrix(table, "difference") / 100  # _draw_matrix shows fractions in percent
+    matrix = layer_matrix(table, "difference")
     uncertain = layer_matrix(table, "includes_zero").fillna(0.0) > 0.5
     side = 0.45 * len(matrix) + 2.0
     fig, axes = _figure(1, 1, (1.2 * side, side + 0.6))
@@ -151,7 +163,7 @@ def difference_figure(table: pd.DataFrame, out_stem: str | Path, title: str) -> 
 
 
 def _draw_matrix(
-    matrix: pd.DataFrame,
+    percent: pd.DataFrame,
     ax: Axes,
     label: str,
     annot: bool,
@@ -159,17 +171,18 @@ def _draw_matrix(
     note: str | None,
     limit: float | None = None,
 ) -> str | None:
-    """The heatmap itself: percent values, diverging colours centred on 0 (up to +-`limit` %, by default the
-    largest value's), diagonal outlined, hatching."""
+    """The heatmap itself: values in percent, annotated as they are (rounded once, to one decimal), diverging
+    colours centred on 0 (up to +-`limit` %, by default the largest value's), diagonal outlined, hatching."""
+    matrix = percent
     n_layers = len(matrix)
     # Single-layer effects are a few tenths of a percent: keep one decimal, smaller on big grids.
     fmt, fontsize = ".1f", (9 if n_layers <= 8 else 6.5)
     # Symmetric limits: a gain and a loss of the same size get equally strong colours, 0 is white.
     if limit is None:
-        limit = _largest(matrix) * 100
+        limit = _largest(matrix)
     limit = limit if limit > 0 else 1.0
     sns.heatmap(
-        matrix * 100,
+        matrix,
         ax=ax,
         mask=matrix.isna(),
         vmin=-limit,
@@ -220,9 +233,9 @@ def estimate_figure(pairs: list[tuple[str, pd.DataFrame, pd.DataFrame]], out_ste
     side = 0.45 * max(_positions(guessed) for _, _, guessed in pairs) + 2.0
     fig, axes = _figure(2 * len(pairs), 2, (1.2 * side, side + 0.5))
     for n, (name, exact, guessed) in enumerate(pairs):
-        b = layer_matrix(guessed, "relative_decrease")
-        a = None if exact.empty else layer_matrix(exact, "relative_decrease")
-        limit = max(_largest(b), 0.0 if a is None else _largest(a)) * 100
+        b = layer_matrix(guessed, "relative_decrease") * 100
+        a = None if exact.empty else layer_matrix(exact, "relative_decrease") * 100
+        limit = max(_largest(b), 0.0 if a is None else _largest(a))
         estimate = guessed["estimate"].iloc[0]
         if a is None:
             _nothing(
@@ -241,17 +254,18 @@ def heatmap_figure(
     out_stem: str | Path,
     value: str = "relative_decrease",
     note: str | None = None,
-    uncertain: Uncertain | None = None,
+    cells: CellTable | None = None,
 ) -> list[Path]:
     """Save one heatmap panel per task (x model x positions where those vary) as out_stem.png and .pdf.
 
-    `uncertain(panel)` gives each panel's cells to hatch (e.g. `analysis.claims.uncertain_cells`).
+    `cells(panel)` gives each panel's cell intervals (e.g. `analysis.stats.cell_intervals`): its numbers and
+    the cells to hatch.
     """
     panels, columns = _panel_grid(split_panels(df), df, PANEL_COLUMNS)
     side = 0.45 * _positions(df) + 2.0
     fig, axes = _figure(len(panels), columns, (1.2 * side, side + 0.3))
     for ax, panel in zip(axes, panels, strict=False):
-        heatmap(panel, ax, value=value, note=note, uncertain=None if uncertain is None else uncertain(panel))
+        heatmap(panel, ax, value=value, note=note, cells=None if cells is None else cells(panel))
         _name_recipe(ax, panel, df, PANEL_COLUMNS)
     return _save(fig, out_stem)
 
@@ -374,8 +388,7 @@ def heatmap_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.Data
     if selection == "best":
         note = _aggregation(int(df["seed"].nunique()), "best")
         df = best_seed_rows(df, ["task", "model"])
-    uncertain = uncertain_cells(df) if "sweep" in df.columns else None
-    return heatmap(df, ax, note=note, uncertain=uncertain)
+    return heatmap(df, ax, note=note, cells=cell_intervals(df) if "sweep" in df.columns else None)
 
 
 def _cells_heatmap(
@@ -389,8 +402,8 @@ def _cells_heatmap(
     if selection == "best":
         note = f"{note}\n{_aggregation(int(rows['seed'].nunique()), 'best')}"
         rows = best_seed_rows(rows, ["task", "model"])
-    uncertain = uncertain_cells(rows, select) if "sweep" in rows.columns else None
-    matrix = heatmap(rows, ax, note=note, uncertain=uncertain)
+    cells = cell_intervals(rows, select=select) if "sweep" in rows.columns else None
+    matrix = heatmap(rows, ax, note=note, cells=cells)
     if kept:
         ax.set_xlabel("last kept layer")
         ax.set_ylabel("first kept layer")
@@ -908,156 +921,16 @@ def stability_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.Da
     return table
 
 
-@dataclass(frozen=True)
-class Drawing:
-    """How one figure draws the rows `analysis.select.FIGURES` gives it, and what the report says of it."""
-
-    draw: Callable[[pd.DataFrame, Axes, str], pd.DataFrame]  # one panel
-    caption: str
-    title: str | None = None  # above all panels; None: each panel titles itself
-    panel_size: Callable[[pd.DataFrame], tuple[float, float]] = lambda rows: (6.8, 4.2)
-    # more panel functions drawn right of `draw` on the same rows: then one row of axes per panel
-    beside: tuple[Callable[[pd.DataFrame, Axes, str], pd.DataFrame], ...] = ()
-
-
 def _positions(rows: pd.DataFrame) -> int:
     """The rows (and columns) of the rows' heatmap: its layers, or its blocks."""
     return len(blocks(rows))
 
 
-def _heatmap_size(rows: pd.DataFrame) -> tuple[float, float]:
-    side = 0.45 * _positions(rows) + 2.0
-    return 1.2 * side, side + 0.3
-
-
-DRAWINGS: dict[str, Drawing] = {
-    "heatmap": Drawing(
-        heatmap_plot,
-        "Layer ablation (Figure 6): relative decrease in validation accuracy when the adapters of layers "
-        "first..last are removed from the trained model, no retraining. Red is a loss, blue a gain; hatched "
-        "cells: the 95% interval (validation examples and seeds resampled together) includes zero.",
-        panel_size=_heatmap_size,
-    ),
-    "init_scale": Drawing(
-        init_scale_plot,
-        "Init scale (Figure 6, right): accuracy against the adapters' init std, mean ± 1 s.e.m. over seeds; "
-        "dashed: the majority-class rate; red crosses: diverged runs.",
-        "Adapter init scale (Houlsby et al. 2019, Fig. 6 right)",
-    ),
-    "bottleneck": Drawing(
-        bottleneck_plot,
-        "Bottleneck size: accuracy against the adapter size m, mean ± 1 s.e.m. over seeds; the paper's sizes "
-        "8, 64, 256 shaded.",
-        "Adapter bottleneck size (Houlsby et al. 2019, Sec. 3.6)",
-    ),
-    "tradeoff": Drawing(
-        tradeoff_plot,
-        "Trade-off (Figures 3/4): accuracy against the number of trained parameters, ±1 s.e.m. error bars; "
-        "full fine-tuning as the horizontal line; head only (the classification head on the frozen encoder), "
-        "where run, is the fewest parameters any method trains.",
-        "Trained parameters vs accuracy (Houlsby et al. 2019, Figs. 3/4)",
-    ),
-    "variants": Drawing(
-        variants_plot,
-        "Adapter variants: each seed (grey) and the mean ± 1 s.e.m.; the plain adapter as the line.",
-        "Adapter variants (Houlsby et al. 2019, Sec. 3.6)",
-        # one slot per variant, each wide enough for a slanted name
-        panel_size=lambda rows: (max(6.8, 0.6 * rows["variant"].nunique() + 3.5), 4.8),
-    ),
-    "heatmap_mean": Drawing(
-        mean_heatmap_plot,
-        "Mean replacement: relative decrease in validation accuracy when each adapter of layers first..last "
-        "is replaced by its mean contribution over the validation tokens (measured on the intact model), "
-        "not removed. Near 0: a constant shift does what the adapters do. Hatched: the 95% interval "
-        "includes zero.",
-        "Adapters replaced by their mean contribution",
-        panel_size=_heatmap_size,
-    ),
-    "heatmap_keep": Drawing(
-        keep_heatmap_plot,
-        "Keep one span: relative decrease in validation accuracy when only the adapters of layers "
-        "first..last stay and every other layer's are removed. Near 0 (hatched: the 95% interval includes "
-        "zero): that span alone suffices.",
-        "Only the adapters of first..last kept",
-        panel_size=_heatmap_size,
-    ),
-    "alpha": Drawing(
-        alpha_plot,
-        "Scaled contributions: accuracy when the adapters of a layer range add α times their contribution "
-        "(α = 0 removes them, α = 1 is the intact model), mean ± 1 s.e.m. over seeds; dashed: the "
-        "majority-class rate; grey line: the intact model.",
-        "Accuracy against the adapters' scaled contribution",
-    ),
-    "loss_curves": Drawing(
-        loss_curves_plot,
-        "Training loss against step, a 10-step running mean per seed (thin lines), one colour per init std σ "
-        "(init-scale study) or adapter size m (bottleneck study); dashed: the plateau, the loss of predicting "
-        "the training labels' frequencies (ln 2 for two balanced classes): a run that stays there learnt nothing "
-        "beyond the class prior. The rows' escape_step says when each left it.",
-        "Training loss per step",
-    ),
-    "stability": Drawing(
-        stability_plot,
-        "Stability per setting: the step at which each seed's training left the plateau (its 20-step mean loss "
-        "10% below the loss of predicting the class frequencies; a cross at its last step when it never did), "
-        "and the s.d. of the seeds' validation accuracy (right axis).",
-        "Training stability: plateau escape and seed spread",
-        panel_size=lambda rows: (7.5, 5.0),
-    ),
-    "diagnostics": Drawing(
-        diagnostics_plot,
-        "What each layer's adapters do on the validation tokens of the intact model: the contribution ratio "
-        "‖c‖/‖s‖ (solid) and the cosine distance 1 − cos(s, s + c) (dashed) per adapter position, mean ± 1 "
-        "s.e.m. over seeds (log scale); grey bars (right axis): the relative decrease when that layer's "
-        "adapters alone are removed, mean ± 1 s.e.m.",
-        "Adapter contributions per layer and the single-layer drop",
-        panel_size=lambda rows: (8.0, 5.0),
-    ),
-    "recipe": Drawing(
-        recipe_plot,
-        "Where the adaptation happens, per training recipe: the relative decrease in validation accuracy when "
-        "the adapters of the bottom half or of the top half of the layers are removed from the trained model "
-        "(no retraining), with 95% intervals (validation examples and seeds resampled together, the heatmap "
-        "cells' intervals). LN: which LayerNorms trained with the adapters; pooler: BERT's pooler trained with "
-        "the classifier (AdapterHub's head).",
-        "Removing the bottom or the top half of the adapters, per training recipe",
-        panel_size=lambda rows: (
-            8.0,
-            1.9 + 0.5 * len(rows[[c for c in RECIPE_COLUMNS if c in rows]].drop_duplicates()),
-        ),
-    ),
-    "placement": Drawing(
-        placement_layers_plot,
-        "Adapter placement (AdapterDrop): (a) accuracy against the number k of layers with adapters, the top "
-        "or the bottom k, trained so (retrained, solid) or kept from the all-layer training with every other "
-        "layer's adapters removed (kept, dashed), mean ± 1 s.e.m. over seeds; (b) the retrained ones against "
-        "their trained parameters and (c) against their measured training time (fit_seconds), the all-layer "
-        "training starred.",
-        "Adapter placement: removal against retraining",
-        panel_size=lambda rows: (5.0, 4.6),
-        beside=(placement_params_plot, placement_time_plot),
-    ),
-    "fragility": Drawing(
-        fragility_length_plot,
-        "Which examples the layer ranges break: (left) each validation example's fragility, the share of the "
-        "heatmap's cells × seeds whose ablation flips it (lost: intact right, ablated wrong; or gained), "
-        "against its length in words, the mean per length sixth with its 95% interval over examples; "
-        "(right) per label, the share of cells × seeds that lose and that gain its examples (95% intervals "
-        "over examples). The examples themselves: python -m analysis examples DIR [--cell F..L].",
-        "Fragility of the validation examples",
-        panel_size=lambda rows: (6.0, 4.4),
-        beside=(fragility_label_plot,),
-    ),
-    "controls": Drawing(
-        controls_plot,
-        "Controls: validation accuracy with 95% intervals (validation examples and seeds resampled "
-        "together) of the majority class, the head-only baseline (the classification head trained on the "
-        "frozen encoder), every adapter removed (the trained LayerNorms kept, the pretrained ones put back, "
-        "or each adapter replaced by its mean contribution) and the intact adapters.",
-        "Controls: what removing every adapter leaves",
-        panel_size=lambda rows: (7.4, 3.6),
-    ),
-}
+def _drawing(name: str) -> Callable[[pd.DataFrame, Axes, str], pd.DataFrame]:
+    """A figure's panel function from its declared name (`analysis.select.Figure.draw`): a function of this
+    module, or "module:function"."""
+    module, _, function = name.rpartition(":")
+    return getattr(importlib.import_module(module) if module else sys.modules[__name__], function)
 
 
 def study_figures(df: pd.DataFrame, out_dir: str | Path, selection: str = "mean") -> list[Path]:
@@ -1067,16 +940,16 @@ def study_figures(df: pd.DataFrame, out_dir: str | Path, selection: str = "mean"
     suffix = "" if selection == "mean" else "_best_of_n"
     paths = []
     for name, rows in figure_plan(df).items():
-        drawing = DRAWINGS[name]
-        panels, columns = _panel_grid(split_panels(rows, FIGURES[name].panel), rows, FIGURES[name].panel)
-        draws = (drawing.draw, *drawing.beside)
-        columns = len(draws) if drawing.beside else columns
-        fig, axes = _figure(len(panels) * len(draws), columns, drawing.panel_size(rows))
+        figure = FIGURES[name]
+        panels, columns = _panel_grid(split_panels(rows, figure.panel), rows, figure.panel)
+        draws = [_drawing(d) for d in (figure.draw, *figure.beside)]
+        columns = len(draws) if figure.beside else columns
+        fig, axes = _figure(len(panels) * len(draws), columns, figure.panel_size(rows))
         for i, panel in enumerate(panels):
             row = axes[i * len(draws) : (i + 1) * len(draws)]
             for ax, draw in zip(row, draws, strict=True):
                 draw(panel, ax, selection)
-            _name_recipe(row[0], panel, rows, FIGURES[name].panel)
+            _name_recipe(row[0], panel, rows, figure.panel)
         title = figure_title(name, rows)
         if title:
             fig.suptitle(title, fontsize=11)
@@ -1089,7 +962,7 @@ def figure_title(name: str, rows: pd.DataFrame) -> str:
     that nobody reads a quick run as the study's result)."""
     preset = preset_label(rows)
     label = f"{preset.capitalize()}: {PRESET_NOTE}" if preset else None
-    return "\n".join(t for t in (DRAWINGS[name].title, label) if t)
+    return "\n".join(t for t in (FIGURES[name].title, label) if t)
 
 
 def _figure(n_panels: int, n_cols: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Axes]]:

@@ -21,12 +21,21 @@ from ablation.results import RESULT_JSON
 from analysis.claims import CLAIMS, NO_ROWS, claim_study, evaluate_claims
 from analysis.collect import Runs, load_runs
 from analysis.controls import CONTROL_LIST, findings
-from analysis.estimates import TOP, comparison, confirm_command, confirmation, estimators, paired_cells
+from analysis.estimates import (
+    TOP,
+    comparison,
+    confirm_command,
+    confirmation,
+    estimators,
+    overrides,
+    paired_cells,
+)
 from analysis.examples import TextsMissing, examples_of, fragility, summary
 from analysis.interactive import explorers
-from analysis.plots import DRAWINGS, estimate_figure, study_figures
+from analysis.plots import estimate_figure, study_figures
 from analysis.select import (
     ESTIMATE,
+    FIGURES,
     KIND,
     LAYERNORM,
     PRESET_NOTE,
@@ -355,7 +364,7 @@ def _figures(df: pd.DataFrame, figures_dir: Path) -> str:
     parts = []
     for path in pngs:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        caption = DRAWINGS[path.stem].caption if path.stem in DRAWINGS else path.stem
+        caption = FIGURES[path.stem].caption if path.stem in FIGURES else path.stem
         parts.append(
             f"<figure><img alt='{path.stem}' src='data:image/png;base64,{data}'>"
             f"<figcaption>{html.escape(caption)} ({html.escape(path.name)})</figcaption></figure>"
@@ -410,7 +419,7 @@ def _estimates(df: pd.DataFrame, figures_dir: Path) -> str | None:
         )
         missing = worst[worst["exact"].isna()]
         command = (
-            f"<p>Not computed exactly yet: <code>{html.escape(confirm_command(list(zip(missing['first'], missing['last'], strict=True))))}</code> "
+            f"<p>Not computed exactly yet: <code>{html.escape(confirm_command(list(zip(missing['first'], missing['last'], strict=True)), overrides(guessed)))}</code> "
             "with the training's own options.</p>"
             if len(missing)
             else ""

@@ -24,7 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ablation.config import ABLATE_KINDS, EXACT, HEAD_METHODS, METHODS, RECIPE_LAYERNORMS, AdapterConfig
+from ablation.config import (
+    ABLATE_KINDS,
+    EXACT,
+    HEAD_METHODS,
+    METHODS,
+    RECIPE_LAYERNORMS,
+    AdapterConfig,
+    block_spans,
+)
 from ablation.keys import REPLICATE, SETTING_COLUMNS, TRAINING_COLUMNS
 from analysis.collect import conform, has_diagnostics, has_examples, has_history
 
@@ -593,14 +601,30 @@ def best_seed_rows(df: pd.DataFrame, by: list[str], score: str = "intact_accurac
 
 @dataclass(frozen=True)
 class Figure:
-    """Which rows one figure reads, and how they split into points and panels."""
+    """One figure, declared once: which rows it reads and how they split into points and panels, the studies
+    that draw it, the function that draws a panel, and what the report says under it. Adding a figure is its
+    (df, ax, selection) function and one entry of FIGURES; nothing here imports a plotting library."""
 
     select: Callable[[pd.DataFrame], pd.DataFrame]
     point: tuple[str, ...]  # with model and task, the columns that make one plotted point (or cell)
     panel: tuple[str, ...]  # one panel per distinct value of these
     sweeps: Callable[[pd.DataFrame], bool]  # for rows without a study: does the data vary this factor?
+    draw: str  # the function drawing one panel: a name in analysis.plots, or "module:function"
+    caption: str  # what the report says under it
+    studies: tuple[str, ...] = ()  # the studies that draw it; the first is the one that measures its claims
+    title: str | None = None  # above all panels; None: each panel titles itself
+    panel_size: Callable[[pd.DataFrame], tuple[float, float]] = lambda rows: (6.8, 4.2)
+    # more panel functions (named as `draw`) drawn right of `draw` on the same rows: one row of axes a panel
+    beside: tuple[str, ...] = ()
     # cells of one trained model: its seeds are averaged whatever else the rows vary (no one-setting check)
     cells: bool = False
+
+
+def _heatmap_size(rows: pd.DataFrame) -> tuple[float, float]:
+    """A heatmap panel's size: its grid's rows and columns (layers, or blocks) at 0.45 inch each."""
+    block = rows["block"].dropna() if "block" in rows.columns else pd.Series(dtype=float)
+    side = 0.45 * len(block_spans(int(block.min()) if len(block) else 1, int(rows["last"].max()) + 1)) + 2.0
+    return 1.2 * side, side + 0.3
 
 
 def _only_adapters(df: pd.DataFrame) -> bool:
@@ -612,70 +636,259 @@ def _any(select: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[pd.DataFra
 
 
 FIGURES: dict[str, Figure] = {
-    "heatmap": Figure(ablated, ("first", "last"), PANEL_COLUMNS, _any(ablated), cells=True),
+    "heatmap": Figure(
+        ablated,
+        ("first", "last"),
+        PANEL_COLUMNS,
+        _any(ablated),
+        cells=True,
+        draw="heatmap_plot",
+        caption=(
+            "Layer ablation (Figure 6): relative decrease in validation accuracy when the adapters of layers "
+            "first..last are removed from the trained model, no retraining. Red is a loss, blue a gain; hatched "
+            "cells: the 95% interval (validation examples and seeds resampled together) includes zero."
+        ),
+        studies=("layer_ablation", "controls", "recipe"),
+        panel_size=_heatmap_size,
+    ),
     "init_scale": Figure(
-        plain_adapters, ("init_std",), ("model",), lambda df: plain_adapters(df)["init_std"].nunique() > 1
+        plain_adapters,
+        ("init_std",),
+        ("model",),
+        lambda df: plain_adapters(df)["init_std"].nunique() > 1,
+        draw="init_scale_plot",
+        caption=(
+            "Init scale (Figure 6, right): accuracy against the adapters' init std, mean ± 1 s.e.m. over seeds; "
+            "dashed: the majority-class rate; red crosses: diverged runs."
+        ),
+        title="Adapter init scale (Houlsby et al. 2019, Fig. 6 right)",
+        studies=("init_scale",),
     ),
     "bottleneck": Figure(
         plain_adapters,
         ("adapter_size",),
         ("model",),
         lambda df: _only_adapters(df) and plain_adapters(df)["adapter_size"].nunique() > 1,
+        draw="bottleneck_plot",
+        caption=(
+            "Bottleneck size: accuracy against the adapter size m, mean ± 1 s.e.m. over seeds; the paper's sizes "
+            "8, 64, 256 shaded."
+        ),
+        title="Adapter bottleneck size (Houlsby et al. 2019, Sec. 3.6)",
+        studies=("bottleneck",),
     ),
     "tradeoff": Figure(
         all_methods,
         ("method", "adapter_size", "k", "lora_r", "trained_params"),
         ("model", "task"),
         lambda df: intact(df)["method"].nunique() > 1,
+        draw="tradeoff_plot",
+        caption=(
+            "Trade-off (Figures 3/4): accuracy against the number of trained parameters, ±1 s.e.m. error bars; "
+            "full fine-tuning as the horizontal line; head only (the classification head on the frozen encoder), "
+            "where run, is the fewest parameters any method trains."
+        ),
+        title="Trained parameters vs accuracy (Houlsby et al. 2019, Figs. 3/4)",
+        studies=("tradeoff",),
     ),
     "variants": Figure(
-        variant_rows, ("variant",), ("model", "task"), lambda df: variant_rows(df)["variant"].nunique() > 1
+        variant_rows,
+        ("variant",),
+        ("model", "task"),
+        lambda df: variant_rows(df)["variant"].nunique() > 1,
+        draw="variants_plot",
+        caption=(
+            "Adapter variants: each seed (grey) and the mean ± 1 s.e.m.; the plain adapter as the line."
+        ),
+        title="Adapter variants (Houlsby et al. 2019, Sec. 3.6)",
+        studies=("variants",),
+        # one slot per variant, each wide enough for a slanted name
+        panel_size=lambda rows: (max(6.8, 0.6 * rows["variant"].nunique() + 3.5), 4.8),
     ),
     "loss_curves": Figure(
         with_history,
         ("init_std", "adapter_size"),
         ("model", "task"),
         lambda df: curve_factor(with_history(df)) is not None,
+        draw="loss_curves_plot",
+        caption=(
+            "Training loss against step, a 10-step running mean per seed (thin lines), one colour per init std σ "
+            "(init-scale study) or adapter size m (bottleneck study); dashed: the plateau, the loss of predicting "
+            "the training labels' frequencies (ln 2 for two balanced classes): a run that stays there learnt "
+            "nothing beyond the class prior. The rows' escape_step says when each left it."
+        ),
+        title="Training loss per step",
+        studies=("init_scale", "bottleneck"),
     ),
     "stability": Figure(
         with_stability,
         ("init_std", "adapter_size"),
         ("model", "task"),
         lambda df: curve_factor(with_stability(df)) is not None,
+        draw="stability_plot",
+        caption=(
+            "Stability per setting: the step at which each seed's training left the plateau (its 20-step mean loss "
+            "10% below the loss of predicting the class frequencies; a cross at its last step when it never did), "
+            "and the s.d. of the seeds' validation accuracy (right axis)."
+        ),
+        title="Training stability: plateau escape and seed spread",
+        studies=("init_scale", "bottleneck"),
+        panel_size=lambda rows: (7.5, 5.0),
     ),
-    "fragility": Figure(example_cells, ("first", "last"), PANEL_COLUMNS, _any(example_cells), cells=True),
-    "heatmap_mean": Figure(mean_cells, ("first", "last"), PANEL_COLUMNS, _any(mean_cells), cells=True),
-    "heatmap_keep": Figure(keep_cells, ("first", "last"), PANEL_COLUMNS, _any(keep_cells), cells=True),
-    "alpha": Figure(scale_cells, ("first", "last", ALPHA), PANEL_COLUMNS, _any(scale_cells), cells=True),
-    "diagnostics": Figure(diagnosed, ("first", "last"), ("model", "task"), _any(diagnosed), cells=True),
+    "fragility": Figure(
+        example_cells,
+        ("first", "last"),
+        PANEL_COLUMNS,
+        _any(example_cells),
+        cells=True,
+        draw="fragility_length_plot",
+        caption=(
+            "Which examples the layer ranges break: (left) each validation example's fragility, the share of the "
+            "heatmap's cells × seeds whose ablation flips it (lost: intact right, ablated wrong; or gained), "
+            "against its length in words, the mean per length sixth with its 95% interval over examples; (right) "
+            "per label, the share of cells × seeds that lose and that gain its examples (95% intervals over "
+            "examples). The examples themselves: python -m analysis examples DIR [--cell F..L]."
+        ),
+        title="Fragility of the validation examples",
+        studies=("layer_ablation",),
+        panel_size=lambda rows: (6.0, 4.4),
+        beside=("fragility_label_plot",),
+    ),
+    "heatmap_mean": Figure(
+        mean_cells,
+        ("first", "last"),
+        PANEL_COLUMNS,
+        _any(mean_cells),
+        cells=True,
+        draw="mean_heatmap_plot",
+        caption=(
+            "Mean replacement: relative decrease in validation accuracy when each adapter of layers first..last is "
+            "replaced by its mean contribution over the validation tokens (measured on the intact model), not "
+            "removed. Near 0: a constant shift does what the adapters do. Hatched: the 95% interval includes zero."
+        ),
+        title="Adapters replaced by their mean contribution",
+        studies=("controls",),
+        panel_size=_heatmap_size,
+    ),
+    "heatmap_keep": Figure(
+        keep_cells,
+        ("first", "last"),
+        PANEL_COLUMNS,
+        _any(keep_cells),
+        cells=True,
+        draw="keep_heatmap_plot",
+        caption=(
+            "Keep one span: relative decrease in validation accuracy when only the adapters of layers first..last "
+            "stay and every other layer's are removed. Near 0 (hatched: the 95% interval includes zero): that span "
+            "alone suffices."
+        ),
+        title="Only the adapters of first..last kept",
+        studies=("controls", "placement"),
+        panel_size=_heatmap_size,
+    ),
+    "alpha": Figure(
+        scale_cells,
+        ("first", "last", ALPHA),
+        PANEL_COLUMNS,
+        _any(scale_cells),
+        cells=True,
+        draw="alpha_plot",
+        caption=(
+            "Scaled contributions: accuracy when the adapters of a layer range add α times their contribution (α = "
+            "0 removes them, α = 1 is the intact model), mean ± 1 s.e.m. over seeds; dashed: the majority-class "
+            "rate; grey line: the intact model."
+        ),
+        title="Accuracy against the adapters' scaled contribution",
+        studies=("controls",),
+    ),
+    "diagnostics": Figure(
+        diagnosed,
+        ("first", "last"),
+        ("model", "task"),
+        _any(diagnosed),
+        cells=True,
+        draw="diagnostics_plot",
+        caption=(
+            "What each layer's adapters do on the validation tokens of the intact model: the contribution ratio "
+            "‖c‖/‖s‖ (solid) and the cosine distance 1 − cos(s, s + c) (dashed) per adapter position, mean ± 1 "
+            "s.e.m. over seeds (log scale); grey bars (right axis): the relative decrease when that layer's "
+            "adapters alone are removed, mean ± 1 s.e.m."
+        ),
+        title="Adapter contributions per layer and the single-layer drop",
+        studies=("controls",),
+        panel_size=lambda rows: (8.0, 5.0),
+    ),
     "controls": Figure(
         control_rows,
         ("method", "first", "last", KIND, LAYERNORM),
         ("model", "task"),
         _has_controls,
         cells=True,
+        draw="controls_plot",
+        caption=(
+            "Controls: validation accuracy with 95% intervals (validation examples and seeds resampled together) "
+            "of the majority class, the head-only baseline (the classification head trained on the frozen "
+            "encoder), every adapter removed (the trained LayerNorms kept, the pretrained ones put back, or each "
+            "adapter replaced by its mean contribution) and the intact adapters."
+        ),
+        title="Controls: what removing every adapter leaves",
+        studies=("controls",),
+        panel_size=lambda rows: (7.4, 3.6),
     ),
     "recipe": Figure(
-        recipe_cells, (*RECIPE_COLUMNS, "first", "last"), ("model", "task"), _recipes_vary, cells=True
+        recipe_cells,
+        (*RECIPE_COLUMNS, "first", "last"),
+        ("model", "task"),
+        _recipes_vary,
+        cells=True,
+        draw="recipe_plot",
+        caption=(
+            "Where the adaptation happens, per training recipe: the relative decrease in validation accuracy when "
+            "the adapters of the bottom half or of the top half of the layers are removed from the trained model "
+            "(no retraining), with 95% intervals (validation examples and seeds resampled together, the heatmap "
+            "cells' intervals). LN: which LayerNorms trained with the adapters; pooler: BERT's pooler trained with "
+            "the classifier (AdapterHub's head)."
+        ),
+        title="Removing the bottom or the top half of the adapters, per training recipe",
+        studies=("recipe",),
+        panel_size=lambda rows: (
+            8.0,
+            1.9 + 0.5 * len(rows[[c for c in RECIPE_COLUMNS if c in rows]].drop_duplicates()),
+        ),
     ),
     # cells=True: the adapted layers make the point (with the keep cells' span), so no one-setting check
     "placement": Figure(
-        placement_rows, ("adapter_layers", "first", "last"), PLACEMENT_PANEL, _any(placement_rows), cells=True
+        placement_rows,
+        ("adapter_layers", "first", "last"),
+        PLACEMENT_PANEL,
+        _any(placement_rows),
+        cells=True,
+        draw="placement_layers_plot",
+        caption=(
+            "Adapter placement (AdapterDrop): (a) accuracy against the number k of layers with adapters, the top "
+            "or the bottom k, trained so (retrained, solid) or kept from the all-layer training with every other "
+            "layer's adapters removed (kept, dashed), mean ± 1 s.e.m. over seeds; (b) the retrained ones against "
+            "their trained parameters and (c) against their measured training time (fit_seconds), the all-layer "
+            "training starred."
+        ),
+        title="Adapter placement: removal against retraining",
+        studies=("placement",),
+        panel_size=lambda rows: (5.0, 4.6),
+        beside=("placement_params_plot", "placement_time_plot"),
     ),
 }
 # The figures of the controls (what removing, replacing, scaling or keeping adapters does); with the heatmap of
 # the plain removal, the figures of the `controls` study.
 CONTROL_FIGURES = ("heatmap_mean", "heatmap_keep", "alpha", "diagnostics", "controls")
-# The figures each study draws (conf/study/<name>.yaml -> figure names), those its rows allow.
-STUDY_FIGURES: dict[str, tuple[str, ...]] = {
-    "layer_ablation": ("heatmap", "fragility"),
-    "init_scale": ("init_scale", "loss_curves", "stability"),
-    "bottleneck": ("bottleneck", "loss_curves", "stability"),
-    **{name: (name,) for name in ("tradeoff", "variants")},
-    "controls": ("heatmap", *CONTROL_FIGURES),
-    "recipe": ("heatmap", "recipe"),
-    "placement": ("heatmap_keep", "placement"),
-}
+
+
+def study_figures() -> dict[str, tuple[str, ...]]:
+    """The figures each study draws (conf/study/<name>.yaml -> figure names, as FIGURES declares them)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, figure in FIGURES.items():
+        for study in figure.studies:
+            out[study] = (*out.get(study, ()), name)
+    return out
 
 
 def figure_plan(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -689,7 +902,8 @@ def figure_plan(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     df = with_recipe(conform(df))
     study = df["study"].where(df["study"] != "")
     plan: dict[str, list[pd.DataFrame]] = {}
-    for name, figures in STUDY_FIGURES.items():
+    drawn = study_figures()
+    for name, figures in drawn.items():
         ours = df[(study == name).to_numpy(dtype=bool)]
         if ours.empty:
             continue
@@ -697,7 +911,7 @@ def figure_plan(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
             rows = FIGURES[figure].select(ours)
             if not rows.empty:
                 plan.setdefault(figure, []).append(rows)
-    loose = df[~study.isin(STUDY_FIGURES).to_numpy()]
+    loose = df[~study.isin(drawn).to_numpy()]
     for name, figure in FIGURES.items():
         if name in plan or loose.empty:
             continue

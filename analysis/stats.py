@@ -387,12 +387,6 @@ def cell_intervals(
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
 
-def uncertain_cells(panel: pd.DataFrame, select: Select = ablated) -> pd.DataFrame:
-    """first x last boolean matrix (as layer_matrix lays it out): True where the 95% interval includes 0."""
-    table = cell_intervals(panel, select=select)
-    return layer_matrix(table, "includes_zero", matrix_layers(select(panel))).fillna(0.0) > 0.5
-
-
 def difference_intervals(
     a: pd.DataFrame, b: pd.DataFrame, level: float = LEVEL, select: tuple[Select, Select] = (ablated, ablated)
 ) -> pd.DataFrame:

@@ -158,7 +158,7 @@ def test_estimated_cells_are_cached_apart_and_exact_ones_keep_their_names():
 def test_an_estimated_sweep_runs_through_the_user_s_command_and_is_compared_with_the_exact_one(tmp_path):
     """The toy's triangle exact and estimated in one sweep (one training): every estimated row says so, the
     intact model stays exact, the heatmap and claims read the exact cells only, and `analysis estimate`
-    writes its table and side-by-side figure."""
+    writes its table and side-by-side figure, one panel per ablation (removal and keep)."""
     from e2e import command, run, write_toy
 
     from analysis.__main__ import main as analysis
@@ -169,12 +169,17 @@ def test_an_estimated_sweep_runs_through_the_user_s_command_and_is_compared_with
 
     conf = write_toy(tmp_path / "toy")
     sweep = tmp_path / "sweep"
-    grid = ["ablate.first=0..2", "ablate.last=0..2", "ablate.estimate=null,attribution"]
+    grid = [
+        "ablate.first=0..2",
+        "ablate.last=0..2",
+        "ablate.kind=zero,keep",
+        "ablate.estimate=null,attribution",
+    ]
     done = run(command(conf, sweep, tmp_path / "store", tmp_path / "cache", *grid))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Estimated: 6 cells" in done.stderr + done.stdout
+    assert "Estimated: 12 cells" in done.stderr + done.stdout
     rows = pd.read_csv(sweep / "results.csv")
-    assert sorted(rows["estimate"].value_counts().items()) == [("attribution", 6), ("exact", 6)]
+    assert sorted(rows["estimate"].value_counts().items()) == [("attribution", 12), ("exact", 12)]
     assert rows["trained_now"].sum() == 1 and rows["intact_accuracy"].nunique() == 1
     table = load_runs([sweep]).table
     assert len(ablated(table)) == 6 and set(ablated(table)["estimate"]) == {"exact"}
@@ -183,9 +188,10 @@ def test_an_estimated_sweep_runs_through_the_user_s_command_and_is_compared_with
     out = tmp_path / "estimate"
     assert analysis(["estimate", str(sweep), "--out", str(out), "--confirm", "3"]) == 0
     compared = pd.read_csv(out.with_suffix(".csv"))
-    assert len(compared) == 1 and compared["cells"].iloc[0] == 6
-    assert -1 <= compared["spearman"].iloc[0] <= 1 and compared["largest_error"].iloc[0] >= 0
-    assert compared["estimate_seconds"].iloc[0] > 0
+    assert compared["panel"].str.endswith(" · ablate_kind=keep").tolist() == [False, True]
+    assert compared["cells"].tolist() == [6, 6] and compared["verdicts_kept"].iloc[1] == "not judged"
+    assert compared["spearman"].between(-1, 1).all() and (compared["largest_error"] >= 0).all()
+    assert (compared["estimate_seconds"] > 0).all()
     assert out.with_suffix(".png").exists()
     page = build_report([sweep], tmp_path / "report.html").read_text()
     assert (
@@ -194,9 +200,18 @@ def test_an_estimated_sweep_runs_through_the_user_s_command_and_is_compared_with
     )
     # estimated cells alone (no exact beside them): the worst ones and the command that computes them
     alone = tmp_path / "alone"
-    grid = ["ablate.first=0..2", "ablate.last=0..2", "ablate.estimate=integrated"]
+    grid = [
+        "ablate.first=0..2",
+        "ablate.last=0..2",
+        "ablate.kind=scale",
+        "ablate.alpha=0.5",
+        "ablate.estimate=integrated",
+    ]
     done = run(command(conf, alone, tmp_path / "store", tmp_path / "cache", *grid))
     assert done.returncode == 0, done.stderr[-3000:]
     assert analysis(["estimate", str(alone), "--out", str(tmp_path / "alone_estimate")]) == 0
     page = (alone / "report.html").read_text()
-    assert "Not computed exactly yet: <code>python -m ablation.run -m ablate.first=" in page
+    assert (
+        "Not computed exactly yet: <code>python -m ablation.run -m ablate.kind=scale ablate.alpha=0.5 ablate.first="
+        in page
+    )

@@ -286,10 +286,10 @@ def test_cell_intervals_exclude_zero_only_for_real_drops(tmp_path):
 def test_heatmap_centres_colours_on_zero_and_hatches_uncertain_cells(tmp_path):
     ablation_sweep(tmp_path / "s", lambda f, la: 0.1 if (f, la) == (2, 3) else 0.0, n_layers=4)
     rows = load_runs([tmp_path / "s"]).table
-    from analysis.stats import uncertain_cells
+    from analysis.stats import cell_intervals
 
     ax = Figure().subplots()
-    heatmap(rows, ax, uncertain=uncertain_cells(rows))
+    heatmap(rows, ax, cells=cell_intervals(rows))
     mesh = ax.collections[0]
     assert mesh.norm.vmin == pytest.approx(-mesh.norm.vmax)  # a gain and a loss of one size: equal strength
     hatched = {(int(p.get_y()), int(p.get_x())) for p in ax.patches if p.get_hatch()}
