@@ -90,7 +90,7 @@ class AdapterLayer(nn.Module):
 
     The slot's contribution c = adapter(s) - s is added in full (mode "on"), not at all ("off"), replaced by
     its mean over the validation tokens of the intact model ("mean", `mean` set by the evaluator) or scaled
-    by `alpha` ("scale"). `record`, when set, is handed (slot, s, the slot's output) on every "on" or "scale"
+    by `alpha` ("scale"). `on_output`, when set, is handed (slot, s, the slot's output) on every "on" or "scale"
     forward.
     `position` is the sub-layer (what ablate.positions selects), `name` the slot within the layer: the
     position for a bottleneck adapter (one per sub-layer), the wrapped projection for LoRA (LoraSlot).
@@ -118,7 +118,7 @@ class AdapterLayer(nn.Module):
         self.mode = "on"
         self.alpha = 1.0
         self.mean: torch.Tensor | None = None  # [d]: the contribution's mean under the intact model
-        self.record: Callable[[AdapterLayer, torch.Tensor, torch.Tensor], None] | None = None
+        self.on_output: Callable[[AdapterLayer, torch.Tensor, torch.Tensor], None] | None = None
         self.source: torch.Tensor | None = None  # parallel: the sub-layer's input, set by its InputTap
 
     @property
@@ -146,8 +146,8 @@ class AdapterLayer(nn.Module):
         if self.mode == "scale":
             # alpha 0 and 1 are removal and the intact slot exactly (h + 1 * (out - h) rounds otherwise)
             out = out if self.alpha == 1.0 else h if self.alpha == 0.0 else h + self.alpha * (out - h)
-        if self.record is not None:
-            self.record(self, h, out)
+        if self.on_output is not None:
+            self.on_output(self, h, out)
         return out
 
     def weight_norms(self) -> tuple[float, float]:
@@ -172,12 +172,12 @@ class LoraSlot(AdapterLayer):
         self.parallel = False
         self.mode, self.alpha = "on", 1.0
         self.mean: torch.Tensor | None = None
-        self.record: Callable[[AdapterLayer, torch.Tensor, torch.Tensor], None] | None = None
+        self.on_output: Callable[[AdapterLayer, torch.Tensor, torch.Tensor], None] | None = None
         self.source = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """PEFT's forward, or the pretrained layer's with the LoRA contribution as the mode says."""
-        if self.mode == "on" and self.record is None:
+        if self.mode == "on" and self.on_output is None:
             return self.base_layer(x)
         h = self.base_layer.get_base_layer()(x)
         if self.mode == "off" or (self.mode == "scale" and self.alpha == 0.0):
@@ -189,8 +189,8 @@ class LoraSlot(AdapterLayer):
         out = self.base_layer(x)
         if self.mode == "scale" and self.alpha != 1.0:
             out = h + self.alpha * (out - h)
-        if self.record is not None:
-            self.record(self, h, out)
+        if self.on_output is not None:
+            self.on_output(self, h, out)
         return out
 
     def weight_norms(self) -> tuple[float, float]:

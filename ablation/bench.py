@@ -37,7 +37,7 @@ from ablation.data import Encoded, collate, to_device, train_batches
 from ablation.evaluate import Ablation, Evaluator
 from ablation.methods import prepare
 from ablation.precision import BF16_SPEEDUP, autocast, cpu_bf16_speedup, machine_id
-from ablation.session import load_base, this_process
+from ablation.session import load_pretrained, process_state
 from ablation.train import HISTORY_COLUMNS, record_step
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
@@ -198,7 +198,7 @@ def study_overhead(overrides: list[str], report) -> None:
     )
 
 
-KINDS = (
+ABLATIONS = (
     Ablation("zero"),
     Ablation("mean"),
     Ablation("scale", alpha=0.5),
@@ -211,7 +211,7 @@ def kind_costs(new_evaluator, removal_passes: float, ref: float, report) -> None
     """Each ablation kind's whole heatmap (intact pass included) on a fresh evaluator, in full passes of
     `ref` seconds beside the removal heatmap's layer passes: the floor, plus one pass for keep's
     all-removed states (mean's means come from the intact pass). `new_evaluator()` gives a fresh one."""
-    for ablation in KINDS:
+    for ablation in ABLATIONS:
         ev = new_evaluator()
         L = ev.stages.num_layers
         cells = [(first, last) for first in range(L) for last in range(first, L)]
@@ -285,21 +285,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     args, overrides = parser.parse_known_args(argv)
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = this_process().resolve(OmegaConf.to_object(compose("config", overrides=overrides)))
+        cfg = process_state().resolve(OmegaConf.to_object(compose("config", overrides=overrides)))
     device = cfg.device
 
     def report(name: str, value: str) -> None:
         print(f"{name:<52} {value}", flush=True)
 
     if args.only_placement:  # the pretrained model alone: nothing to train or evaluate first
-        base = load_base(cfg.model, cfg.task.num_labels, cfg.paths.cache)
+        base = load_pretrained(cfg.model, cfg.task.num_labels, cfg.paths.cache)
         data = base.task_split(cfg.task, "train", cfg.paths.cache, cfg.model.max_length)
         print(
             f"device {device}: {device_name(device)}, threads {torch.get_num_threads()}, model {cfg.model.name}"
         )
         placement_costs(base.fresh_model(cfg.seed), base.pristine, cfg, data, report)
         return
-    session = this_process().open_session(cfg)
+    session = process_state().open_session(cfg)
     model, data, L = (
         session.evaluator.stages.model,
         session.evaluator.data,
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
             lambda: Evaluator(stages, data, cfg.eval.batch_size, p, device), ev.layer_passes / L, ref, report
         )
     if not args.skip_placement:
-        placement_costs(model, this_process().base.pristine, cfg, data, report)
+        placement_costs(model, process_state().base.pristine, cfg, data, report)
     report("memory peaks", memory_peaks(device))
     if not args.skip_overhead:
         study_overhead(overrides, report)

@@ -775,7 +775,10 @@ class RunConfig:
     def _check_imported(self) -> None:
         """A loaded folder must fit the model and task, and the options it cannot express must keep their
         defaults; ConfigError naming what does not fit (the folder's own settings come in with `derive`)."""
-        from ablation.imports import adapterhub_spec, peft_lora_spec  # JSON and headers only: no torch
+        from ablation.trained_elsewhere import (  # JSON and headers only: no torch
+            adapterhub_spec,
+            peft_lora_spec,
+        )
 
         if self.method.load is not None:
             peft_lora_spec(self.method.load, self.model.family, self.model.num_layers)
@@ -841,9 +844,9 @@ def derive(cfg: RunConfig) -> RunConfig:
     LoRA folder) or the adapter group's (an AdapterHub one), LoRA targets in one order, ablate.alpha a float,
     so that keys and columns describe what runs. A new config; derive(derive(c)) == derive(c).
 
-    The machine's device and precisions are resolved after this, at the entry point (Process.resolve).
+    The machine's device and precisions are resolved after this, at the entry point (ProcessState.resolve).
     """
-    from ablation.imports import adapterhub_spec, peft_lora_spec  # JSON and headers only: no torch
+    from ablation.trained_elsewhere import adapterhub_spec, peft_lora_spec  # JSON and headers only: no torch
 
     method, adapter, ablate = cfg.method, cfg.adapter, cfg.ablate
     if method.load is not None:

@@ -81,13 +81,13 @@ def layer_effects(
     points = [1.0] if steps is None else gates(mode, alpha, steps)
     span = 1.0 - (alpha if mode == "scale" else 0.0)  # the gate's path length, 1 to its end
 
-    def record(slot: AdapterLayer, s: torch.Tensor, out: torch.Tensor) -> None:
+    def keep_output(slot: AdapterLayer, s: torch.Tensor, out: torch.Tensor) -> None:
         if slot_ablated(positions, slot.position):
             seen.append((slot, s, out))
 
     logits_out, effects_out = [], []
     for slot in slots:
-        slot.record = record
+        slot.on_output = keep_output
     try:
         for batch in batches:
             rows, width = batch["input_ids"].shape
@@ -114,7 +114,7 @@ def layer_effects(
     finally:
         set_ablation(model, ())
         for slot in slots:
-            slot.record = None
+            slot.on_output = None
         seen.clear()
     return logits_out, effects_out
 

@@ -47,7 +47,7 @@ Cell = tuple[int, int] | None  # (first, last) of an ablation, or None for the i
 
 def bound_resident_memory() -> None:
     """Make the resident memory follow the live tensors (glibc; elsewhere a no-op). A process-wide setting:
-    the process that shards its evaluation makes it once (ablation.session.Process).
+    the process that shards its evaluation makes it once (ablation.session.ProcessState).
 
     glibc serves a freed large block's size from its heap afterwards (its mmap threshold adapts upwards),
     where freed states stay resident and fragment: a shard's peak grew ~30% past its live states. A fixed
@@ -221,46 +221,48 @@ class Evaluator:
         return preds
 
     @torch.inference_mode()
-    def _load(self, batches: list[int], ablation: Ablation = INTACT) -> list[torch.Tensor]:
+    def _compute_states(self, batches: list[int], ablation: Ablation = INTACT) -> list[torch.Tensor]:
         """Hold these batches' states at every layer boundary in the base model of `ablation` (the model its
         cells start from: intact, whose pass also records each slot's statistics, or all adapters removed
         for kind=keep); their predictions."""
         self._free()
         layers = ablation.base(self.stages.num_layers)
         self._set(layers, ablation)
-        record = not layers
+        with_stats = not layers
         L = self.stages.num_layers
         boundary: list[list[torch.Tensor]] = [[] for _ in range(L + 1)]
         preds = []
         with autocast(self.precision, self.device):
             for b in tqdm(
-                batches, desc="eval intact" if record else "eval base", leave=False, dynamic_ncols=True
+                batches, desc="eval intact" if with_stats else "eval base", leave=False, dynamic_ncols=True
             ):
                 h, self._ctx[b] = self.stages.embed(self.batches[b])
                 boundary[0].append(h)
-                if record:
-                    self._record(b)
+                if with_stats:
+                    self._collect_stats(b)
                 for i in range(L):
-                    h = self._layer(i, h, b, full=record)  # every token's contribution, for the statistics
+                    h = self._layer(
+                        i, h, b, full=with_stats
+                    )  # every token's contribution, for the statistics
                     boundary[i + 1].append(h)
                 preds.append(self.stages.head(h, self._ctx[b]).argmax(-1))
-        self._record(None)
+        self._collect_stats(None)
         self._set((), INTACT)
         self.layer_passes += L * len(batches) / len(self.batches)
         self._active, self._boundary, self._held = batches, boundary, ablation if layers else INTACT
         return preds
 
-    def _record(self, b: int | None) -> None:
+    def _collect_stats(self, b: int | None) -> None:
         """Send every adapter slot's contributions on batch b to its sums (None: stop recording)."""
         slots = adapter_slots(self.stages.model).values()
         if b is None:
             for slot in slots:
-                slot.record = None
+                slot.on_output = None
             return
         mask = self.batches[b]["attention_mask"].bool()
         sums = self._stats[b] = {}
 
-        def record(slot: AdapterLayer, s: torch.Tensor, out: torch.Tensor) -> None:
+        def add_sums(slot: AdapterLayer, s: torch.Tensor, out: torch.Tensor) -> None:
             tokens = mask[:, : s.shape[1]]
             s32 = s.float()[tokens]
             c = out.float()[tokens] - s32
@@ -273,7 +275,7 @@ class Evaluator:
             sums[(slot.layer, slot.name)] = torch.cat([c.sum(0), counts])
 
         for slot in slots:
-            slot.record = record
+            slot.on_output = add_sums
 
     def _statistics(self) -> dict[tuple[int, str], np.ndarray]:
         """Each slot's summed statistics over the whole split (float64), computing the intact pass of any
@@ -281,7 +283,7 @@ class Evaluator:
         for shard in self.shards:
             todo = [b for b in shard if b not in self._stats]
             if todo:
-                self._load(todo)
+                self._compute_states(todo)
                 if self.sharded:
                     self._free()
         total: dict[tuple[int, str], np.ndarray] = {}
@@ -327,7 +329,7 @@ class Evaluator:
         return rows
 
     @property
-    def recorded(self) -> bool:
+    def has_stats(self) -> bool:
         """True once the intact pass has covered the whole split (diagnostics and means need no pass)."""
         return len(self._stats) == len(self.batches)
 
@@ -375,7 +377,7 @@ class Evaluator:
     def _hold_base(self, batches: list[int], ablation: Ablation) -> None:
         """Make the held states those a cell of `ablation` starts from, for these batches."""
         if not self._holds(batches, ablation):
-            self._load(batches, self._start(ablation))
+            self._compute_states(batches, self._start(ablation))
 
     def passes_before(self, cells: Sequence[Cell], ablation: Ablation = INTACT) -> int:
         """Full passes predict(cells, ablation) makes besides its cells' own layers (ablation.cost): the
@@ -418,7 +420,7 @@ class Evaluator:
         done: list[int] = []
         for shard in tqdm(self.shards, desc="eval shards", dynamic_ncols=True):
             if None in parts:
-                parts[None] += self._load(shard)
+                parts[None] += self._compute_states(shard)
             if any(cell is not None for cell in parts):
                 self._hold_base(shard, ablation)
             for cell in parts:
@@ -441,7 +443,7 @@ class Evaluator:
         if self.sharded:
             return dict(self.predict([None]))[None]
         everything = list(range(len(self.batches)))
-        return self._unsort(self._load(everything), everything)
+        return self._unsort(self._compute_states(everything), everything)
 
     def cell(self, first: int, last: int, ablation: Ablation = INTACT) -> np.ndarray:
         """Predictions with layers first..last ablated as `ablation` says (shared computation)."""

@@ -18,7 +18,7 @@ from ablation.families import TWO_LAYER_HEAD, family_of, is_head, is_norm, layer
 if TYPE_CHECKING:
     from ablation.config import AdapterConfig, MethodConfig
 
-KINDS = ("adapters", "lora", "layernorm", "head", "layers", "embeddings")
+PARAMETER_GROUPS = ("adapters", "lora", "layernorm", "head", "layers", "embeddings")
 
 
 def _pooler_prefix(model: nn.Module) -> str | None:
@@ -158,12 +158,12 @@ def two_layer_head(model: nn.Module) -> None:
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Total and trainable parameter counts, the trainable ones split by kind (KINDS)."""
+    """Total and trainable parameter counts, the trainable ones split by kind (PARAMETER_GROUPS)."""
     layer_prefix = layers_prefix(model)
     pooler = _pooler_prefix(model)
     adapters, norms = _module_params(model, _is_adapter), _norm_params(model)
     lora = _lora_params(model)
-    counts = {"total": 0, "trainable": 0, **dict.fromkeys(KINDS, 0)}
+    counts = {"total": 0, "trainable": 0, **dict.fromkeys(PARAMETER_GROUPS, 0)}
     for name, p in model.named_parameters():
         counts["total"] += p.numel()
         if not p.requires_grad:

@@ -92,7 +92,7 @@ class Outcome:
     code_version: str
 
 
-def _outcome_kinds() -> dict[str, str]:
+def _outcome_types() -> dict[str, str]:
     names = {str: "text", int: "int", float: "float", bool: "bool"}
     kinds = {}
     for name, hint in typing.get_type_hints(Outcome).items():
@@ -105,15 +105,15 @@ def _outcome_kinds() -> dict[str, str]:
 # set are in the configuration columns and the keys).
 LABELS = ("study", "preset")
 # Every column and its kind ('text', 'int', 'float', 'bool'; None allowed everywhere), in row order.
-KINDS: dict[str, str] = {**dict.fromkeys(LABELS, "text"), **CONFIG_COLUMNS, **_outcome_kinds()}
-COLUMNS = tuple(KINDS)
+COLUMN_TYPES: dict[str, str] = {**dict.fromkeys(LABELS, "text"), **CONFIG_COLUMNS, **_outcome_types()}
+COLUMNS = tuple(COLUMN_TYPES)
 # results.csv lists rows in this order: labels, then what was trained, then the cell.
 SORT_COLUMNS = (*LABELS, *TRAINING_COLUMNS, *CELL_COLUMNS)
 
 
-def column_kinds() -> dict[str, str]:
+def column_types() -> dict[str, str]:
     """Each column's kind for readers: 'text', 'int', 'float' or 'bool'."""
-    return dict(KINDS)
+    return dict(COLUMN_TYPES)
 
 
 def make_row(choices: Mapping[str, Any], config: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
@@ -141,10 +141,10 @@ def typed(df: pd.DataFrame) -> pd.DataFrame:
     dtype: text as pandas' string dtype, ints as nullable Int64, floats as float64, bools as nullable
     boolean; other columns follow unchanged. ValueError naming a column whose values do not fit."""
     out = df.copy()
-    for col, kind in KINDS.items():
+    for col, kind in COLUMN_TYPES.items():
         values = out[col] if col in out.columns else pd.Series(None, index=out.index, dtype=object)
         out[col] = _as_kind(values, kind, col)
-    return out[[*COLUMNS, *(c for c in out.columns if c not in KINDS)]]
+    return out[[*COLUMNS, *(c for c in out.columns if c not in COLUMN_TYPES)]]
 
 
 def _as_kind(values: pd.Series, kind: str, name: str) -> pd.Series:

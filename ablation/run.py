@@ -35,7 +35,7 @@ from ablation.results import (
     versions,
     write_job,
 )
-from ablation.session import Process, this_process
+from ablation.session import ProcessState, process_state
 from ablation.trackers import Tracker, open_tracker
 from ablation.train import HISTORY, load_history
 
@@ -67,7 +67,7 @@ def main(dcfg: DictConfig) -> float:
     tic = time.perf_counter()
     hc = HydraConfig.get()
     job_dir, multirun, root = job_paths()
-    process = this_process()  # what this process keeps between the jobs Hydra runs in it
+    process = process_state()  # what this process keeps between the jobs Hydra runs in it
     cfg = process.resolve(to_run_config(dcfg, job_dir))  # device and precisions for this machine
     job = hc.sweep.subdir if multirun else "."
     with open_tracker(cfg.logger, root, job, hc.job.override_dirname or "defaults") as tracker:
@@ -75,7 +75,7 @@ def main(dcfg: DictConfig) -> float:
         return run_job(cfg, dcfg, process, tracker, tic)
 
 
-def run_job(cfg: RunConfig, dcfg: DictConfig, process: Process, tracker: Tracker, tic: float) -> float:
+def run_job(cfg: RunConfig, dcfg: DictConfig, process: ProcessState, tracker: Tracker, tic: float) -> float:
     """Train once (each step shown to the tracker), evaluate the cell, write the row; its accuracy."""
     hc = HydraConfig.get()
     job_dir, multirun, root = job_paths()

@@ -1,9 +1,9 @@
-"""What a process keeps between jobs: the pretrained model and tokenized data (Base), per training key the
-trained model and its evaluator (Session), and the `Process` object that holds both and makes the
+"""What a process keeps between jobs: the pretrained model and tokenized data (Pretrained), per training key the
+trained model and its evaluator (Session), and the `ProcessState` object that holds both and makes the
 process-wide settings once.
 
 Jobs that differ only in the ablation reuse the Session. Jobs that differ in method, adapter, seed or
-training settings reuse the Base: its model is reset to the pretrained weights and a freshly seeded head
+training settings reuse the Pretrained: its model is reset to the pretrained weights and a freshly seeded head
 (exactly what loading it anew gives), so only the trained parameters are rebuilt. Cell predictions are
 kept on disk beside the trained parameters, so a re-run computes nothing new.
 """
@@ -32,7 +32,6 @@ from ablation.cost import cost_line, layer_passes
 from ablation.data import Encoded, encode, examples_table, load_task
 from ablation.estimate import STEPS
 from ablation.evaluate import Ablation, Evaluator, bound_resident_memory
-from ablation.imports import load_adapterhub, load_peft_lora
 from ablation.keys import cell_name, data_key, eval_key, process_spec, training_key, training_spec
 from ablation.methods import prepare
 from ablation.models import Stages, label_word_ids, lm_head_rows, load_model, use_label_words
@@ -50,10 +49,11 @@ from ablation.train import (
     train_once,
     validation_metric,
 )
+from ablation.trained_elsewhere import load_adapterhub, load_peft_lora
 
 
 @dataclass
-class Base:
+class Pretrained:
     """A pretrained model with a new head for `num_labels`, its tokenizer, and the tokenized tasks."""
 
     spec: str
@@ -101,17 +101,17 @@ class Base:
         return self.examples[key]
 
 
-def base_spec(model_cfg: ModelConfig, num_labels: int, cache: str) -> str:
-    """What a loaded Base depends on: two jobs with equal specs share it."""
+def pretrained_spec(model_cfg: ModelConfig, num_labels: int, cache: str) -> str:
+    """What a loaded Pretrained depends on: two jobs with equal specs share it."""
     return json.dumps({"model": asdict(model_cfg), "num_labels": num_labels, "cache": cache}, sort_keys=True)
 
 
-def load_base(model_cfg: ModelConfig, num_labels: int, cache: str) -> Base:
+def load_pretrained(model_cfg: ModelConfig, num_labels: int, cache: str) -> Pretrained:
     """Load the model and tokenizer, and remember the weights and new modules needed to reset it."""
     model, tokenizer, missing = load_model(model_cfg, num_labels, cache)
     new_modules = _initialised_modules(model, missing)
     pristine = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return Base(base_spec(model_cfg, num_labels, cache), model, tokenizer, pristine, new_modules)
+    return Pretrained(pretrained_spec(model_cfg, num_labels, cache), model, tokenizer, pristine, new_modules)
 
 
 def _initialised_modules(model: nn.Module, missing: list[str]) -> list[nn.Module]:
@@ -169,7 +169,7 @@ class Session:
                 clean_folder(self.cell_dir)  # writes killed before their rename (all are under this lock)
                 # the intact pass first (every cell starts from its hidden states), then the group's cells
                 cells = dict.fromkeys([None, *(group if ablate.cell else ()), ablate.cell])
-                todo = [c for c in cells if not self._path(self._at(ablate, c)).exists()]
+                todo = [c for c in cells if not self._path(self._cell_ablation(ablate, c)).exists()]
                 bar = tqdm(total=len(todo), desc="eval cells", disable=len(todo) < 2, dynamic_ncols=True)
                 ablation, L = Ablation.of(ablate), self.evaluator.num_layers
                 spans = [c for c in todo if c is not None]
@@ -179,12 +179,12 @@ class Session:
                     tqdm.write(f"[eval] {cost_line(len(spans), passes, L, seconds)}")
 
                 for cell, preds in self._evaluate(todo, ablate, timed):
-                    done = self._at(ablate, cell)
+                    done = self._cell_ablation(ablate, cell)
                     save_array(self._path(done), preds.astype(np.int16))
                     self._computed.add(cell_name(done))
                     bar.update()
                 bar.close()
-                if self.evaluator.recorded and not (self.cell_dir / DIAGNOSTICS).exists():
+                if self.evaluator.has_stats and not (self.cell_dir / DIAGNOSTICS).exists():
                     self._write_diagnostics()  # the intact pass just ran: its statistics cost nothing more
         return read_predictions(path, len(self.evaluator.labels)), cell_name(ablate) in self._computed
 
@@ -226,7 +226,7 @@ class Session:
         )
 
     @staticmethod
-    def _at(ablate: AblateConfig, cell: tuple[int, int] | None) -> AblateConfig:
+    def _cell_ablation(ablate: AblateConfig, cell: tuple[int, int] | None) -> AblateConfig:
         if cell is None:
             return AblateConfig()  # the intact model, whatever the kind of the group's ablation
         return dataclasses.replace(ablate, first=cell[0], last=cell[1])
@@ -259,7 +259,7 @@ def memory_budget(memory_gb: float | None, device: str) -> float:
     return 0.25 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def build_session(cfg: RunConfig, base: Base, on_step: Callable[[dict], None] | None = None) -> Session:
+def build_session(cfg: RunConfig, base: Pretrained, on_step: Callable[[dict], None] | None = None) -> Session:
     """Reset the shared model, add what the method trains, train or reuse it, and set up evaluation.
 
     `cfg` must be resolved for this machine (ablation.precision.resolve); `on_step` sees each training step
@@ -358,16 +358,16 @@ def build_session(cfg: RunConfig, base: Base, on_step: Callable[[dict], None] | 
     return Session(cfg, key, evaluator, counts, metrics, trained_now, cell_dir, examples, timings)
 
 
-class Process:
+class ProcessState:
     """What one process keeps between the jobs it runs, and the process-wide settings it makes once.
 
     The entry point creates one; nothing else in the suite keeps state across jobs or changes the
-    process's settings: the loaded Base, the current Session, the precisions resolved on this machine
+    process's settings: the loaded Pretrained, the current Session, the precisions resolved on this machine
     (each logged once), TF32 matmuls on CUDA, glibc's allocator bound when an evaluation is sharded.
     """
 
     def __init__(self) -> None:
-        self.base: Base | None = None
+        self.pretrained: Pretrained | None = None
         self.session: Session | None = None
         self._precisions: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._logged: set[str] = set()
@@ -396,16 +396,16 @@ class Process:
 
     def open_session(self, cfg: RunConfig, on_step: Callable[[dict], None] | None = None) -> Session:
         """The session for a resolved config: the current one if the config allows, else built (and
-        trained, once, each step shown to `on_step`) on the process's Base."""
+        trained, once, each step shown to `on_step`) on the process's Pretrained."""
         if self.session is not None and process_spec(self.session.cfg) == process_spec(cfg):
             return self.session
         self.session = None  # release the previous evaluator's cached states before building another
-        spec = base_spec(cfg.model, cfg.task.num_labels, cfg.paths.cache)
-        if self.base is None or self.base.spec != spec:
-            self.base = None  # release the previous model before loading another
-            self.base = load_base(cfg.model, cfg.task.num_labels, cfg.paths.cache)
+        spec = pretrained_spec(cfg.model, cfg.task.num_labels, cfg.paths.cache)
+        if self.pretrained is None or self.pretrained.spec != spec:
+            self.pretrained = None  # release the previous model before loading another
+            self.pretrained = load_pretrained(cfg.model, cfg.task.num_labels, cfg.paths.cache)
         self._notice_older_entries(Path(cfg.paths.store))
-        self.session = build_session(cfg, self.base, on_step)
+        self.session = build_session(cfg, self.pretrained, on_step)
         if self.session.evaluator.sharded and not self._memory_bound:
             bound_resident_memory()
             self._memory_bound = True
@@ -425,6 +425,6 @@ class Process:
 
 
 @functools.cache
-def this_process() -> Process:
-    """The one Process of this process, made on first use: the entry point asks for it once per job."""
-    return Process()
+def process_state() -> ProcessState:
+    """The one ProcessState of this process, made on first use: the entry point asks for it once per job."""
+    return ProcessState()

@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 
 from ablation.results import (
+    COLUMN_TYPES,
     COLUMNS,
     DIAGNOSTIC_COLUMNS,
     DIAGNOSTICS,
     EXAMPLES,
     FAILED_JOBS,
     HISTORIES,
-    KINDS,
     PREDICTIONS,
     RESULT_JSON,
     RESULTS_CSV,
@@ -41,7 +41,7 @@ from ablation.results import (
 
 PREDICTION_KEYS = ("labels", "intact", "ablated")
 # job_dir looks numeric ("0", "17") but is a path: text columns are read as text so "007" or "a/3" survive.
-TEXT_COLUMNS = tuple(c for c in COLUMNS if KINDS[c] == "text")
+TEXT_COLUMNS = tuple(c for c in COLUMNS if COLUMN_TYPES[c] == "text")
 __all__ = [
     "TEXT_DTYPE",
     "cached_predictions",
@@ -313,7 +313,7 @@ def _flatten(record: dict) -> dict:
     leaves = [key.rsplit(".", 1)[-1] for key in dotted]
     row = {}
     for key, leaf in zip(dotted, leaves, strict=True):
-        promote = leaf in KINDS and leaf not in dotted and leaves.count(leaf) == 1
+        promote = leaf in COLUMN_TYPES and leaf not in dotted and leaves.count(leaf) == 1
         row[leaf if promote else key] = dotted[key]
     return row
 

@@ -55,7 +55,7 @@ KIND, ALPHA, LAYERNORM = "ablate_kind", "alpha", "ablate_layernorm"
 # How a cell was had: exact, or an estimate (ablate.estimate); every figure and claim reads exact cells only
 ESTIMATE = "estimate"
 ABLATION_DEFAULTS = {KIND: "zero", LAYERNORM: "trained", ESTIMATE: EXACT}
-HEAD = "head"  # the method that trains only the classification head on the frozen encoder
+HEAD_ONLY = "head"  # the method that trains only the classification head on the frozen encoder
 
 
 def with_ablation(df: pd.DataFrame) -> pd.DataFrame:
@@ -161,7 +161,7 @@ def pretrained_layernorm_cells(df: pd.DataFrame) -> pd.DataFrame:
 def head_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Intact rows of the head-only baseline (the classification head trained on the frozen encoder)."""
     rows = intact(df)
-    return rows[(rows["method"] == HEAD).to_numpy(dtype=bool)]
+    return rows[(rows["method"] == HEAD_ONLY).to_numpy(dtype=bool)]
 
 
 def n_layers(df: pd.DataFrame) -> int | None:

@@ -16,8 +16,8 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from ablation.adapters import set_ablation
 from ablation.config import AdapterConfig, ConfigError, MethodConfig
-from ablation.imports import adapterhub_spec, load_adapterhub
 from ablation.methods import prepare
+from ablation.trained_elsewhere import adapterhub_spec, load_adapterhub
 
 FIXTURE = Path(__file__).parent / "fixtures" / "adapterhub"
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from ablation.results import COLUMNS, column_kinds
+from ablation.results import COLUMNS, column_types
 from analysis.__main__ import format_table, main
 from analysis.collect import TEXT_DTYPE, load_predictions, load_results, load_runs
 from analysis.plots import heatmap, heatmap_figure
@@ -88,7 +88,7 @@ def as_loaded(df: pd.DataFrame) -> pd.DataFrame:
     """What load_results must return for `df`: every schema column in order, one dtype per kind."""
     dtypes = {"text": TEXT_DTYPE, "int": "Int64", "float": "float64", "bool": "boolean"}
     out = {}
-    for col, kind in column_kinds().items():
+    for col, kind in column_types().items():
         values = df[col] if col in df.columns else pd.Series([None] * len(df), index=df.index, dtype=object)
         out[col] = values.astype(dtypes[kind])
     return pd.DataFrame(out)[list(COLUMNS)]

@@ -14,7 +14,7 @@ from test_evaluate import CELLS, L, make_evaluator, one_family
 from ablation.adapters import NormSwitch, adapter_slots, set_ablation
 from ablation.evaluate import Ablation, Evaluator
 
-KINDS = [
+ABLATIONS = [
     Ablation("zero"),
     Ablation("mean"),
     Ablation("scale", alpha=0.5),
@@ -36,7 +36,7 @@ def evaluator(request, family) -> Evaluator:
     return make_evaluator(family, *request.param)
 
 
-@pytest.mark.parametrize("ablation", KINDS, ids=str)
+@pytest.mark.parametrize("ablation", ABLATIONS, ids=str)
 def test_every_cell_of_every_kind_equals_a_from_scratch_forward(evaluator, ablation):
     intact = evaluator.intact()
     for first, last in CELLS:
@@ -47,7 +47,7 @@ def test_every_cell_of_every_kind_equals_a_from_scratch_forward(evaluator, ablat
 
 @one_family
 def test_kinds_in_shuffled_order(evaluator):
-    jobs = [(cell, ablation) for cell in CELLS for ablation in KINDS]
+    jobs = [(cell, ablation) for cell in CELLS for ablation in ABLATIONS]
     random.Random(0).shuffle(jobs)
     for (first, last), ablation in jobs[:40]:
         got = evaluator.cell(first, last, ablation)
@@ -57,12 +57,12 @@ def test_kinds_in_shuffled_order(evaluator):
 def test_kinds_change_predictions(evaluator):
     """Guards the equalities against kinds that do nothing: each differs from intact and from the others."""
     intact, whole = evaluator.intact(), (0, L - 1)
-    preds = {a: evaluator.cell(*whole, a) for a in KINDS[:3]}
-    preds[Ablation("zero", layernorm="pretrained")] = evaluator.cell(*whole, KINDS[4])
+    preds = {a: evaluator.cell(*whole, a) for a in ABLATIONS[:3]}
+    preds[Ablation("zero", layernorm="pretrained")] = evaluator.cell(*whole, ABLATIONS[4])
     for a, p in preds.items():
         assert (p != intact).sum() >= 1, a
-    assert (preds[KINDS[0]] != preds[KINDS[1]]).sum() >= 1  # mean is not removal
-    assert (preds[KINDS[0]] != preds[KINDS[4]]).sum() >= 1  # pretrained LayerNorms change the outcome
+    assert (preds[ABLATIONS[0]] != preds[ABLATIONS[1]]).sum() >= 1  # mean is not removal
+    assert (preds[ABLATIONS[0]] != preds[ABLATIONS[4]]).sum() >= 1  # pretrained LayerNorms change the outcome
 
 
 def test_scale_one_is_intact_and_scale_zero_is_removal(evaluator):
@@ -165,7 +165,7 @@ def test_layer_passes_of_each_kind(family, ablation, extra):
 
 
 @one_family
-@pytest.mark.parametrize("ablation", KINDS, ids=str)
+@pytest.mark.parametrize("ablation", ABLATIONS, ids=str)
 def test_sharded_kinds_equal_the_unsharded_path(family, ablation):
     whole = make_evaluator(family, "fp32")
     want = dict(whole.predict([None, *CELLS], ablation))
@@ -185,7 +185,7 @@ def test_sharded_kinds_equal_the_unsharded_path(family, ablation):
 def test_diagnostics_measure_the_contribution(family):
     ev = make_evaluator(family, "fp32")
     ev.intact()
-    assert ev.recorded
+    assert ev.has_stats
     rows = ev.diagnostics()
     assert [(r["layer"], r["position"]) for r in rows] == [
         (i, p) for i in range(L) for p in ("attention", "output")

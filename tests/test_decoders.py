@@ -50,14 +50,14 @@ from ablation.config import (
 from ablation.data import encode
 from ablation.evaluate import Ablation, Evaluator
 from ablation.families import FAMILIES, layer_stack
-from ablation.imports import load_peft_lora, peft_lora_spec
 from ablation.methods import freeze, prepare
 from ablation.models import Stages, label_word_ids, lm_head_rows, load_model, use_label_words
+from ablation.trained_elsewhere import load_peft_lora, peft_lora_spec
 
 L = 4
 CELLS = [(first, last) for first in range(L) for last in range(first, L)]
 # every kind, each LayerNorm setting and position (test_controls runs each kind alone on Llama)
-KINDS = [
+ABLATIONS = [
     Ablation("zero"),
     Ablation("mean", positions="attention"),
     Ablation("scale", alpha=0.5, layernorm="pretrained"),
@@ -108,7 +108,7 @@ def test_every_cell_of_every_kind_equals_a_from_scratch_forward(decoder, placeme
     assert (
         ev.from_scratch(0, L - 1) != intact
     ).sum() >= 3  # the adapters matter: the equalities say something
-    for ablation in KINDS:
+    for ablation in ABLATIONS:
         for first, last in CELLS:
             got = ev.cell(first, last, ablation)
             assert np.array_equal(got, ev.from_scratch(first, last, ablation)), (ablation, first, last)

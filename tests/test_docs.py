@@ -66,3 +66,12 @@ def test_the_readme_is_short_with_the_two_commands_before_the_first_figure():
     first_figure = next(i for i, line in enumerate(lines) if line.startswith("!["))
     commands = [i for i, line in enumerate(lines) if line.startswith("pip install torch==2.13.0")]
     assert len(commands) == 2 and max(commands) < first_figure
+
+
+def test_the_architecture_page_names_every_module():
+    page = (REPO / "docs" / "architecture.md").read_text()
+    modules = [p for d in ("ablation", "analysis") for p in sorted((REPO / d).glob("*.py"))]
+    missing = [
+        f"{p.parent.name}/{p.name}" for p in modules if p.name != "__init__.py" and f"  {p.name} " not in page
+    ]
+    assert not missing, f"docs/architecture.md does not describe {missing}"

@@ -40,7 +40,7 @@ from transformers import (
 
 from ablation.config import ABLATE_KINDS, ABLATE_NORMS, COMBINES, HEADS, LAYERNORMS, NORMS, PLACEMENTS
 from ablation.data import deduplicate, split_frame
-from ablation.imports import AH_HEAD_WEIGHTS, AH_WEIGHTS
+from ablation.trained_elsewhere import AH_HEAD_WEIGHTS, AH_WEIGHTS
 from analysis.collect import load_runs
 from analysis.examples import examples_of
 

@@ -48,7 +48,7 @@ SCRIPT = textwrap.dedent(
     data = random_encoded("bert", n=40_000, seed=0, min_len=6, max_len=10)
     ev = Evaluator(Stages(model, "bert"), data, batch_size=256, precision="fp32", memory_bytes=budget)
     if ev.sharded:
-        bound_resident_memory()  # as the process that runs a sharded evaluation does (ablation.session.Process)
+        bound_resident_memory()  # as the process that runs a sharded evaluation does (ablation.session.ProcessState)
     need = sum(ev.state_bytes(b) for b in range(len(ev.batches)))
     with torch.inference_mode():  # one batch first: the kernels' one-time workspaces belong to the baseline
         model(**{k: v for k, v in ev.batches[-1].items() if k != "labels"})

@@ -12,8 +12,8 @@ import torch
 from conftest import padded_batch, tiny_model
 
 from ablation.config import ConfigError, MethodConfig
-from ablation.imports import load_peft_lora, peft_lora_spec
 from ablation.methods import prepare
+from ablation.trained_elsewhere import load_peft_lora, peft_lora_spec
 
 L = 3
 # the projections each family's PEFT model adapts (MPNet has no PEFT default: named, as a user would)

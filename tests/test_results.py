@@ -10,7 +10,7 @@ from ablation.config import AdapterConfig, MethodConfig, ModelConfig, RunConfig,
 from ablation.keys import CONFIG_COLUMNS, config_columns
 from ablation.results import (
     COLUMNS,
-    column_kinds,
+    column_types,
     majority_rate,
     rebuild_table,
     record_row,
@@ -99,7 +99,7 @@ def test_versions_name_code_and_packages():
 
 
 def test_schema_kinds_and_adapter_columns():
-    kinds = column_kinds()
+    kinds = column_types()
     assert tuple(kinds) == COLUMNS
     assert kinds["accuracy"] == "float" and kinds["k"] == "int" and kinds["diverged"] == "bool"
     assert kinds["task"] == kinds["variant"] == "text"

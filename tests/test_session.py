@@ -14,7 +14,7 @@ from ablation.adapters import AdapterLayer, InputTap
 from ablation.config import AblateConfig, AdapterConfig, MethodConfig
 from ablation.families import is_head
 from ablation.methods import freeze, prepare
-from ablation.session import Base, Session, _initialised_modules
+from ablation.session import Pretrained, Session, _initialised_modules
 
 
 class CountingEvaluator:
@@ -28,7 +28,7 @@ class CountingEvaluator:
         self.calls.append(("intact",))
         return np.array([0, 1, 1])
 
-    recorded = False  # no intact statistics: the session writes no diagnostics
+    has_stats = False  # no intact statistics: the session writes no diagnostics
 
     def cell(self, first: int, last: int, ablation) -> np.ndarray:
         self.calls.append((first, last, ablation.positions))
@@ -87,14 +87,14 @@ def test_the_first_job_of_a_group_computes_every_cell_of_it_in_sweep_order(tmp_p
     assert not list(tmp_path.glob(".*tmp*"))  # the killed writer's leftover is gone
 
 
-# --- Base: one pretrained model per process, reset between training keys ---
+# --- Pretrained: one pretrained model per process, reset between training keys ---
 
 
-def _base(family: str) -> Base:
+def _base(family: str) -> Pretrained:
     model = tiny_model(family, num_layers=2)
     missing = [n for n, _ in model.named_parameters() if is_head(model, n)]
     pristine = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return Base("spec", model, None, pristine, _initialised_modules(model, missing))
+    return Pretrained("spec", model, None, pristine, _initialised_modules(model, missing))
 
 
 def test_fresh_model_is_the_pretrained_model_with_a_seeded_head(family):
@@ -136,7 +136,7 @@ def test_fresh_model_equals_loading_anew():
     """The real 6-layer model: reset + seeded head equals from_pretrained after set_seed, RNG included."""
     from ablation.config import ModelConfig
     from ablation.models import load_model
-    from ablation.session import load_base
+    from ablation.session import load_pretrained
     from ablation.train import set_seed
 
     cfg = ModelConfig(name="minilm_l6", family="bert", artifact="all-minilm-l6-v2", num_layers=6)
@@ -144,7 +144,7 @@ def test_fresh_model_equals_loading_anew():
     set_seed(3)
     reference, _, _ = load_model(cfg, 3, cache)
     rng = torch.get_rng_state()
-    base = load_base(cfg, 3, cache)
+    base = load_pretrained(cfg, 3, cache)
     prepare(base.fresh_model(7), "bert", MethodConfig("full"), None)
     model = base.fresh_model(3)
     assert torch.equal(torch.get_rng_state(), rng)

@@ -149,7 +149,7 @@ def test_a_diverging_job_is_a_row_and_the_sweep_goes_on(tmp_path):
 
 def test_training_does_not_depend_on_what_the_process_ran_before(tmp_path):
     """The shared base model is reset between keys: a key trained after others equals one trained alone."""
-    from ablation.session import Process
+    from ablation.session import ProcessState
 
     def config(seed: int, store: Path, method: str = "adapters"):
         overrides = [
@@ -162,7 +162,7 @@ def test_training_does_not_depend_on_what_the_process_ran_before(tmp_path):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             return OmegaConf.to_object(compose("config", overrides=overrides))
 
-    process = Process()  # one model, loaded once: reset between the three keys
+    process = ProcessState()  # one model, loaded once: reset between the three keys
     alone = process.open_session(process.resolve(config(1, tmp_path / "a")))
     process.open_session(process.resolve(config(0, tmp_path / "b", "full")))
     after = process.open_session(process.resolve(config(1, tmp_path / "b")))
