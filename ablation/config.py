@@ -226,7 +226,7 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    """A pretrained encoder: an offline PyPI artifact or a hub id."""
+    """A pretrained model, encoder or decoder: an offline PyPI artifact or a hub id."""
 
     name: str = param(MISSING, keys=(TRAIN,), column="model")
     family: str = param("bert", keys=(TRAIN,))

@@ -3,6 +3,7 @@ and the README stays a first-five-minutes page."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -75,3 +76,21 @@ def test_the_architecture_page_names_every_module():
         f"{p.parent.name}/{p.name}" for p in modules if p.name != "__init__.py" and f"  {p.name} " not in page
     ]
     assert not missing, f"docs/architecture.md does not describe {missing}"
+
+
+def test_the_configuration_reference_is_what_the_code_declares():
+    from ablation.reference import OUT, markdown
+
+    assert OUT.read_text() == markdown(), (
+        "docs/configuration-reference.md is stale: run python -m ablation.reference"
+    )
+    page = markdown()
+    from ablation.config import AblateConfig, AdapterConfig, MethodConfig
+
+    for cls, group in ((AdapterConfig, "adapter"), (MethodConfig, "method"), (AblateConfig, "ablate")):
+        for f in dataclasses.fields(cls):
+            assert f"| `{group}.{f.name}` |" in page  # every field has its row
+    # what is allowed comes from the checks themselves: a check's message is the row's
+    assert (
+        "one of `zero`, `mean`, `scale`, `keep`" in page and "a positive integer (bottleneck size m)" in page
+    )
