@@ -101,9 +101,12 @@ def _figures(args: argparse.Namespace) -> int:
 
 
 def _claims(args: argparse.Namespace) -> int:
-    """Each directory's rows judged apart, their verdicts side by side (one column per directory)."""
+    """Each directory's rows judged apart, their verdicts side by side (one column per directory); with
+    --paired, each claim's statistic in A minus in B with the paired difference's interval."""
     from analysis.claims import evaluate_claims
 
+    if args.paired:
+        return _paired_claims(args)
     letters = [chr(ord("A") + i) for i in range(len(args.dirs))]
     judged = []
     for letter, group in zip(letters, args.dirs, strict=True):
@@ -119,6 +122,28 @@ def _claims(args: argparse.Namespace) -> int:
     for t in judged[1:]:
         merged = merged.merge(t, on=["claim", "panel"], how="outer", sort=False)
     print(merged.fillna("-").to_string(index=False))
+    return 0
+
+
+def _paired_claims(args: argparse.Namespace) -> int:
+    from analysis.claims import paired_claims
+
+    if len(args.dirs) != 2:
+        raise ValueError(f"claims --paired: two directories (A and B), got {len(args.dirs)}")
+    a, b = (load_runs([Path(p) for p in group.split(",")]).table for group in args.dirs)
+    table = paired_claims(a, b)
+    if table.empty:
+        raise ValueError(f"claims --paired: no claim is measured on both {args.dirs[0]} and {args.dirs[1]}")
+    print(
+        f"A = {args.dirs[0]}\nB = {args.dirs[1]}\neach claim's statistic, A minus B, paired by seed and example:"
+    )
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    inside = (table["lo"] >= -args.margin) & (table["hi"] <= args.margin)
+    largest = float(table[["lo", "hi"]].abs().to_numpy().max())
+    print(
+        f"\n{int(inside.sum())} of {len(table)} paired intervals inside ±{args.margin:g} (their own unit); "
+        f"the largest bound {largest:.2f}"
+    )
     return 0
 
 
@@ -191,7 +216,7 @@ def _compare(args: argparse.Namespace) -> int:
             )
         panels.append(rows)
         choices.append(choice)
-    table = difference_intervals(*panels, select=(choices[0], choices[1]))
+    table = difference_intervals(*panels, select=(choices[0], choices[1]), paired=args.paired)
     names = [
         " · ".join(filter(None, (p["model"].iloc[0], p["task"].iloc[0], c.label())))
         for p, c in zip(panels, choices, strict=True)
@@ -201,13 +226,29 @@ def _compare(args: argparse.Namespace) -> int:
     for path in difference_figure(table, out, title):
         print(path)
     real = table[~table["includes_zero"]]
+    how = "paired by seed and example" if args.paired else "A and B resampled apart"
     print(
-        f"{len(real)} of {len(table)} spans differ beyond their 95% interval (A minus B, percentage points):"
+        f"{len(real)} of {len(table)} spans differ beyond their 95% interval (A minus B, percentage points, "
+        f"{how}):"
     )
+    if args.paired:
+        print(_share(len(real), len(table)))
     print(table.round(2).to_string(index=False))
     print()
     print(_cross_agreement(*panels))
     return 0
+
+
+def _share(k: int, n: int) -> str:
+    """k of n cells beyond their interval: the share with its exact binomial 95% interval, against the 5%
+    that twins which do not differ would give by chance."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    return (
+        f"share beyond: {100 * k / n:.1f}% [{100 * ci.low:.1f}, {100 * ci.high:.1f}] (exact binomial 95%); "
+        "5% by chance where A and B do not differ"
+    )
 
 
 def _cross_agreement(a: pd.DataFrame, b: pd.DataFrame) -> str:
@@ -540,6 +581,12 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("a", type=Path, help="sweep directory A")
     compare.add_argument("b", type=Path, help="sweep directory B")
     compare.add_argument("--out", type=Path, default=None, help="output stem (default: ./compare)")
+    compare.add_argument(
+        "--paired",
+        action="store_true",
+        help="A and B are twins of the same seeds on the same examples (e.g. bf16 and fp32 trainings): "
+        "intervals of the per-seed differences, and the share of cells beyond them",
+    )
     claims = commands.add_parser(
         "claims", help="the paper's claims judged on each directory apart, side by side (estimate, interval)"
     )
@@ -548,6 +595,17 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="DIR[,DIR...]",
         help="run or sweep directories, one column each (A, B, ...); comma-joined ones are judged together",
+    )
+    claims.add_argument(
+        "--paired",
+        action="store_true",
+        help="two directories, twins of the same seeds: each claim's statistic A minus B, paired by seed",
+    )
+    claims.add_argument(
+        "--margin",
+        type=float,
+        default=1.0,
+        help="with --paired: count the intervals inside ±MARGIN (default 1)",
     )
     estimate = commands.add_parser(
         "estimate",

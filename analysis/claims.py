@@ -39,6 +39,7 @@ from analysis.stats import (
     block_size,
     blocks,
     cell_groups,
+    check_paired,
     group,
     interval,
     relative_decrease,
@@ -118,30 +119,13 @@ def evaluate_claims(df: pd.DataFrame) -> pd.DataFrame:
     hold several (the `recipe` study: each recipe judged on its own, never over mixed rows).
     `df` comes from `analysis.collect.load_runs` (its `sweep` column locates the per-example predictions).
     """
-    plan = figure_plan(df)
-    table = conform(df)
+    plan, table = figure_plan(df), conform(df)
     layers = model_layers(table)
     rows = []
     for claim in CLAIMS:
-        source = plan.get(claim.figure)
-        if source is None and claim.figure == "bottleneck":
-            source = plan.get("tradeoff")  # the trade-off grid has adapters of the paper's sizes too
-        source, skipped = _claim_rows(claim, source, layers)
-        split = [] if source is None else varying(source, _recipe_split(claim))
-        groups = [] if source is None else source.groupby(["model", "task", *split], sort=True, dropna=False)
-        # per model and task, the suite's recipe first (as the figures)
-        panels = sorted(groups, key=lambda kv: panel_order(kv[1]))
-        extra = None if claim.baseline is None else claim.baseline(table)
+        panels, skipped = _claim_panels(claim, plan, table, layers)
         found = False
-        for (model, task, *_), panel in panels:
-            name = f"{model} · {task}"
-            if split:
-                name += f" · {recipe_label(panel.iloc[0], layers.get(str(model)))}"
-            if extra is not None:
-                same = extra[((extra["model"] == model) & (extra["task"] == task)).to_numpy(dtype=bool)]
-                panel = (
-                    pd.concat([panel, same.loc[same.index.difference(panel.index)]]) if len(same) else panel
-                )
+        for name, panel in panels:
             measured = claim.measure(panel)
             if measured is None:
                 continue
@@ -166,6 +150,68 @@ def evaluate_claims(df: pd.DataFrame) -> pd.DataFrame:
             why = skipped or (f" (the {claim.figure} rows hold nothing it compares)" if panels else "")
             rows.append(_row(claim, "", NO_ROWS + why, np.nan, np.nan, np.nan, "no data"))
     return pd.DataFrame(rows)
+
+
+def _claim_panels(
+    claim: Claim, plan: dict[str, pd.DataFrame], table: pd.DataFrame, layers: dict[str, int]
+) -> tuple[list[tuple[str, pd.DataFrame]], str]:
+    """The panels a claim is judged on, (name, rows with its baseline's), per model and task and recipe (the
+    suite's recipe first, as the figures), and what of its figure's rows was skipped, in words."""
+    source = plan.get(claim.figure)
+    if source is None and claim.figure == "bottleneck":
+        source = plan.get("tradeoff")  # the trade-off grid has adapters of the paper's sizes too
+    source, skipped = _claim_rows(claim, source, layers)
+    if source is None:
+        return [], skipped
+    split = varying(source, _recipe_split(claim))
+    groups = source.groupby(["model", "task", *split], sort=True, dropna=False)
+    extra = None if claim.baseline is None else claim.baseline(table)
+    out = []
+    for (model, task, *_), panel in sorted(groups, key=lambda kv: panel_order(kv[1])):
+        name = f"{model} · {task}"
+        if split:
+            name += f" · {recipe_label(panel.iloc[0], layers.get(str(model)))}"
+        if extra is not None:
+            same = extra[((extra["model"] == model) & (extra["task"] == task)).to_numpy(dtype=bool)]
+            panel = pd.concat([panel, same.loc[same.index.difference(panel.index)]]) if len(same) else panel
+        out.append((name, panel))
+    return out, skipped
+
+
+PAIRED_COLUMNS = ("claim", "panel", "comparison", "unit", "a", "b", "difference", "lo", "hi", "seeds")
+
+
+def paired_claims(a: pd.DataFrame, b: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """Each claim's statistic in A minus in B, per panel and comparison both measure, with the 95% interval
+    of the paired difference: A and B are twins of the same seeds on the same examples (e.g. each training
+    in bf16 and its fp32 twin), and the two sides' bootstraps draw the same seeds and examples in every
+    replicate (common random numbers: `replicates` is seeded, and twins give it groups of one structure),
+    so the interval is that of the per-seed differences. ValueError where a panel's seeds or examples
+    differ between the sides."""
+    sides = []
+    for df in (a, b):
+        plan, table = figure_plan(df), conform(df)
+        layers = model_layers(table)
+        sides.append({claim.name: dict(_claim_panels(claim, plan, table, layers)[0]) for claim in CLAIMS})
+    rows = []
+    for claim in CLAIMS:
+        on_a, on_b = sides[0][claim.name], sides[1][claim.name]
+        for name in (n for n in on_a if n in on_b):
+            check_paired(on_a[name], on_b[name])
+            measured = [claim.measure(side[name]) for side in (on_a, on_b)]
+            if any(m is None or not m[1] for m in measured):
+                continue
+            (_, comps_a), (_, comps_b) = measured
+            if [c[0] for c in comps_a] != [c[0] for c in comps_b]:
+                raise ValueError(
+                    f"paired: {claim.name} on {name} compares different things in A and B "
+                    f"({[c[0] for c in comps_a]} against {[c[0] for c in comps_b]})"
+                )
+            seeds = int(on_a[name]["seed"].nunique())
+            for (label, va, ra), (_, vb, rb) in zip(comps_a, comps_b, strict=True):
+                value, lo, hi = interval(va - vb, ra - rb, level)
+                rows.append([claim.name, name, label, claim.unit, va, vb, value, lo, hi, seeds])
+    return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
 
 
 def _claim_rows(

@@ -388,17 +388,26 @@ def cell_intervals(
 
 
 def difference_intervals(
-    a: pd.DataFrame, b: pd.DataFrame, level: float = LEVEL, select: tuple[Select, Select] = (ablated, ablated)
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    level: float = LEVEL,
+    select: tuple[Select, Select] = (ablated, ablated),
+    paired: bool = False,
 ) -> pd.DataFrame:
     """Per span both panels have: relative decrease in A minus in B (percentage points), with its interval.
 
     A and B are resampled as independent training runs; their validation examples are resampled together
     when both were scored on the same examples (same labels in the same order), independently otherwise.
-    `select` picks each side's cells (default: the paper's removal on both).
+    `paired`: A and B are twins of the same seeds (e.g. one training in bf16, its twin in fp32), scored on
+    the same examples: each replicate draws one set of seeds and examples for both, so the interval is that
+    of the per-seed differences. `select` picks each side's cells (default: the paper's removal on both).
     """
+    if paired:
+        check_paired(select[0](a), select[1](b))
     same = (a["task"].iloc[0] == b["task"].iloc[0]) and np.array_equal(_labels(a), _labels(b))
-    found_a = cell_groups(a, examples="shared" if same else "A", runs="A", select=select[0])
-    found_b = cell_groups(b, examples="shared" if same else "B", runs="B", select=select[1])
+    runs = ("paired", "paired") if paired else ("A", "B")
+    found_a = cell_groups(a, examples="shared" if same else "A", runs=runs[0], select=select[0])
+    found_b = cell_groups(b, examples="shared" if same else "B", runs=runs[1], select=select[1])
     if found_a is None or found_b is None:
         raise ValueError("compare: both runs need layer-ablation cells")
     (_, ia, ca), (_, ib, cb) = found_a, found_b
@@ -418,6 +427,20 @@ def difference_intervals(
         _, lo, hi = interval(value, stat, level)
         rows.append([*span, value, lo, hi, lo <= 0.0 <= hi])
     return pd.DataFrame(rows, columns=["first", "last", "difference", "lo", "hi", "includes_zero"])
+
+
+def check_paired(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """ValueError unless A and B hold the same seeds and were scored on the same examples (a paired
+    comparison's twins), naming what differs."""
+    seeds = [sorted({int(s) for s in rows["seed"].dropna()}) for rows in (a, b)]
+    if seeds[0] != seeds[1]:
+        raise ValueError(
+            f"paired: A holds seeds {seeds[0]}, B {seeds[1]}; pairing needs the same seeds in both"
+        )
+    if not np.array_equal(_labels(a), _labels(b)):
+        raise ValueError(
+            "paired: A and B were scored on different validation examples; pairing needs the same"
+        )
 
 
 def _labels(rows: pd.DataFrame) -> np.ndarray:
