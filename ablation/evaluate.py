@@ -241,9 +241,8 @@ class Evaluator:
                 if with_stats:
                     self._collect_stats(b)
                 for i in range(L):
-                    h = self._layer(
-                        i, h, b, full=with_stats
-                    )  # every token's contribution, for the statistics
+                    # with statistics, every token's contribution
+                    h = self._layer(i, h, b, full=with_stats)
                     boundary[i + 1].append(h)
                 preds.append(self.stages.head(h, self._ctx[b]).argmax(-1))
         self._collect_stats(None)

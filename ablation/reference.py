@@ -111,6 +111,11 @@ def _defaults() -> dict[str, str | None]:
     return {k: v for item in listed if isinstance(item, dict) for k, v in item.items()}
 
 
+def _cell(text: str) -> str:
+    """A table cell's text as Markdown shows it: pipes escaped, angle brackets as text, one line."""
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+
+
 def _table(prefix: str, cls: type, checks: dict[str, list[str]]) -> list[str]:
     described = _described(cls)
     lines = ["| field | default | allowed | keys | column | what it is |", "|---|---|---|---|---|---|"]
@@ -129,7 +134,7 @@ def _table(prefix: str, cls: type, checks: dict[str, list[str]]) -> list[str]:
             column,
             described.get(f.name, ""),
         ]
-        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return lines
 
 
