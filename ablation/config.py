@@ -844,7 +844,7 @@ def derive(cfg: RunConfig) -> RunConfig:
     LoRA folder) or the adapter group's (an AdapterHub one), LoRA targets in one order, ablate.alpha a float,
     so that keys and columns describe what runs. A new config; derive(derive(c)) == derive(c).
 
-    The machine's device and precisions are resolved after this, at the entry point (ProcessState.resolve).
+    Machine-free (the sweeper plans with it); `ablation.precision.resolve` adds the device and precisions.
     """
     from ablation.trained_elsewhere import adapterhub_spec, peft_lora_spec  # JSON and headers only: no torch
 

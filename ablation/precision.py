@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ablation.atomic import lock, write_text
-from ablation.config import ConfigError, RunConfig
+from ablation.config import ConfigError, RunConfig, derive
 
 # bf16 must be at least this much faster than fp32 to be chosen: a smaller gain is within what a busy
 # machine's timings drift, and bf16 rounds (predictions agree with fp32 on >= 99.9% of examples here).
@@ -126,12 +126,15 @@ Choose = Callable[[str, str, str], tuple[str, str]]  # (requested, device, cache
 
 
 def resolve(cfg: RunConfig, choose: Choose = resolve_precision) -> tuple[RunConfig, dict[str, str]]:
-    """The config with `device` and the precisions resolved for this machine, before any key is formed, and
-    why each precision was chosen (for the log). Changes nothing: `choose` may remember what it measured.
+    """A validated config made complete for this machine, in one place, before any key is formed: what it
+    derives (`ablation.config.derive`: an imported folder's settings, canonical orders), then `device` and the
+    precisions resolved here; and why each precision was chosen (for the log). A new config, and a resolved
+    config resolves to itself; `choose` may remember what it measured (the entry point's ProcessState does).
 
     The row records the resolved values, and they enter the training and evaluation keys, so cells computed
     in one precision are never read as the other.
     """
+    cfg = derive(cfg)
     device = resolve_device(cfg.device)
     chosen, why = {}, {}
     for name in ("train", "eval"):

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ablation.adapters import remove_adapters, wrap_norms
 from ablation.atomic import clean_folder, lock, save_array, write_text
-from ablation.config import EXACT, AblateConfig, CacheError, ModelConfig, RunConfig, TaskConfig, derive
+from ablation.config import EXACT, AblateConfig, CacheError, ModelConfig, RunConfig, TaskConfig
 from ablation.cost import cost_line, layer_passes
 from ablation.data import Encoded, encode, examples_table, load_task
 from ablation.estimate import STEPS
@@ -375,9 +375,9 @@ class ProcessState:
         self._memory_bound = False
 
     def resolve(self, cfg: RunConfig) -> RunConfig:
-        """The complete config of a validated one: what it derives (ablation.config.derive: an imported
-        folder's settings, canonical orders) and the device and precisions for this machine (measured once
-        per process). The one place a run's values are filled in; a resolved config resolves to itself."""
+        """The complete config of a validated one for this machine (ablation.precision.resolve), the bf16
+        probe measured once per process and each choice logged once; called once per job, by the entry
+        point."""
 
         def choose(requested: str, device: str, cache: str) -> tuple[str, str]:
             memo = (requested, device, cache)
@@ -385,7 +385,7 @@ class ProcessState:
                 self._precisions[memo] = resolve_precision(requested, device, cache)
             return self._precisions[memo]
 
-        resolved, why = resolve(derive(cfg), choose)
+        resolved, why = resolve(cfg, choose)
         for name, text in why.items():
             if name not in self._logged:
                 print(f"[precision] {name}: {text}", flush=True)
