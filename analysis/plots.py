@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import math
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from analysis.select import (
     BOTTOM_KEPT,
     BOTTOM_RETRAINED,
     FIGURES,
+    KIND,
     PANEL_COLUMNS,
     PAPER_SIZES,
     PLACEMENT_SERIES,
@@ -245,7 +247,10 @@ def estimate_figure(pairs: list[tuple[str, pd.DataFrame, pd.DataFrame]], out_ste
         for ax, matrix, what in ((axes[2 * n], a, "exact"), (axes[2 * n + 1], b, f"estimated ({estimate})")):
             if matrix is not None:
                 _draw_matrix(matrix, ax, "relative decrease (%)", True, None, None, limit)
-                ax.set_title(f"{name}\n{what}", fontsize=10)
+                ax.set_title("\n".join([*textwrap.wrap(name, 50), what]), fontsize=10)  # long names wrap
+                if guessed[KIND].iloc[0] == "keep":  # its cells name the layers kept
+                    ax.set_xlabel(ax.get_xlabel().replace("ablated", "kept"))
+                    ax.set_ylabel(ax.get_ylabel().replace("ablated", "kept"))
     return _save(fig, out_stem)
 
 
