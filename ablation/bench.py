@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
             lambda: Evaluator(stages, data, cfg.eval.batch_size, p, device), ev.layer_passes / L, ref, report
         )
     if not args.skip_placement:
-        placement_costs(model, process_state().base.pristine, cfg, data, report)
+        placement_costs(model, process_state().pretrained.pristine, cfg, data, report)
     report("memory peaks", memory_peaks(device))
     if not args.skip_overhead:
         study_overhead(overrides, report)

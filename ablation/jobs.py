@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 
 from ablation.atomic import write_text
-from ablation.config import ConfigError
+from ablation.config import EXACT, ConfigError
 
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 # Layer expressions of the model's layer count L, resolved per job once the model is known: L, L-c, L/d and
@@ -102,6 +102,11 @@ def expand_arguments(arguments: list[str]) -> list[str]:
 
 def _job_dict(job: list[str]) -> dict[str, str]:
     return dict(arg.split("=", 1) for arg in job)
+
+
+def estimated(job: list[str]) -> bool:
+    """True for a job whose cell is estimated (ablate.estimate set), not evaluated exactly."""
+    return _job_dict(job).get("ablate.estimate", "null") not in ("null", "None", EXACT)
 
 
 def _layer_value(expr: str, num_layers: int) -> int:

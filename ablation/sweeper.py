@@ -26,13 +26,14 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ablation.atomic import write_text
-from ablation.config import EXACT, AblateConfig, ConfigError, RunConfig, check_writable, derive, on_block_grid
+from ablation.config import AblateConfig, ConfigError, RunConfig, check_writable, derive, on_block_grid
 from ablation.cost import plan_line
 from ablation.jobs import (
     ABLATE_KEYS,
     build_jobs,
     choose_grid,
     drop_lower_triangle,
+    estimated,
     expand_layer_ranges,
     group_key,
     write_cell_plan,
@@ -60,12 +61,6 @@ LAUNCHER_OPTIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_num_timeout": (lambda v: v >= 0, "an integer >= 0 (requeues after a time limit)"),
     "signal_delay_s": (lambda v: v >= 0, "seconds >= 0 (the warning signal before the time limit)"),
 }
-
-
-def _estimated(job: list[str]) -> bool:
-    """True for a job whose cell is estimated (ablate.estimate set), not evaluated exactly."""
-    exact = ("null", "None", EXACT)
-    return any(arg.startswith("ablate.estimate=") and arg.split("=", 1)[1] not in exact for arg in job)
 
 
 def check_launcher(launcher: DictConfig) -> None:
@@ -157,13 +152,13 @@ class AblationSweeper(Sweeper):
         if dropped:
             log.info(f"Dropped {dropped} of {len(planned)} jobs with ablate.first > ablate.last")
         log.info(f"Checked {len(planned)} jobs in {time.perf_counter() - tic:.1f} s")
-        plan = self._plan([job for job in jobs if not _estimated(job)])
+        plan = self._plan([job for job in jobs if not estimated(job)])
         if plan:
             log.info(f"Evaluation plan: {plan_line(plan)}; each job's log gives the time once measured")
-        estimated = sum(map(_estimated, jobs))
-        if estimated:
+        guessed = sum(map(estimated, jobs))
+        if guessed:
             log.info(
-                f"Estimated: {estimated} cells from gradients, not run (ablate.estimate: a forward and backward "
+                f"Estimated: {guessed} cells from gradients, not run (ablate.estimate: a forward and backward "
                 "pass per training and kind, 4 for integrated)"
             )
         if self.dry_run:

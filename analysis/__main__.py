@@ -150,24 +150,23 @@ def _paired_claims(args: argparse.Namespace) -> int:
 def _estimate(args: argparse.Namespace) -> int:
     """Each estimated heatmap against the exact one: the table, the side-by-side figure, the worst cells."""
     from analysis.estimates import (
+        all_pairs,
         comparison,
         confirm_command,
         confirmation,
-        estimators,
         overrides,
-        paired_cells,
     )
     from analysis.plots import estimate_figure
 
     df = load_runs(args.dirs).table
-    pairs = [pair for estimate in estimators(df) for pair in paired_cells(df, estimate)]
+    pairs = all_pairs(df)
     if not pairs:
         raise ValueError(
             f"estimate: no estimated cells in {', '.join(map(str, args.dirs))} (a sweep with "
             "ablate.estimate=attribution or integrated makes them)"
         )
     out = args.out if args.out is not None else Path("estimate")
-    table = comparison(df)
+    table = comparison(df, pairs)
     if table.empty:
         print(
             "no exact cells beside the estimated ones: the estimate's worst cells and the command that computes them"

@@ -79,6 +79,11 @@ def paired_cells(df: pd.DataFrame, estimate: str) -> list[tuple[str, pd.DataFram
     return out
 
 
+def all_pairs(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame, pd.DataFrame]]:
+    """`paired_cells` of every estimate the table holds, in estimator order."""
+    return [pair for estimate in estimators(df) for pair in paired_cells(df, estimate)]
+
+
 def overrides(guessed: pd.DataFrame) -> str:
     """The ablate.* options that make these cells' ablation ('' for the paper's removal)."""
     kind = guessed[KIND].iloc[0]
@@ -126,39 +131,37 @@ def _verdicts(df: pd.DataFrame, exact: pd.DataFrame, guessed: pd.DataFrame) -> t
     return len(common) - len(changed), len(common), changed
 
 
-def comparison(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per estimated panel against its exact cells (COLUMNS)."""
+def comparison(df: pd.DataFrame, pairs: list[tuple[str, pd.DataFrame, pd.DataFrame]]) -> pd.DataFrame:
+    """One row per estimated panel of `pairs` (`all_pairs(df)`) against its exact cells (COLUMNS)."""
     rows = []
-    for estimate in estimators(df):
-        for name, exact, guessed in paired_cells(df, estimate):
-            if exact.empty:
-                continue
-            a, b = _by_cell(exact), _by_cell(guessed)
-            common = a.index.intersection(b.index)
-            a, b = a[common], b[common]
-            # the heatmap claims are about removal: judged only on its cells
-            removal = guessed[KIND].iloc[0] == "zero"
-            kept, judged, changed = _verdicts(df, exact, guessed) if removal else (0, 0, [])
-            exact_s, estimate_s = _seconds(exact), _seconds(guessed)
-            rows.append(
-                {
-                    "panel": name,
-                    "estimate": estimate,
-                    "cells": len(common),
-                    "spearman": a.corr(b, method="spearman") if len(common) > 2 else np.nan,
-                    "largest_error": float((a - b).abs().max() * 100),
-                    f"top{TOP}_overlap": len(_top(a, TOP) & _top(b, TOP)) if len(common) >= TOP else np.nan,
-                    "verdicts_kept": f"{kept} of {judged}"
-                    if judged
-                    else "none judged"
-                    if removal
-                    else "not judged",
-                    "verdicts_changed": "; ".join(changed),
-                    "exact_seconds": exact_s,
-                    "estimate_seconds": estimate_s,
-                    "time_ratio": exact_s / estimate_s if exact_s > 0 and estimate_s > 0 else np.nan,
-                }
-            )
+    for name, exact, guessed in pairs:
+        estimate = guessed[ESTIMATE].iloc[0]
+        if exact.empty:
+            continue
+        a, b = _by_cell(exact), _by_cell(guessed)
+        common = a.index.intersection(b.index)
+        a, b = a[common], b[common]
+        # the heatmap claims are about removal: judged only on its cells
+        removal = guessed[KIND].iloc[0] == "zero"
+        kept, judged, changed = _verdicts(df, exact, guessed) if removal else (0, 0, [])
+        exact_s, estimate_s = _seconds(exact), _seconds(guessed)
+        rows.append(
+            {
+                "panel": name,
+                "estimate": estimate,
+                "cells": len(common),
+                "spearman": a.corr(b, method="spearman") if len(common) > 2 else np.nan,
+                "largest_error": float((a - b).abs().max() * 100),
+                f"top{TOP}_overlap": len(_top(a, TOP) & _top(b, TOP)) if len(common) >= TOP else np.nan,
+                "verdicts_kept": f"{kept} of {judged}"
+                if judged
+                else ("none judged" if removal else "not judged"),
+                "verdicts_changed": "; ".join(changed),
+                "exact_seconds": exact_s,
+                "estimate_seconds": estimate_s,
+                "time_ratio": exact_s / estimate_s if exact_s > 0 and estimate_s > 0 else np.nan,
+            }
+        )
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 

@@ -8,8 +8,8 @@ of the layers' adapters; accuracy against where and how many layers have adapter
 the all-layer training), against trained parameters and against training time.
 
 Every `*_plot(df, ax, selection)` draws one panel on a given Axes and returns the table it plotted; each
-figure is one `Drawing` (its panel function, title, caption and panel size) beside the rows
-`analysis.select` gives it; `study_figures` draws every figure a result table allows, as PNG and PDF.
+figure is declared once in `analysis.select.FIGURES` (its rows, studies, panel function by name, caption, title
+and panel size); `study_figures` draws every figure a result table allows, as PNG and PDF.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from analysis.select import (
     curve_factor,
     figure_plan,
     head_rows,
+    heatmap_size,
     keep_cells,
     layers_text,
     mean_cells,
@@ -232,7 +233,7 @@ def _largest(matrix: pd.DataFrame) -> float:
 def estimate_figure(pairs: list[tuple[str, pd.DataFrame, pd.DataFrame]], out_stem: str | Path) -> list[Path]:
     """Save each panel's exact heatmap beside its estimated one, on one colour scale (analysis.estimates's
     (panel, exact cells, estimated cells); a panel without exact cells says so on the left)."""
-    side = 0.45 * max(_positions(guessed) for _, _, guessed in pairs) + 2.0
+    side = 0.45 * max(len(blocks(guessed)) for _, _, guessed in pairs) + 2.0
     fig, axes = _figure(2 * len(pairs), 2, (1.2 * side, side + 0.5))
     for n, (name, exact, guessed) in enumerate(pairs):
         b = layer_matrix(guessed, "relative_decrease") * 100
@@ -267,8 +268,7 @@ def heatmap_figure(
     the cells to hatch.
     """
     panels, columns = _panel_grid(split_panels(df), df, PANEL_COLUMNS)
-    side = 0.45 * _positions(df) + 2.0
-    fig, axes = _figure(len(panels), columns, (1.2 * side, side + 0.3))
+    fig, axes = _figure(len(panels), columns, heatmap_size(df))
     for ax, panel in zip(axes, panels, strict=False):
         heatmap(panel, ax, value=value, note=note, cells=None if cells is None else cells(panel))
         _name_recipe(ax, panel, df, PANEL_COLUMNS)
@@ -924,11 +924,6 @@ def stability_plot(df: pd.DataFrame, ax: Axes, selection: str = "mean") -> pd.Da
     )
     _seeds_title(ax, rows, "{n} seed{s} per setting")
     return table
-
-
-def _positions(rows: pd.DataFrame) -> int:
-    """The rows (and columns) of the rows' heatmap: its layers, or its blocks."""
-    return len(blocks(rows))
 
 
 def _drawing(name: str) -> Callable[[pd.DataFrame, Axes, str], pd.DataFrame]:

@@ -23,12 +23,11 @@ from analysis.collect import Runs, load_runs
 from analysis.controls import CONTROL_LIST, findings
 from analysis.estimates import (
     TOP,
+    all_pairs,
     comparison,
     confirm_command,
     confirmation,
-    estimators,
     overrides,
-    paired_cells,
 )
 from analysis.examples import TextsMissing, examples_of, fragility, summary
 from analysis.interactive import explorers
@@ -375,7 +374,7 @@ def _figures(df: pd.DataFrame, figures_dir: Path) -> str:
 def _estimates(df: pd.DataFrame, figures_dir: Path) -> str | None:
     """The estimated heatmaps (ablate.estimate) beside the exact ones, how far they agree, and the estimate's
     worst cells with their exact values ("estimate, then confirm"); None without estimated cells."""
-    pairs = [pair for estimate in estimators(df) for pair in paired_cells(df, estimate)]
+    pairs = all_pairs(df)
     if not pairs:
         return None
     note = (
@@ -386,7 +385,7 @@ def _estimates(df: pd.DataFrame, figures_dir: Path) -> str | None:
         "heatmap claims' verdicts judged on the estimate, and each one's evaluation time. What it can be "
         "trusted for: docs/deep.md.</p>"
     )
-    table = comparison(df)
+    table = comparison(df, pairs)
     head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in table.columns)
     rows = []
     for _, r in table.iterrows():

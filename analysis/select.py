@@ -620,10 +620,22 @@ class Figure:
     cells: bool = False
 
 
-def _heatmap_size(rows: pd.DataFrame) -> tuple[float, float]:
-    """A heatmap panel's size: its grid's rows and columns (layers, or blocks) at 0.45 inch each."""
-    block = rows["block"].dropna() if "block" in rows.columns else pd.Series(dtype=float)
-    side = 0.45 * len(block_spans(int(block.min()) if len(block) else 1, int(rows["last"].max()) + 1)) + 2.0
+def block_size(df: pd.DataFrame) -> int:
+    """The layers per block of a heatmap's rows (ablate.block; 1: every layer range). Rows of several sizes
+    are drawn on the finest grid: a larger block's cells are cells of it."""
+    sizes = df["block"].dropna() if "block" in df.columns else pd.Series(dtype=float)
+    return int(sizes.min()) if len(sizes) else 1
+
+
+def blocks(df: pd.DataFrame) -> list[tuple[int, int]]:
+    """(first, last) layer of each block of a heatmap's rows, in order: (0, k-1), (k, 2k-1), ..., the last
+    block ending at the last layer the rows name (shorter where k does not divide the layer count)."""
+    return block_spans(block_size(df), int(df["last"].dropna().max()) + 1)
+
+
+def heatmap_size(rows: pd.DataFrame) -> tuple[float, float]:
+    """A heatmap panel's size in inches: its grid's rows and columns (layers, or blocks) at 0.45 each."""
+    side = 0.45 * len(blocks(rows)) + 2.0
     return 1.2 * side, side + 0.3
 
 
@@ -649,7 +661,7 @@ FIGURES: dict[str, Figure] = {
             "cells: the 95% interval (validation examples and seeds resampled together) includes zero."
         ),
         studies=("layer_ablation", "controls", "recipe"),
-        panel_size=_heatmap_size,
+        panel_size=heatmap_size,
     ),
     "init_scale": Figure(
         plain_adapters,
@@ -768,7 +780,7 @@ FIGURES: dict[str, Figure] = {
         ),
         title="Adapters replaced by their mean contribution",
         studies=("controls",),
-        panel_size=_heatmap_size,
+        panel_size=heatmap_size,
     ),
     "heatmap_keep": Figure(
         keep_cells,
@@ -784,7 +796,7 @@ FIGURES: dict[str, Figure] = {
         ),
         title="Only the adapters of first..last kept",
         studies=("controls", "placement"),
-        panel_size=_heatmap_size,
+        panel_size=heatmap_size,
     ),
     "alpha": Figure(
         scale_cells,

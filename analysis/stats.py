@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ablation.config import block_spans
 from analysis.collect import correctness, load_predictions
 from analysis.select import (
     PANEL_COLUMNS,
     RECIPE_COLUMNS,
     ablated,
     adapted_layers,
+    block_size,
+    blocks,
     halves,
     model_layers,
     recipe_label,
@@ -218,19 +219,6 @@ def matrix_layers(df: pd.DataFrame) -> list[int]:
         return list(range(top + 1))
     named = {int(v) for c in ("first", "last") for v in df[c].dropna()}  # a cell outside them still shows
     return sorted({layer for layer in adapted_layers(found[0]) if layer <= top} | named)
-
-
-def block_size(df: pd.DataFrame) -> int:
-    """The layers per block of a heatmap's rows (ablate.block; 1: every layer range). Rows of several sizes
-    are drawn on the finest grid: a larger block's cells are cells of it."""
-    sizes = df["block"].dropna() if "block" in df.columns else pd.Series(dtype=float)
-    return int(sizes.min()) if len(sizes) else 1
-
-
-def blocks(df: pd.DataFrame) -> list[tuple[int, int]]:
-    """(first, last) layer of each block of a heatmap's rows, in order: (0, k-1), (k, 2k-1), ..., the last
-    block ending at the last layer the rows name (shorter where k does not divide the layer count)."""
-    return block_spans(block_size(df), int(df["last"].dropna().max()) + 1)
 
 
 def block_name(first: int, last: int) -> str:
