@@ -8,6 +8,7 @@
     python -m ablation.bench --examples 256        # evaluate on the first 256 validation examples (a deep
                                                    # model's triangle: its cost in full passes is the ratio)
     python -m ablation.bench --skip-placement      # leave out the training steps of adapters in some layers
+    python -m ablation.bench --skip-profile        # leave out the profiles of a bf16 pass and training step
 
 Trains the adapters first if the store does not have them (as the sweep would).
 """
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +31,7 @@ import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from ablation.adapters import remove_adapters
@@ -36,7 +39,7 @@ from ablation.cost import floor_passes
 from ablation.data import Encoded, collate, to_device, train_batches
 from ablation.evaluate import Ablation, Evaluator
 from ablation.methods import prepare
-from ablation.precision import BF16_SPEEDUP, autocast, cpu_bf16_speedup, machine_id
+from ablation.precision import BF16_SPEEDUP, autocast, cpu_bf16_speedup, held_weights, machine_id
 from ablation.session import load_pretrained, process_state
 from ablation.train import HISTORY_COLUMNS, record_step
 
@@ -108,7 +111,7 @@ def timed(fn, repeats: int = 1) -> tuple[float, object]:  # fn returns after its
     return best, out
 
 
-def train_step_seconds(
+def training_step(
     model,
     data,
     batch_size: int,
@@ -117,10 +120,12 @@ def train_step_seconds(
     steps: int = 6,
     clip: bool = False,
     history: bool = False,
-) -> tuple[float, float]:
-    """Mean seconds and matmul FLOPs of a training step (forward, backward, AdamW) with train()'s dropout;
-    with `clip`, also train()'s gradient clipping, and with `history` train()'s recording of the step
-    (ablation.train.record_step: the loss, the clipping's gradient norm, the learning rate).
+    hold: bool = True,
+) -> tuple[Callable[[dict], None], list[dict]]:
+    """train()'s step (forward, backward, AdamW, with its dropout) on a copy of the model, and `steps` training
+    batches; with `clip`, also train()'s gradient clipping, and with `history` train()'s recording of the step
+    (ablation.train.record_step: the loss, the clipping's gradient norm, the learning rate); without `hold`,
+    autocast casts the frozen weights at every call (as before held_weights).
 
     train() also clips gradients and steps the scheduler: elementwise work on the 3M trained values.
     """
@@ -129,11 +134,11 @@ def train_step_seconds(
     opt = torch.optim.AdamW(params, lr=1e-4)
     index = train_batches(data, batch_size, np.random.default_rng(0))[:steps]
     batches = [to_device(collate(data, i), device) for i in index]
-
+    held = held_weights(model, precision, device) if hold else None  # as train() does
     log: dict[str, list] = {name: [] for name in HISTORY_COLUMNS}
 
     def step(batch: dict) -> None:
-        with autocast(precision, device):
+        with autocast(precision, device, held):
             loss = model(**batch).loss
         loss.backward()
         if clip:
@@ -144,10 +149,70 @@ def train_step_seconds(
         opt.zero_grad(set_to_none=True)
         sync(device)
 
+    return step, batches
+
+
+def train_step_seconds(
+    model, data, batch_size: int, precision: str, device: str = "cpu", **kw
+) -> tuple[float, float]:
+    """Mean seconds and matmul FLOPs of a training step (training_step's; its keywords as there)."""
+    step, batches = training_step(model, data, batch_size, precision, device, **kw)
     # Untimed first round: counts the FLOPs and lets the kernels settle for every batch shape.
     flops, _ = counted(lambda: [step(batch) for batch in batches])
     seconds = [timed(lambda batch=batch: step(batch))[0] for batch in batches]
     return float(np.mean(seconds)), flops / len(batches)
+
+
+# Where a matmul's own time is counted (aten::linear and aten::matmul only dispatch to these).
+MATMULS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"})
+
+
+def profiled(fn, top: int = 8) -> tuple[float, list[tuple[str, float, int]]]:
+    """fn() under torch.profiler: the matmuls' share of the self CPU time, and the `top` ops by self time,
+    each (name, share, calls)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ops = [(e.key, e.self_cpu_time_total, e.count) for e in prof.key_averages()]
+    total = sum(t for _, t, _ in ops)
+    matmuls = sum(t for name, t, _ in ops if name in MATMULS) / total
+    return matmuls, [(name, t / total, n) for name, t, n in sorted(ops, key=lambda op: -op[1])[:top]]
+
+
+def held_weights_gain(model, data, stages, cfg, report, rounds: int = 3) -> None:
+    """A bf16 validation pass and training step with autocast casting the frozen weights at every call
+    against the frozen weights held in bf16 (ablation.precision.held_weights): alternating rounds, each
+    setup's best pass and mean step."""
+    if not held_weights(model, "bf16", cfg.device):
+        return  # nothing is held here (CUDA)
+    plain = Evaluator(stages, data, cfg.eval.batch_size, "bf16", cfg.device)
+    plain._bf16_weights = {}  # what every pass did before
+    held = Evaluator(stages, data, cfg.eval.batch_size, "bf16", cfg.device)
+    steps = {
+        h: training_step(model, data, cfg.train.batch_size, "bf16", cfg.device, hold=h) for h in (False, True)
+    }
+    for step, batches in steps.values():  # kernel selection for every batch shape
+        step(batches[0])
+    passes, step_seconds = {False: [], True: []}, {False: [], True: []}
+    for _ in range(rounds):
+        for h, ev in ((False, plain), (True, held)):
+            passes[h].append(timed(ev.from_scratch)[0])
+            step, batches = steps[h]
+            step_seconds[h].extend(timed(lambda b=b, s=step: s(b))[0] for b in batches)
+    for name, (before, after) in {
+        "full validation pass bf16": (min(passes[False]), min(passes[True])),
+        "train step bf16": (float(np.mean(step_seconds[False])), float(np.mean(step_seconds[True]))),
+    }.items():
+        report(
+            f"{name}: weights cast / held",
+            f"{before:.3f} s / {after:.3f} s: {before / after:.2f}x ({rounds} rounds, alternating)",
+        )
+
+
+def profiled_step(model, data, batch_size: int, device: str) -> Callable[[], None]:
+    """One bf16 training step to profile, its kernels selected by a step on the same batch first."""
+    step, batches = training_step(model, data, batch_size, "bf16", device, steps=1)
+    step(batches[0])
+    return lambda: step(batches[0])
 
 
 def first_examples(data: Encoded, n: int) -> Encoded:
@@ -279,6 +344,9 @@ def main(argv: list[str] | None = None) -> None:
         "--skip-placement", action="store_true", help="skip the training steps of adapters in some layers"
     )
     parser.add_argument(
+        "--skip-profile", action="store_true", help="skip the profiles of a bf16 pass and training step"
+    )
+    parser.add_argument(
         "--only-placement",
         action="store_true",
         help="only the training steps of adapters in the top half against every layer",
@@ -359,6 +427,19 @@ def main(argv: list[str] | None = None) -> None:
             f"{step[p]:.3f} s, {tflops / step[p] / 1e9:.0f} GFLOP/s = {100 * tflops / step[p] / 1e9 / peak[p]:.0f}% of peak",
         )
     report("train step bf16 speed-up", f"{step['fp32'] / step['bf16']:.2f}x")
+    held_weights_gain(model, data, stages, cfg, report)
+    if not args.skip_profile:
+        runs = {
+            "validation pass bf16": evals["bf16"].from_scratch,
+            "train step bf16": profiled_step(model, data, cfg.train.batch_size, device),
+        }
+        for name, fn in runs.items():
+            matmuls, top = profiled(fn)
+            report(
+                f"profile, {name}: matmuls' share", f"{100 * matmuls:.0f}% of the self CPU time; the top ops:"
+            )
+            for op, share, calls in top:
+                report(f"  {op}", f"{100 * share:.1f}% ({calls} calls)")
     # the history's cost: the same steps with and without it, alternating, each the mean of its rounds
     tp = cfg.train.precision
     rounds = {False: [], True: []}

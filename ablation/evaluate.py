@@ -40,7 +40,7 @@ from ablation.adapters import AdapterLayer, adapter_slots, set_ablation
 from ablation.data import Encoded, collate, eval_batches, to_device
 from ablation.estimate import STEPS, cell_predictions, layer_effects
 from ablation.models import Stages
-from ablation.precision import autocast
+from ablation.precision import autocast, held_weights, holding
 
 Cell = tuple[int, int] | None  # (first, last) of an ablation, or None for the intact model
 
@@ -131,6 +131,7 @@ class Evaluator:
         self.precision = precision
         self.device = device
         self.index = eval_batches(data, batch_size)
+        self._bf16_weights = held_weights(stages.model, precision, device)  # the weights do not change here
         self.batches = [to_device(collate(data, i), device) for i in self.index]
         self.shards = self._plan_shards(memory_bytes)
         self._tokens = [batch["input_ids"].numel() for batch in self.batches]  # padded: what a layer computes
@@ -212,7 +213,7 @@ class Evaluator:
     def _run_from(self, k: int, states: list[torch.Tensor]) -> list[torch.Tensor]:
         """Run layers k..L-1 from the active batches' states; their predicted labels."""
         preds = []
-        with autocast(self.precision, self.device):
+        with autocast(self.precision, self.device, self._bf16_weights):
             for b, h in zip(self._active, states, strict=True):
                 for i in range(k, self.stages.num_layers):
                     h = self._layer(i, h, b)
@@ -232,7 +233,7 @@ class Evaluator:
         L = self.stages.num_layers
         boundary: list[list[torch.Tensor]] = [[] for _ in range(L + 1)]
         preds = []
-        with autocast(self.precision, self.device):
+        with autocast(self.precision, self.device, self._bf16_weights):
             for b in tqdm(
                 batches, desc="eval intact" if with_stats else "eval base", leave=False, dynamic_ncols=True
             ):
@@ -348,7 +349,7 @@ class Evaluator:
             start, states = chain[2] + 1, chain[3]
         else:
             start, states = first, self._boundary[first]
-        with autocast(self.precision, self.device):
+        with autocast(self.precision, self.device, self._bf16_weights):
             for i in range(start, last + 1):
                 states = [self._layer(i, h, b) for b, h in zip(self._active, states, strict=True)]
         self.layer_passes += (last + 1 - start) * len(self._active) / len(self.batches)
@@ -473,16 +474,17 @@ class Evaluator:
         if key not in self._estimates:
             self._prepare(ablation)
             tic = time.perf_counter()
-            logits, effects = layer_effects(
-                self.stages,
-                self.batches,
-                ablation.positions,
-                ablation.mode,
-                ablation.alpha or 0.0,
-                self.precision,
-                self.device,
-                STEPS[estimator],
-            )
+            with holding(self._bf16_weights):  # layer_effects enters autocast itself
+                logits, effects = layer_effects(
+                    self.stages,
+                    self.batches,
+                    ablation.positions,
+                    ablation.mode,
+                    ablation.alpha or 0.0,
+                    self.precision,
+                    self.device,
+                    STEPS[estimator],
+                )
             order = np.concatenate(self.index)
             L, K = self.stages.num_layers, logits[0].shape[1]
             in_order = np.empty((len(order), K)), np.empty((L, len(order), K))
@@ -501,7 +503,7 @@ class Evaluator:
         self._prepare(ablation)
         self._set(layers, ablation)
         preds = []
-        with autocast(self.precision, self.device):
+        with autocast(self.precision, self.device, self._bf16_weights):
             for batch in self.batches:
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
                 preds.append(self.stages.model(**inputs).logits.argmax(-1))

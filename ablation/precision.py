@@ -14,7 +14,7 @@ import hashlib
 import json
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -41,16 +41,66 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def autocast(precision: str, device: str = "cpu") -> contextlib.AbstractContextManager:
-    """bf16 autocast on the device, or nothing for fp32; `auto` must be resolved for the machine first."""
-    if precision == "bf16":
-        return torch.autocast(device, dtype=torch.bfloat16)
+def autocast(
+    precision: str, device: str = "cpu", held: dict[torch.nn.Parameter, torch.Tensor] | None = None
+) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the device, or nothing for fp32; `auto` must be resolved for the machine first.
+
+    `held` (from held_weights) puts those bf16 copies in their parameters' place while inside."""
+    if precision not in ("fp32", "bf16"):
+        # an unresolved `auto` reaching here would silently compute in fp32 while the key could say otherwise
+        raise ValueError(
+            f"precision {precision!r}: expected fp32 or bf16 (resolve auto first: resolve_precision)"
+        )
     if precision == "fp32":
         return contextlib.nullcontext()
-    # an unresolved `auto` reaching here would silently compute in fp32 while the key could say otherwise
-    raise ValueError(
-        f"precision {precision!r}: expected fp32 or bf16 (resolve auto first: resolve_precision)"
-    )
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(device, dtype=torch.bfloat16))
+    if held:
+        stack.enter_context(holding(held))
+    return stack
+
+
+def held_weights(
+    model: torch.nn.Module, precision: str, device: str
+) -> dict[torch.nn.Parameter, torch.Tensor]:
+    """bf16 copies of the frozen weights and biases that only nn.Linear modules use, for bf16 on the CPU
+    (else none), to pass to autocast.
+
+    Autocast casts a linear's fp32 weight to bf16 at every call, and caches the cast only for parameters that
+    require grad: a frozen encoder's weights were cast again for every batch, ~10% of a bf16 pass on the CPU
+    (ablation.bench). The copies round as autocast does, so the results are bitwise the same
+    (tests/test_precision.py). A parameter that another module also uses (an LM head tied to the embeddings)
+    is left alone: there it is not cast. Not on CUDA, where the casts are cheap and memory is not; the copies
+    take half the fp32 weights' size and are valid while the weights do not change.
+    """
+    if precision != "bf16" or device != "cpu":
+        return {}
+    linear = torch.nn.Linear
+    elsewhere = {
+        id(p) for m in model.modules() if not isinstance(m, linear) for p in m.parameters(recurse=False)
+    }
+    held: dict[torch.nn.Parameter, torch.Tensor] = {}
+    for module in model.modules():
+        if isinstance(module, linear):
+            for p in module.parameters(recurse=False):
+                if not p.requires_grad and p.dtype == torch.float32 and id(p) not in elsewhere:
+                    held[p] = p.detach().to(torch.bfloat16)
+    return held
+
+
+@contextlib.contextmanager
+def holding(held: dict[torch.nn.Parameter, torch.Tensor]) -> Iterator[None]:
+    """Each parameter's data replaced by its held copy while inside, and given back on the way out (an
+    exception included); for code that enters autocast itself."""
+    originals = [(p, p.data) for p in held]
+    try:
+        for p, copy in held.items():
+            p.data = copy
+        yield
+    finally:
+        for p, data in originals:
+            p.data = data
 
 
 def machine_id() -> str:

@@ -22,7 +22,7 @@ from ablation.config import CacheError, TrainConfig
 from ablation.data import Encoded, collate, compute_metrics, to_device, train_batches
 from ablation.families import is_norm
 from ablation.methods import trained_state
-from ablation.precision import autocast
+from ablation.precision import autocast, held_weights
 
 ENTRY = "key.json"  # in every store entry: the training spec its key hashes (ablation.keys.training_spec)
 # In every store entry: one row per step, the loss, the gradient norm before clipping, the learning rate and,
@@ -172,6 +172,7 @@ def train(
     plan = batch_plan(data, cfg.batch_size, total, seed)
     optimizer, scheduler = make_optimizer(model, cfg, total)
     params = [p for p in model.parameters() if p.requires_grad]
+    held = held_weights(model, cfg.precision, device)  # what is frozen stays as it is for the whole training
     start, spent, eval_spent = 0, 0.0, 0.0
     history: dict[str, list] = {name: [] for name in HISTORY_COLUMNS}
     state = load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.exists() else None
@@ -197,7 +198,7 @@ def train(
     bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
     for step in range(start, total):
         batch = to_device(collate(data, plan[step]), device)
-        with autocast(cfg.precision, device):
+        with autocast(cfg.precision, device, held):
             loss = model(**batch).loss
         grad_norm = torch.tensor(float("nan"))
         if torch.isfinite(loss):
