@@ -220,12 +220,12 @@ def _compare(args: argparse.Namespace) -> int:
         " · ".join(filter(None, (p["model"].iloc[0], p["task"].iloc[0], c.label())))
         for p, c in zip(panels, choices, strict=True)
     ]
-    title = f"relative decrease: A ({names[0]}) minus B ({names[1]})\nA = {args.a}\nB = {args.b}"
+    how = "paired by seed and example" if args.paired else "A and B resampled apart"
+    title = f"relative decrease: A ({names[0]}) minus B ({names[1]}), {how}\nA = {args.a}\nB = {args.b}"
     out = args.out if args.out is not None else Path("compare")
     for path in difference_figure(table, out, title):
         print(path)
     real = table[~table["includes_zero"]]
-    how = "paired by seed and example" if args.paired else "A and B resampled apart"
     print(
         f"{len(real)} of {len(table)} spans differ beyond their 95% interval (A minus B, percentage points, "
         f"{how}):"
