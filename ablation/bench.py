@@ -182,11 +182,11 @@ def held_weights_gain(model, data, stages, cfg, report, rounds: int = 3) -> None
     """A bf16 validation pass and training step with autocast casting the frozen weights at every call
     against the frozen weights held in bf16 (ablation.precision.held_weights): alternating rounds, each
     setup's best pass and mean step."""
-    if not held_weights(model, "bf16", cfg.device):
+    held = Evaluator(stages, data, cfg.eval.batch_size, "bf16", cfg.device)
+    if not held._bf16_weights:
         return  # nothing is held here (CUDA)
     plain = Evaluator(stages, data, cfg.eval.batch_size, "bf16", cfg.device)
     plain._bf16_weights = {}  # what every pass did before
-    held = Evaluator(stages, data, cfg.eval.batch_size, "bf16", cfg.device)
     steps = {
         h: training_step(model, data, cfg.train.batch_size, "bf16", cfg.device, hold=h) for h in (False, True)
     }
