@@ -167,15 +167,16 @@ def train_step_seconds(
 MATMULS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"})
 
 
-def profiled(fn, top: int = 8) -> tuple[float, list[tuple[str, float, int]]]:
-    """fn() under torch.profiler: the matmuls' share of the self CPU time, and the `top` ops by self time,
-    each (name, share, calls)."""
+def profiled(fn, top: int = 8) -> tuple[float, float, list[tuple[str, float, int]]]:
+    """fn() under torch.profiler: the matmuls' share of the self CPU time, their own seconds, and the `top` ops
+    by self time, each (name, share, calls)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     ops = [(e.key, e.self_cpu_time_total, e.count) for e in prof.key_averages()]
     total = sum(t for _, t, _ in ops)
-    matmuls = sum(t for name, t, _ in ops if name in MATMULS) / total
-    return matmuls, [(name, t / total, n) for name, t, n in sorted(ops, key=lambda op: -op[1])[:top]]
+    matmuls = sum(t for name, t, _ in ops if name in MATMULS)
+    top_ops = [(name, t / total, n) for name, t, n in sorted(ops, key=lambda op: -op[1])[:top]]
+    return matmuls / total, matmuls / 1e6, top_ops
 
 
 def held_weights_gain(model, data, stages, cfg, report, rounds: int = 3) -> None:
@@ -434,12 +435,19 @@ def main(argv: list[str] | None = None) -> None:
             "train step bf16": profiled_step(model, data, cfg.train.batch_size, device),
         }
         for name, fn in runs.items():
-            matmuls, top = profiled(fn)
+            flops, _ = counted(fn)
+            share, matmul_s, top = profiled(fn)
+            # the share of the peak the whole would reach if everything but its matmuls took no time
+            rate = flops / matmul_s / 1e9
             report(
-                f"profile, {name}: matmuls' share", f"{100 * matmuls:.0f}% of the self CPU time; the top ops:"
+                f"profile, {name}: matmuls' own rate",
+                f"{rate:.0f} GFLOP/s = {100 * rate / peak['bf16']:.0f}% of peak (the ceiling were the rest free)",
             )
-            for op, share, calls in top:
-                report(f"  {op}", f"{100 * share:.1f}% ({calls} calls)")
+            report(
+                f"profile, {name}: matmuls' share", f"{100 * share:.0f}% of the self CPU time; the top ops:"
+            )
+            for op, op_share, calls in top:
+                report(f"  {op}", f"{100 * op_share:.1f}% ({calls} calls)")
     # the history's cost: the same steps with and without it, alternating, each the mean of its rounds
     tp = cfg.train.precision
     rounds = {False: [], True: []}

@@ -29,6 +29,8 @@ def test_the_bench_prints_its_table_on_the_toy_model(toy, capsys, monkeypatch):
         "train step bf16 (batch",
         "full validation pass bf16: weights cast / held",
         "train step bf16: weights cast / held",
+        "profile, validation pass bf16: matmuls' own rate",
+        "profile, train step bf16: matmuls' own rate",
         "profile, validation pass bf16: matmuls' share",
         "profile, train step bf16: matmuls' share",
         "6-cell evaluation",
@@ -37,4 +39,6 @@ def test_the_bench_prints_its_table_on_the_toy_model(toy, capsys, monkeypatch):
         assert line in out, line
     shares = [float(x) for x in re.findall(r"^  \S+.*?\s([\d.]+)% \(\d+ calls\)$", out, re.M)]
     assert len(shares) == 16 and all(0 <= s <= 100 for s in shares), out
+    rates = re.findall(r"matmuls' own rate\s+(\d+) GFLOP/s = (\d+)% of peak", out)
+    assert len(rates) == 2 and all(int(r) > 0 for r, _ in rates), out
     assert "[train] reusing" in out  # the toy sweep's adapters, not a new training
