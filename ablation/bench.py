@@ -429,7 +429,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     report("train step bf16 speed-up", f"{step['fp32'] / step['bf16']:.2f}x")
     held_weights_gain(model, data, stages, cfg, report)
-    if not args.skip_profile:
+    if not args.skip_profile and device != "cpu":
+        # self CPU time on a GPU is the kernels' launches, not their run: a rate from it would mislead
+        report("profile", f"skipped on {device}: it reads CPU time (torch.profiler with CUDA activity there)")
+    elif not args.skip_profile:
         runs = {
             "validation pass bf16": evals["bf16"].from_scratch,
             "train step bf16": profiled_step(model, data, cfg.train.batch_size, device),
