@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,22 @@ from ablation.families import is_head
 # Tiny models run far faster on one thread; with two, OpenMP threads contending with other
 # processes on a 2-core machine made each forward ~50x slower.
 torch.set_num_threads(1)
+
+MAX_WORKERS = 4  # each worker holds torch and transformers (~0.6 GB): enough for the suite, kind to big hosts
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """Workers for pyproject's `-n auto`: one per core (up to MAX_WORKERS) for the default suite, whose tests
+    each run on one thread; none (this process) under any other -m: the sweeps, slow, slurm and browser
+    tests run subprocesses, a shared cluster or a browser, size memory and print progress with -s."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own hook reads it
+    addopts = config.getini("addopts")
+    default = addopts[addopts.index("-m") + 1]
+    if config.option.markexpr != default:
+        return 0
+    return min(MAX_WORKERS, len(os.sched_getaffinity(0)))
+
 
 # The `family` fixture's families: the three encoders and Llama, the decoder family every other decoder here
 # shares its block with. DECODERS are checked cell by cell against from-scratch forwards (test_decoders.py).
