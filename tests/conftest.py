@@ -28,7 +28,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None  # xdist's own hook reads it
     addopts = config.getini("addopts")
-    default = addopts[addopts.index("-m") + 1]
+    default = addopts[addopts.index("-m") + 1] if "-m" in addopts else ""  # -o addopts=... may drop it
     if config.option.markexpr != default:
         return 0
     return min(MAX_WORKERS, len(os.sched_getaffinity(0)))
