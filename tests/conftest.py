@@ -31,7 +31,10 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     default = addopts[addopts.index("-m") + 1] if "-m" in addopts else ""  # -o addopts=... may drop it
     if config.option.markexpr != default:
         return 0
-    return min(MAX_WORKERS, len(os.sched_getaffinity(0)))
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    )  # Linux / macOS
+    return min(MAX_WORKERS, cores or 1)
 
 
 # The `family` fixture's families: the three encoders and Llama, the decoder family every other decoder here
